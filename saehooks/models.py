@@ -1,0 +1,248 @@
+"""Loading TransformerLens models, and the little we need to know about them.
+
+This is the only module that imports ``transformer_lens`` (lazily, inside functions),
+so the SAE core imports and works without it. Two backends are supported:
+
+* TransformerLens 4 ``TransformerBridge`` (booted with ``boot_transformers`` and put
+  into compatibility mode for the classic hook names), the main target;
+* TransformerLens 3 ``HookedTransformer``, where the hook API is the same.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+PROCESSING_ATTR = "saehooks_processing"
+
+
+class HookNameError(KeyError):
+    """A hook name the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+def tl_major_version() -> int | None:
+    """Installed TransformerLens major version, or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("transformer-lens").split(".")[0])
+    except PackageNotFoundError:
+        return None
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+
+
+def load_model(
+    name_or_dir: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    compatibility_mode: bool = True,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    fold_value_biases: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """Load a model ready for hooking.
+
+    Args:
+        name_or_dir: ``None`` for the shipped reference model; a local Hugging Face
+            directory; or a model name TransformerLens knows (downloads when online).
+        device: where to put the model.
+        dtype: parameter dtype.
+        compatibility_mode: TransformerLens 4 only: call ``enable_compatibility_mode``
+            (classic hook names such as ``blocks.2.hook_resid_post``).
+        fold_ln, center_writing_weights, center_unembed, fold_value_biases: the
+            weight processing of HookedTransformer, applied by compatibility mode
+            (TL 4) or ``from_pretrained`` (TL 3). It changes residual-stream values,
+            not outputs; SAEs record it in their metadata.
+        **kwargs: passed on to ``boot_transformers`` / ``from_pretrained``.
+
+    Returns:
+        A ``TransformerBridge`` (TL 4) or ``HookedTransformer`` (TL 3) in eval mode,
+        with its processing recorded (see :func:`model_processing`).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: a directory that holds no model (no ``config.json``).
+        ImportError: TransformerLens is not installed.
+    """
+    from saehooks.reference import reference_model_dir
+
+    target = str(reference_model_dir() if name_or_dir is None else name_or_dir)
+    if _looks_like_path(target):
+        path = Path(target).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model directory {str(path)!r} does not exist; pass a "
+                                    "folder written by save_pretrained, or a hub model name")
+        if not (path / "config.json").is_file():
+            found = sorted(p.name for p in path.iterdir())[:10] if path.is_dir() else "a file"
+            raise ValueError(f"{str(path)!r} is not a model directory: it has no config.json "
+                             f"(found {found}); pass a folder written by save_pretrained")
+        target = str(path)
+    major = tl_major_version()
+    if major is None:
+        raise ImportError("TransformerLens is not installed: pip install 'transformer-lens>=4'")
+    processing = {
+        "compatibility_mode": compatibility_mode,
+        "fold_ln": fold_ln and compatibility_mode,
+        "center_writing_weights": center_writing_weights and compatibility_mode,
+        "center_unembed": center_unembed and compatibility_mode,
+        "fold_value_biases": fold_value_biases and compatibility_mode,
+    }
+    if major >= 4:
+        model = _load_bridge(target, device, dtype, processing, **kwargs)
+    else:
+        from saehooks import models_tl3
+
+        model = models_tl3.load_hooked_transformer(target, device, dtype, processing, **kwargs)
+    setattr(model, PROCESSING_ATTR, {"backend": type(model).__name__, **processing})
+    return model.eval()
+
+
+def _load_bridge(target: str, device, dtype, processing: dict, **kwargs: Any) -> nn.Module:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        model = TransformerBridge.boot_transformers(target, device=device, dtype=dtype, **kwargs)
+    except OSError as exc:
+        raise OSError(f"could not load model {target!r}: {exc}. Offline, pass a local "
+                      "directory written by save_pretrained.") from exc
+    if processing["compatibility_mode"]:
+        model.enable_compatibility_mode(
+            disable_warnings=True,
+            fold_ln=processing["fold_ln"],
+            center_writing_weights=processing["center_writing_weights"],
+            center_unembed=processing["center_unembed"],
+            fold_value_biases=processing["fold_value_biases"],
+        )
+    return model
+
+
+def model_processing(model: nn.Module) -> dict[str, Any]:
+    """How the model's weights were processed, as SAEs record it in their metadata.
+
+    Returns ``{"backend", "compatibility_mode", "fold_ln", "center_writing_weights",
+    "center_unembed", "fold_value_biases"}``; values that cannot be told from a model
+    not loaded by :func:`load_model` are ``None``.
+    """
+    recorded = getattr(model, PROCESSING_ATTR, None)
+    if recorded is not None:
+        return dict(recorded)
+    out: dict[str, Any] = {"backend": type(model).__name__}
+    if hasattr(model, "compatibility_mode"):
+        out["compatibility_mode"] = bool(model.compatibility_mode)
+        processed = bool(getattr(model, "_weights_processed", False))
+        out["fold_ln"] = processed or None
+    else:  # HookedTransformer
+        out["compatibility_mode"] = True
+        out["fold_ln"] = getattr(model.cfg, "normalization_type", None) in ("LNPre", "RMSPre")
+    for key in ("center_writing_weights", "center_unembed", "fold_value_biases"):
+        out.setdefault(key, None)
+    return out
+
+
+def model_name(model: nn.Module) -> str:
+    return str(getattr(model.cfg, "model_name", type(model).__name__))
+
+
+def hook_dict(model: nn.Module) -> dict[str, nn.Module]:
+    """Every hook point of the model by name (aliases included)."""
+    return dict(model.hook_dict)
+
+
+def check_hook_name(model: nn.Module, name: str) -> None:
+    """Raise :class:`HookNameError` with the closest valid names if ``name`` is unknown."""
+    names = list(hook_dict(model))
+    if name in names:
+        return
+    hint = ""
+    layer = re.match(r"blocks\.(\d+)\.", name)
+    n_layers = getattr(model.cfg, "n_layers", None)
+    if layer and n_layers is not None and int(layer.group(1)) >= n_layers:
+        hint = f"; the model has {n_layers} layers (blocks.0 … blocks.{n_layers - 1})"
+        name_in_range = re.sub(r"blocks\.\d+\.", f"blocks.{n_layers - 1}.", name, count=1)
+        close = difflib.get_close_matches(name_in_range, names, n=3, cutoff=0.6)
+    else:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    suggestion = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise HookNameError(f"hook {name!r} not found{hint}{suggestion}")
+
+
+_D_MODEL_HOOKS = re.compile(
+    r"(hook_resid_(pre|mid|post)|hook_attn_out|hook_mlp_out|hook_embed|hook_pos_embed|"
+    r"hook_in|hook_out|ln_final\.hook_normalized)$")
+_D_MLP_HOOKS = re.compile(r"mlp\.hook_(pre|post)$")
+
+
+def hook_width(model: nn.Module, name: str) -> int | None:
+    """Last-dimension width of the activation at ``name``, from the model's config.
+
+    Returns None when the width cannot be told from the name (attention internals).
+    """
+    cfg = model.cfg
+    if re.match(r"^blocks\.\d+\.(attn|mlp|ln\d)\.hook_(in|out)$", name):
+        return cfg.d_model
+    if _D_MLP_HOOKS.search(name):
+        return getattr(cfg, "d_mlp", None)
+    if _D_MODEL_HOOKS.search(name):
+        return cfg.d_model
+    return None
+
+
+def block_index(hook_name: str) -> int | None:
+    """``3`` for ``blocks.3.hook_resid_post``; None for hooks outside the blocks."""
+    match = re.match(r"blocks\.(\d+)\.", hook_name)
+    return int(match.group(1)) if match else None
+
+
+def n_layers(model: nn.Module) -> int:
+    return int(model.cfg.n_layers)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def register_hook_point(model: nn.Module, name: str, hook_point: nn.Module) -> None:
+    """Make ``hook_point`` reachable under ``name`` by the model's hook API
+    (``run_with_cache``, ``run_with_hooks``, ``hooks``, ``add_hook``)."""
+    hook_point.name = name
+    if hasattr(model, "_hook_registry"):  # TL 4 bridge
+        model._hook_registry[name] = hook_point
+    else:  # TL 3 HookedTransformer
+        model.hook_dict[name] = hook_point
+        model.mod_dict[name] = hook_point
+
+
+def unregister_hook_point(model: nn.Module, name: str) -> None:
+    if hasattr(model, "_hook_registry"):
+        model._hook_registry.pop(name, None)
+    else:
+        model.hook_dict.pop(name, None)
+        model.mod_dict.pop(name, None)
+
+
+def hook_point_class(model: nn.Module) -> type:
+    """The class of the model's hook points (TransformerLens' ``HookPoint``)."""
+    return type(next(iter(model.hook_dict.values())))
+
+
+def hook_state(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Per hook point: (number of forward hooks, number of backward hooks).
+
+    Used by tests and by :func:`saehooks.attach` to prove hooks never leak.
+    """
+    return {name: (len(hp.fwd_hooks), len(hp.bwd_hooks))
+            for name, hp in model.hook_dict.items()}

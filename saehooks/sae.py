@@ -1,0 +1,234 @@
+"""The sparse autoencoder: configuration, parameters, encode / decode / forward.
+
+Tensor names, shapes and formulas follow SAELens (v6):
+
+* ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``,
+  ``threshold [d_sae]`` (JumpReLU), ``b_gate``/``r_mag``/``b_mag [d_sae]`` (gated);
+* encode: ``acts = act_fn((x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc)``;
+* decode: ``x_hat = acts @ W_dec + b_dec``.
+
+The module carries hook points (``hook_sae_input`` ... ``hook_sae_output``) so that,
+once attached to a model with :func:`saehooks.attach`, its internals can be cached
+and intervened on like any TransformerLens hook point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from saehooks import activations
+
+ARCHITECTURES = ("relu", "topk", "jumprelu", "gated")
+HOOK_NAMES = (
+    "hook_sae_input",
+    "hook_sae_acts_pre",
+    "hook_sae_acts_post",
+    "hook_sae_recons",
+    "hook_sae_error",
+    "hook_sae_output",
+)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.bfloat16`` / ``"torch.bfloat16"`` / ``"bfloat16"`` -> ``"bfloat16"``."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"unsupported SAE dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return name
+
+
+@dataclass
+class SAEConfig:
+    """What an SAE is and where it belongs. Serialised as SAELens' v6 ``cfg.json``."""
+
+    d_in: int
+    """Width of the activation the SAE reads and writes (the hook's last dimension)."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    architecture: str = "relu"
+    """Inference activation: ``"relu"``, ``"topk"``, ``"jumprelu"`` or ``"gated"``.
+    A BatchTopK SAE trains as batch top-k and runs as ``"jumprelu"``."""
+    k: int | None = None
+    """Latents kept per token (``"topk"`` only)."""
+    hook_name: str = ""
+    """TransformerLens hook point the SAE attaches to, e.g. ``blocks.2.hook_resid_post``."""
+    apply_b_dec_to_input: bool = True
+    """Subtract ``b_dec`` from the input before encoding (SAELens' default)."""
+    rescale_acts_by_decoder_norm: bool = False
+    """TopK only (SAELens): multiply pre-activations by ``‖W_dec[j]‖`` before the
+    top-k and divide activations by it before decoding."""
+    dtype: str = "float32"
+    """Dtype of the parameters; the SAE computes in it."""
+    device: str = "cpu"
+    """Device of the parameters."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Provenance: ``model_name``, ``model_processing`` (compatibility mode, folded
+    LayerNorm, centred weights), ``context_size``, ``prepend_bos``, ``training`` ..."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown SAE architecture {self.architecture!r}; "
+                             f"expected one of {ARCHITECTURES}")
+        if self.d_in < 1 or self.d_sae < 1:
+            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
+        if self.architecture == "topk":
+            if self.k is None or not 1 <= self.k <= self.d_sae:
+                raise ValueError(f"a topk SAE needs 1 <= k <= d_sae={self.d_sae}, got k={self.k}")
+        self.dtype = dtype_name(self.dtype)
+        self.device = str(self.device)
+
+    def replace(self, **changes: Any) -> SAEConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+class HookPoint(nn.Module):
+    """Identity module that runs forward hooks: the SAE's own hook points.
+
+    Standalone, ``add_hook(fn)`` registers ``fn(tensor, hook=self) -> tensor | None``.
+    When the SAE is attached to a TransformerLens model, :mod:`saehooks.hooks`
+    replaces these with the model's own hook-point class so that the model's
+    ``run_with_cache`` / ``run_with_hooks`` / ``hooks`` reach them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name: str | None = None
+
+    def add_hook(self, fn: Callable, dir: str = "fwd", **_: Any):
+        """Register ``fn(tensor, hook=self)``; returns the removable handle."""
+        if dir != "fwd":
+            raise NotImplementedError("standalone SAE hook points run forward hooks only")
+        return self.register_forward_hook(lambda mod, inp, out: fn(out, hook=self))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder with SAELens tensor names.
+
+    Args:
+        cfg: the configuration (see :class:`SAEConfig`).
+
+    Parameters are created as zeros; load weights with :func:`saehooks.load_sae`,
+    ``load_state_dict``, or train them with :func:`saehooks.train_sae`.
+    """
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        kw = {"dtype": DTYPES[cfg.dtype], "device": cfg.device}
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
+        if cfg.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        if cfg.architecture == "gated":
+            self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+            self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+            self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        for name in HOOK_NAMES:
+            setattr(self, name, HookPoint())
+        self.use_error_term = False
+        """When True, ``forward`` adds the (stop-gradient) reconstruction error back,
+        so that with no intervention the output equals the input."""
+
+    # ---- properties -----------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        k = f", k={c.k}" if c.architecture == "topk" else ""
+        return (f"SAE({c.architecture}{k}, d_in={c.d_in}, d_sae={c.d_sae}, "
+                f"hook_name={c.hook_name!r}, dtype={c.dtype}, device={self.device})")
+
+    # ---- math ----------------------------------------------------------------
+    def encode_pre(self, x: Tensor) -> Tensor:
+        """Pre-activations ``(x - b_dec) @ W_enc + b_enc``: ``[..., d_in] -> [..., d_sae]``.
+
+        For a gated SAE this is the gate path (``b_gate`` in place of ``b_enc``).
+        """
+        x = x.to(self.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        bias = self.b_gate if self.cfg.architecture == "gated" else self.b_enc
+        pre = x @ self.W_enc + bias
+        if self.cfg.rescale_acts_by_decoder_norm:
+            pre = pre * self.W_dec.norm(dim=-1)
+        return pre
+
+    def activation(self, pre: Tensor, x: Tensor | None = None) -> Tensor:
+        """Apply the architecture's activation function to pre-activations."""
+        arch = self.cfg.architecture
+        if arch == "relu":
+            return activations.relu(pre)
+        if arch == "topk":
+            return activations.topk(pre, self.cfg.k)
+        if arch == "jumprelu":
+            return activations.jumprelu(pre, self.threshold)
+        # gated: the magnitude path shares W_enc, rescaled by exp(r_mag)
+        centred = pre - self.b_gate
+        return activations.gated(pre, centred * self.r_mag.exp() + self.b_mag)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent activations: ``[..., d_in] -> [..., d_sae]`` (no hooks run)."""
+        return self.activation(self.encode_pre(x))
+
+    def decode(self, acts: Tensor) -> Tensor:
+        """Reconstruction ``acts @ W_dec + b_dec``: ``[..., d_sae] -> [..., d_in]``."""
+        acts = acts.to(self.dtype)
+        if self.cfg.rescale_acts_by_decoder_norm:
+            acts = acts / self.W_dec.norm(dim=-1)
+        return acts @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruct ``x`` through the hook points: ``[..., d_in] -> [..., d_in]``.
+
+        Hooks on ``hook_sae_acts_post`` may change the latents. With
+        ``use_error_term`` the output is ``decode(acts) + stopgrad(x - decode(clean
+        acts))``, so it equals ``x`` (to float rounding) unless a hook intervened,
+        and an intervention moves it by exactly the change in ``decode(acts)``.
+        """
+        x = self.hook_sae_input(x.to(self.dtype))
+        pre = self.hook_sae_acts_pre(self.encode_pre(x))
+        clean = self.activation(pre)
+        if self.use_error_term:  # before the hook: a hook may edit the latents in place
+            with torch.no_grad():
+                error = x - self.decode(clean)
+        acts = self.hook_sae_acts_post(clean)
+        recons = self.hook_sae_recons(self.decode(acts))
+        if not self.use_error_term:
+            return self.hook_sae_output(recons)
+        return self.hook_sae_output(recons + self.hook_sae_error(error))
+
+    # ---- utilities -----------------------------------------------------------
+    def hook_points(self) -> dict[str, nn.Module]:
+        """``{"hook_sae_input": module, ...}`` for the six hook points."""
+        return {name: getattr(self, name) for name in HOOK_NAMES}
+
+    def to(self, *args: Any, **kwargs: Any) -> SAE:  # keep cfg in step with the tensors
+        out = super().to(*args, **kwargs)
+        self.cfg.dtype = dtype_name(self.W_enc.dtype)
+        self.cfg.device = str(self.W_enc.device)
+        return out
+
+    def save(self, path: str, format: str = "saelens") -> None:
+        """Write the SAE to the folder ``path`` (see :func:`saehooks.io.save_sae`)."""
+        from saehooks.io import save_sae
+
+        save_sae(self, path, format=format)
