@@ -55,3 +55,31 @@ def load_eval_tokens(n_seq: int | None = None) -> torch.Tensor:
                                 "python pretrained/build_reference_model.py")
     tokens = load_file(str(path))["tokens"].long()
     return tokens if n_seq is None else tokens[:n_seq]
+
+
+def list_pretrained_saes():
+    """The shipped SAEs and their held-out metrics, as a DataFrame indexed by name.
+
+    Columns: ``architecture``, ``k``, ``hook_name``, ``d_in``, ``d_sae``, every scalar
+    :class:`~saehooks.evaluation.EvalReport` field, ``training_tokens`` and
+    ``training_seconds``. Load one with ``saehooks.load_sae(name)``. Shipped SAEs
+    not yet evaluated (no row in ``index.json``) appear with their config only.
+    """
+    import pandas as pd
+
+    folder = pretrained_sae_dir()
+    index = folder / "index.json"
+    rows = json.loads(index.read_text()) if index.is_file() else []
+    known = {r["name"] for r in rows}
+    for cfg_path in sorted(folder.glob("*/cfg.json")):
+        if cfg_path.parent.name not in known:
+            cfg = json.loads(cfg_path.read_text())
+            rows.append({"name": cfg_path.parent.name, "architecture": cfg.get("architecture"),
+                         "k": cfg.get("k"), "d_in": cfg.get("d_in"), "d_sae": cfg.get("d_sae"),
+                         "hook_name": (cfg.get("metadata") or {}).get("hook_name")})
+    for row in rows:
+        training = row.pop("training", None) or {}
+        row["training_tokens"] = training.get("tokens")
+        row["training_seconds"] = training.get("wall_seconds")
+    empty = ["name", "architecture", "k", "hook_name", "d_in", "d_sae"]
+    return pd.DataFrame(rows, columns=None if rows else empty).set_index("name")
