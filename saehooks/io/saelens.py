@@ -1,17 +1,36 @@
-"""SAELens' on-disk layout: ``cfg.json`` + ``sae_weights.safetensors`` (v6).
+"""SAELens' on-disk layout: ``cfg.json`` + ``sae_weights.safetensors``.
 
-A v6 ``cfg.json`` holds the architecture fields at top level and provenance
-(``hook_name``, ``model_name``, ...) in a ``metadata`` object. SAELens calls the
-ReLU architecture ``"standard"``.
+Source: SAELens (jbloomAus/SAELens), ``SAE.save_model`` / ``SAE.load_from_disk``.
+
+A v6 ``cfg.json`` holds the architecture fields at top level (``architecture``,
+``d_in``, ``d_sae``, ``dtype``, ``apply_b_dec_to_input``, ``normalize_activations``,
+``reshape_activations``, and for top-k ``k`` and ``rescale_acts_by_decoder_norm``) and
+provenance (``hook_name``, ``model_name``, ...) in a ``metadata`` object whose
+``sae_lens_version`` tells SAELens the file is v6. SAELens calls the ReLU architecture
+``"standard"``. Tensors follow SAELens' names; a gated SAE has no ``b_enc`` there.
+
+Configs written before SAELens 6 are flat (see :mod:`saehooks.io.saelens_legacy`);
+they load too, mapped as SAELens maps them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from saehooks.io.common import SAEFileError, atomic_write_text, read_json, read_safetensors, write_safetensors
+import torch
+from torch import Tensor
+
+from saehooks.io.common import (
+    SAEFileError,
+    atomic_write_text,
+    read_json,
+    read_safetensors,
+    write_safetensors,
+)
+from saehooks.io.saelens_legacy import is_legacy_config, legacy_to_v6
 from saehooks.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
@@ -19,14 +38,31 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 TO_SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 FROM_SAELENS_ARCH = {v: k for k, v in TO_SAELENS_ARCH.items()} | {"relu": "relu"}
+SAELENS_FORMAT_VERSION = "6.0.0"
+"""Written as ``metadata.sae_lens_version`` when the SAE carries none (or an older one):
+SAELens reads any config without a version >= 6 as a pre-v6 flat config."""
 
 
 def is_format(path: Path) -> bool:
+    """True when ``path`` holds SAELens' ``cfg.json`` and ``sae_weights.safetensors``."""
     return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
+def _major(version: Any) -> int | None:
+    match = re.match(r"\s*v?(\d+)", str(version)) if version is not None else None
+    return int(match.group(1)) if match else None
+
+
 def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
-    """The SAELens v6 ``cfg.json`` object for ``cfg``."""
+    """The SAELens v6 ``cfg.json`` object for ``cfg``.
+
+    Args:
+        cfg: the SAE's configuration.
+
+    Returns:
+        A JSON-ready dict that SAELens 6's ``SAE.load_from_disk`` parses as the same
+        architecture, sizes, dtype, input handling and hook.
+    """
     out: dict[str, Any] = {
         "architecture": TO_SAELENS_ARCH[cfg.architecture],
         "d_in": cfg.d_in,
@@ -40,31 +76,62 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
     if cfg.architecture == "topk":
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = cfg.rescale_acts_by_decoder_norm
-    out["metadata"] = {**cfg.metadata, "hook_name": cfg.hook_name}
+    metadata = {**cfg.metadata, "hook_name": cfg.hook_name}
+    major = _major(metadata.get("sae_lens_version"))
+    if major is None or major < 6:
+        metadata["sae_lens_version"] = SAELENS_FORMAT_VERSION
+    metadata.setdefault("sae_lens_training_version", metadata["sae_lens_version"])
+    out["metadata"] = metadata
     return out
 
 
+def _check_runtime_transforms(raw: dict[str, Any], where: str) -> None:
+    """Refuse settings that change the forward pass in ways this SAE class cannot run."""
+    norm = raw.get("normalize_activations") or "none"
+    if norm == "expected_average_only_in":
+        raise ValueError(f"{where}: normalize_activations='expected_average_only_in' needs a "
+                         "dataset scaling factor that this file does not carry; fold it into "
+                         "the weights (SAELens: sae.fold_activation_norm_scaling_factor(s)) and "
+                         "save again")
+    if norm != "none":
+        raise ValueError(f"{where}: normalize_activations={norm!r} normalises every input "
+                         "token at run time, which saehooks does not implement; only 'none' "
+                         "is supported")
+    reshape = raw.get("reshape_activations") or "none"
+    if reshape != "none":
+        raise ValueError(f"{where}: reshape_activations={reshape!r} (an SAE on attention "
+                         "heads' hook_z) is not supported; only 'none' is")
+
+
 def config_from_dict(raw: dict[str, Any], where: str = "cfg.json") -> SAEConfig:
-    """Parse a SAELens v6 ``cfg.json`` object.
+    """Parse a SAELens ``cfg.json`` object, v6 or pre-v6.
+
+    Args:
+        raw: the parsed JSON object.
+        where: the file name, for error messages.
+
+    Returns:
+        The :class:`~saehooks.sae.SAEConfig` it describes (on CPU).
 
     Raises:
-        ValueError: unknown architecture, missing field, or an activation
-            normalisation this library does not apply at inference.
+        ValueError: unknown architecture or activation function, missing field, or a
+            run-time normalisation / reshape this library does not apply.
     """
+    if is_legacy_config(raw):
+        raw = legacy_to_v6(raw, where)
     arch = raw.get("architecture", "standard")
     if arch not in FROM_SAELENS_ARCH:
         raise ValueError(f"{where}: architecture {arch!r} is not supported; "
                          f"supported: {sorted(FROM_SAELENS_ARCH)}")
-    norm = raw.get("normalize_activations", "none") or "none"
-    if norm not in ("none", None):
-        raise ValueError(f"{where}: normalize_activations={norm!r} needs a scaling factor at "
-                         "inference that this file does not carry; fold it into the weights "
-                         "(SAELens: sae.fold_activation_norm_scaling_factor) and save again")
+    _check_runtime_transforms(raw, where)
     for key in ("d_in", "d_sae"):
         if key not in raw:
             raise ValueError(f"{where}: missing required field {key!r}")
-    metadata = dict(raw.get("metadata") or {})
-    hook_name = metadata.pop("hook_name", None) or raw.get("hook_name", "")
+    metadata = dict(raw.get("metadata") or raw.get("meta") or {})
+    hook_name = metadata.pop("hook_name", None) or raw.get("hook_name") or ""
+    if metadata.get("hook_head_index") is not None:
+        raise ValueError(f"{where}: the SAE reads one attention head (hook_head_index="
+                         f"{metadata['hook_head_index']}), which saehooks cannot attach")
     return SAEConfig(
         d_in=int(raw["d_in"]),
         d_sae=int(raw["d_sae"]),
@@ -79,24 +146,96 @@ def config_from_dict(raw: dict[str, Any], where: str = "cfg.json") -> SAEConfig:
     )
 
 
+def to_saelens_tensors(sae: SAE) -> dict[str, Tensor]:
+    """The SAE's tensors under SAELens' names (a gated SAE has no ``b_enc`` there)."""
+    tensors = {k: v.detach() for k, v in sae.state_dict().items()}
+    if sae.cfg.architecture == "gated":
+        tensors.pop("b_enc", None)  # unused by the gated forward pass, absent in SAELens
+    return tensors
+
+
+def from_saelens_tensors(cfg: SAEConfig, tensors: dict[str, Tensor], where: str,
+                         finetuning_scaling_factor: bool = False) -> dict[str, Tensor]:
+    """Map tensors read from a SAELens file onto this library's SAE state dict.
+
+    * gated: SAELens has no ``b_enc``; it is added as zeros (an all-zero ``b_enc``
+      in the file is accepted, a non-zero one is refused: the gated forward ignores it);
+    * jumprelu: a training checkpoint's ``log_threshold`` becomes ``threshold = exp``;
+    * pre-v6: ``scaling_factor [d_sae]`` (finetuning scale on the latents) is folded
+      into the decoder rows when ``finetuning_scaling_factor`` is set, dropped when
+      it is all ones, refused otherwise (as SAELens does).
+
+    Raises:
+        SAEFileError: a tensor that cannot be mapped (named in the message).
+    """
+    out = dict(tensors)
+    if cfg.architecture == "jumprelu" and "log_threshold" in out and "threshold" not in out:
+        out["threshold"] = out.pop("log_threshold").exp()
+    if cfg.architecture == "gated":
+        b_enc = out.get("b_enc")
+        if b_enc is None:
+            ref = out.get("b_gate", next(iter(out.values())) if out else torch.zeros(1))
+            out["b_enc"] = torch.zeros(cfg.d_sae, dtype=ref.dtype)
+        elif torch.count_nonzero(b_enc):
+            raise SAEFileError(f"{where}: a gated SAE holds a non-zero tensor 'b_enc', which "
+                               "the gated forward pass (b_gate, r_mag, b_mag) never uses")
+    if "scaling_factor" in out:
+        scale = out.pop("scaling_factor")
+        if finetuning_scaling_factor:
+            if "W_dec" in out and scale.shape == (out["W_dec"].shape[0],):
+                out["W_dec"] = out["W_dec"] * scale.to(out["W_dec"].dtype)[:, None]
+            else:
+                raise SAEFileError(f"{where}: tensor 'scaling_factor' has shape "
+                                   f"{tuple(scale.shape)}, expected ({cfg.d_sae},)")
+        elif not torch.all(scale == 1):
+            raise SAEFileError(f"{where}: tensor 'scaling_factor' is not all ones but the "
+                               "config has finetuning_scaling_factor=False")
+    return out
+
+
 def save(sae: SAE, path: Path) -> None:
-    """Write ``cfg.json`` and ``sae_weights.safetensors`` into the folder ``path``."""
+    """Write ``cfg.json``, ``sae_weights.safetensors`` and, when the SAE carries a
+    ``feature_density [d_sae]``, ``sparsity.safetensors`` (log10 density) into ``path``.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    write_safetensors(path / WEIGHTS_FILE, dict(sae.state_dict()))
+    write_safetensors(path / WEIGHTS_FILE, to_saelens_tensors(sae))
+    density = getattr(sae, "feature_density", None)
+    if density is not None:
+        write_safetensors(path / SPARSITY_FILE,
+                          {"sparsity": torch.as_tensor(density).float().log10()})
     atomic_write_text(path / CFG_FILE, json.dumps(config_to_dict(sae.cfg), indent=2) + "\n")
 
 
-def load(path: Path) -> tuple[SAEConfig, dict, dict]:
-    """Read a SAELens folder: its config, its tensors (not yet checked) and extras
-    (``feature_density`` from an optional ``sparsity.safetensors``)."""
-    cfg = config_from_dict(read_json(path / CFG_FILE), where=str(path / CFG_FILE))
+def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
+    """Read a SAELens folder.
+
+    Args:
+        path: folder holding ``cfg.json`` and ``sae_weights.safetensors``.
+
+    Returns:
+        ``(cfg, tensors, extras)``: the config, the tensors under this library's
+        names (checked against the config by the caller), and extras
+        (``feature_density [d_sae]`` from an optional ``sparsity.safetensors``).
+
+    Raises:
+        SAEFileError: missing, truncated or corrupt files.
+        ValueError: see :func:`config_from_dict`.
+    """
+    raw = read_json(path / CFG_FILE)
+    cfg = config_from_dict(raw, where=str(path / CFG_FILE))
     tensors = read_safetensors(path / WEIGHTS_FILE)
-    extras = {}
+    fold_scale = bool(raw.get("finetuning_scaling_factor"))
+    if fold_scale and "scaling_factor" not in tensors:
+        raise SAEFileError(f"{path / CFG_FILE}: finetuning_scaling_factor=True but "
+                           f"{WEIGHTS_FILE} holds no 'scaling_factor' tensor")
+    tensors = from_saelens_tensors(cfg, tensors, str(path / WEIGHTS_FILE),
+                                   finetuning_scaling_factor=fold_scale)
+    extras: dict[str, Any] = {}
     if (path / SPARSITY_FILE).is_file():
         sparsity = read_safetensors(path / SPARSITY_FILE)
         log10 = sparsity.get("sparsity")
-        if log10 is None or log10.shape != (cfg.d_sae,):
+        if log10 is None or len(sparsity) != 1 or log10.shape != (cfg.d_sae,):
             raise SAEFileError(f"{path / SPARSITY_FILE}: expected one tensor 'sparsity' of "
-                               f"shape ({cfg.d_sae},), found {list(sparsity)}")
+                               f"shape ({cfg.d_sae},), found {sorted(sparsity)}")
         extras["feature_density"] = 10.0 ** log10.float()
     return cfg, tensors, extras

@@ -1,0 +1,121 @@
+"""SAEs on the Hugging Face Hub: ``hf://<owner>/<repo>[@<revision>]/<folder>``.
+
+Source: ``huggingface_hub.snapshot_download`` and its local cache layout
+(``<cache>/models--<owner>--<repo>/snapshots/<commit>/...``). Online, the folder is
+downloaded (or refreshed) into the cache; offline -- ``HF_HUB_OFFLINE=1``, or no
+connection -- the cached copy is used, and when there is none the error says what to
+download. The cache is ``HF_HUB_CACHE`` (or ``$HF_HOME/hub``) as set when the call
+is made.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+PREFIX = "hf://"
+_TRUE = ("1", "true", "yes", "on")
+
+
+class HubLocation(NamedTuple):
+    """A parsed ``hf://`` address."""
+
+    repo_id: str
+    """``"<owner>/<repo>"``."""
+    revision: str | None
+    """Branch, tag or commit after ``@``; None for the default branch."""
+    folder: str
+    """Path of the SAE's folder inside the repository; ``""`` for its root."""
+
+
+def is_hub_url(path_or_name: object) -> bool:
+    """True for a string starting with ``hf://``."""
+    return isinstance(path_or_name, str) and path_or_name.startswith(PREFIX)
+
+
+def parse(url: str) -> HubLocation:
+    """Split ``hf://owner/repo@rev/some/folder`` into its parts.
+
+    Raises:
+        ValueError: not of the form ``hf://<owner>/<repo>[/<folder>]``.
+    """
+    parts = [p for p in url.removeprefix(PREFIX).split("/") if p]
+    if not is_hub_url(url) or len(parts) < 2:
+        raise ValueError(f"{url!r} is not a hub address; write hf://<owner>/<repo>/<folder>, "
+                         "e.g. hf://jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre")
+    name, _, revision = parts[1].partition("@")
+    return HubLocation(f"{parts[0]}/{name}", revision or None, "/".join(parts[2:]))
+
+
+def offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set now (or was when huggingface_hub loaded)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def cache_dir() -> str | None:
+    """The hub cache named by ``HF_HUB_CACHE`` / ``HF_HOME`` now; None: the library default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def _download_hint(loc: HubLocation) -> str:
+    include = f" --include '{loc.folder}/*'" if loc.folder else ""
+    revision = f" --revision {loc.revision}" if loc.revision else ""
+    return (f"download it where the Hub is reachable with `hf download {loc.repo_id}"
+            f"{include}{revision}` (or huggingface_hub.snapshot_download) and copy that "
+            "cache here, or point HF_HUB_CACHE at it")
+
+
+def resolve(url: str) -> Path:
+    """The local folder holding the SAE at ``url``, downloading it when online.
+
+    Args:
+        url: ``hf://<owner>/<repo>[@<revision>]/<folder>``.
+
+    Returns:
+        The folder inside the hub cache's snapshot.
+
+    Raises:
+        ValueError: a malformed address.
+        ImportError: ``huggingface_hub`` is not installed.
+        FileNotFoundError: not cached and cannot be downloaded (offline, no
+            connection, no such repository or folder); the message says what to
+            download.
+    """
+    loc = parse(url)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ImportError(f"loading {url} needs huggingface_hub: "
+                          "pip install huggingface_hub") from exc
+    is_offline = offline()
+    cache = cache_dir()
+    where = cache or "the default Hugging Face cache"
+    try:
+        root = snapshot_download(
+            loc.repo_id,
+            revision=loc.revision,
+            allow_patterns=[f"{loc.folder}/*"] if loc.folder else None,
+            cache_dir=cache,
+            local_files_only=is_offline,
+        )
+    except Exception as exc:  # huggingface_hub's own error types vary between versions
+        reason = ("HF_HUB_OFFLINE is set" if is_offline
+                  else f"the Hub could not be used ({type(exc).__name__}: {exc})")
+        raise FileNotFoundError(f"{url}: not in {where} and {reason}; "
+                                f"{_download_hint(loc)}") from exc
+    folder = Path(root) / loc.folder
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise FileNotFoundError(f"{url}: the cached snapshot {root} has no folder "
+                                f"{loc.folder!r}; {_download_hint(loc)}")
+    return folder
