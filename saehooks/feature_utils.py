@@ -1,0 +1,122 @@
+"""Small shared pieces of the feature tools: index checks, batching, token masks, losses.
+
+Used by :mod:`saehooks.interventions`, :mod:`saehooks.effects` and
+:mod:`saehooks.features`; nothing here holds state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from saehooks import hooks
+from saehooks.sae import SAE
+
+FeatureSpec = int | Sequence[int] | Tensor
+"""One feature index, a sequence of them, or a 1-d integer tensor."""
+
+
+def check_features(sae: SAE, features: FeatureSpec) -> list[int]:
+    """Feature indices as a list of ints, each checked against ``sae.cfg.d_sae``.
+
+    Raises:
+        IndexError: an index outside ``0 … d_sae - 1`` (the message gives the range).
+        TypeError: something that is not an integer index.
+    """
+    if isinstance(features, Tensor):
+        features = features.flatten().tolist()
+    elif isinstance(features, int) or hasattr(features, "__index__"):
+        features = [features]
+    out: list[int] = []
+    for f in features:
+        if isinstance(f, bool) or not hasattr(f, "__index__"):
+            raise TypeError(f"feature indices must be integers, got {f!r} "
+                            f"({type(f).__name__})")
+        f = int(f)
+        if not 0 <= f < sae.cfg.d_sae:
+            raise IndexError(f"feature {f} is out of range: the SAE at {sae.cfg.hook_name!r} "
+                             f"has {sae.cfg.d_sae} features, 0 … {sae.cfg.d_sae - 1}")
+        out.append(f)
+    return out
+
+
+def check_tokens(tokens: Tensor) -> Tensor:
+    """``tokens`` as a LongTensor ``[batch, pos]`` (a 1-d row becomes ``[1, pos]``).
+
+    Raises:
+        ValueError: not 1- or 2-d, or empty.
+    """
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"tokens must be a LongTensor [batch, pos], got {type(tokens).__name__}; "
+                        "tokenize text with model.to_tokens(...)")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2 or tokens.numel() == 0:
+        raise ValueError(f"tokens must be a non-empty LongTensor [batch, pos], got shape "
+                         f"{tuple(tokens.shape)}")
+    return tokens.long()
+
+
+def iter_batches(tokens: Tensor, batch_size: int,
+                 device: torch.device | str | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(first_row_index, tokens[i : i + batch_size])`` (moved to ``device``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start:start + batch_size]
+        yield start, batch if device is None else batch.to(device)
+
+
+def bos_id(model: nn.Module) -> int | None:
+    """The model's BOS token id (also the document separator of the reference data)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    return getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+
+
+def position_mask(model: nn.Module, tokens: Tensor, exclude_bos: bool = True) -> Tensor:
+    """Positions that count: ``[batch, pos]`` booleans, False at BOS tokens if ``exclude_bos``."""
+    bos = bos_id(model) if exclude_bos else None
+    if bos is None:
+        return torch.ones_like(tokens, dtype=torch.bool)
+    return tokens != bos
+
+
+def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Next-token cross-entropy: logits ``[batch, pos, vocab]`` -> ``[batch, pos - 1]`` nats.
+
+    Entry ``[b, p]`` is the loss of predicting ``tokens[b, p + 1]`` from position ``p``.
+    """
+    logprobs = logits[:, :-1].float().log_softmax(-1)
+    return -logprobs.gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]
+
+
+def kl_per_token(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """``KL(p || q)`` of next-token distributions: ``[..., vocab] x 2 -> [...]`` nats."""
+    logp = logits_p.float().log_softmax(-1)
+    logq = logits_q.float().log_softmax(-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+@torch.no_grad()
+def sae_acts(model: nn.Module, sae: SAE, tokens: Tensor) -> Tensor:
+    """The SAE's latent activations on ``tokens``: ``[batch, pos] -> [batch, pos, d_sae]``.
+
+    Runs the model only up to the SAE's block and encodes the activation there
+    (no hooks are left behind).
+    """
+    _, act = hooks.capture(model, tokens, sae.cfg.hook_name, stop=True)
+    return sae.encode(act.to(sae.device))
+
+
+def decoder_vector(sae: SAE, feature: int) -> Tensor:
+    """What one unit of ``feature``'s activation adds to the reconstruction: ``[d_in]``.
+
+    ``W_dec[feature]``, or its unit-norm version for SAEs that divide activations by
+    the decoder norm before decoding (``rescale_acts_by_decoder_norm``).
+    """
+    row = sae.W_dec[feature].detach()
+    if sae.cfg.rescale_acts_by_decoder_norm:
+        row = row / row.norm()
+    return row
