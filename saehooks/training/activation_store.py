@@ -1,0 +1,404 @@
+"""Activation stores: token sources -> model activations -> shuffled training batches.
+
+* :class:`TokenSource` reads token rows ``[n_ctx]`` from a LongTensor ``[n_seq, n_ctx]``
+  (e.g. the shipped token arrays), a ``.safetensors`` file holding ``tokens``, a
+  folder of text files tokenised with the model's tokenizer, or any iterable of
+  token tensors. It counts the rows it served, so a run can resume where it stopped.
+* :class:`ActivationStore` runs the model only up to the hook (``stop_at_layer``),
+  drops BOS positions, and serves batches from a mixing buffer of bounded size.
+* :func:`write_activation_cache` / :class:`CachedActivationStore`: activations in
+  safetensors shards on disk, read back in shuffled epochs with bounded memory, so
+  several SAEs can train on the same activations without rerunning the model.
+
+Both stores expose ``next_batch() -> [batch_size, d_in]`` and ``state_dict`` /
+``load_state_dict`` (tensors + JSON-able values) for exact resumption.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saehooks import hooks, models
+from saehooks.io.common import atomic_write_text, read_safetensors, write_safetensors
+
+CACHE_INFO = "cache.json"
+
+
+def _generator_state(gen: torch.Generator) -> Tensor:
+    return gen.get_state().clone()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A cheap identity of the model's weights: Σ|w| per parameter, hashed."""
+    import hashlib
+
+    sums = ",".join(f"{float(p.detach().double().abs().sum()):.6e}" for p in model.parameters())
+    return hashlib.sha256(sums.encode()).hexdigest()[:16]
+
+
+class TokenSource:
+    """Token rows from a tensor, a ``.safetensors`` file, a text folder or an iterable.
+
+    Args:
+        source: LongTensor ``[n_seq, n_ctx]``; path of a ``.safetensors`` file with a
+            ``tokens`` tensor; path of a folder of text files (``*.py``, ``*.txt``,
+            ``*.md``, recursively, sorted), tokenised with ``tokenizer`` into rows of
+            ``context_size`` tokens, each ``[BOS, …]``, documents separated by BOS;
+            or any iterable of LongTensors ``[n_ctx]`` / ``[n, n_ctx]``.
+        tokenizer: a Hugging Face tokenizer (text folders only).
+        context_size: tokens per row for text folders.
+        bos_id: the BOS token id (text folders only).
+
+    Tensors, files and folders restart when exhausted (epochs); a one-shot iterator
+    raises ``StopIteration`` at its end.
+    """
+
+    TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
+
+    def __init__(self, source: Any, tokenizer: Any = None, context_size: int = 256,
+                 bos_id: int | None = None) -> None:
+        self.tokenizer, self.context_size, self.bos_id = tokenizer, context_size, bos_id
+        self.rows_served = 0
+        self._tensor: Tensor | None = None
+        self._files: list[Path] | None = None
+        self._iterable: Iterable | None = None
+        if isinstance(source, Tensor):
+            self._tensor = self._check_rows(source)
+        elif isinstance(source, (str, Path)) and Path(source).is_dir():
+            self._files = sorted(p for p in Path(source).rglob("*")
+                                 if p.is_file() and p.suffix in self.TEXT_SUFFIXES)
+            if not self._files:
+                raise ValueError(f"no text files ({', '.join(self.TEXT_SUFFIXES)}) under "
+                                 f"{str(source)!r}")
+            if tokenizer is None or bos_id is None:
+                raise ValueError("a text folder needs the model's tokenizer and BOS id")
+        elif isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"token source {str(path)!r} does not exist; pass a "
+                                        "LongTensor, a .safetensors file or a text folder")
+            self._tensor = self._check_rows(read_safetensors(path)["tokens"])
+        elif isinstance(source, Iterable):
+            self._iterable = source
+        else:
+            raise TypeError(f"unsupported token source {type(source).__name__}; pass a "
+                            "LongTensor [n_seq, n_ctx], a path, or an iterable of tensors")
+
+    @staticmethod
+    def _check_rows(tokens: Tensor) -> Tensor:
+        if tokens.ndim != 2 or tokens.dtype.is_floating_point:
+            raise ValueError(f"token arrays must be integer [n_seq, n_ctx], got "
+                             f"{tuple(tokens.shape)} {tokens.dtype}")
+        return tokens.long()
+
+    @property
+    def finite_rows(self) -> int | None:
+        """Rows in one epoch when known without reading everything, else None."""
+        return None if self._tensor is None else self._tensor.shape[0]
+
+    def _text_rows(self) -> Iterator[Tensor]:
+        body = self.context_size - 1
+        pending: list[int] = []
+        for path in self._files:  # type: ignore[union-attr]
+            text = path.read_text(encoding="utf-8", errors="replace")
+            pending.append(self.bos_id)  # type: ignore[arg-type]
+            pending.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            while len(pending) >= body:
+                yield torch.tensor([self.bos_id, *pending[:body]], dtype=torch.long)
+                pending = pending[body:]
+
+    def _epoch(self) -> Iterator[Tensor]:
+        if self._tensor is not None:
+            yield from self._tensor
+        elif self._files is not None:
+            yield from self._text_rows()
+        else:
+            for item in self._iterable:  # type: ignore[union-attr]
+                item = torch.as_tensor(item).long()
+                yield from (item if item.ndim == 2 else item[None])
+
+    def iter_rows(self) -> Iterator[Tensor]:
+        """Rows ``[n_ctx]`` from row ``rows_served`` on, counting them as they go."""
+        skip = self.rows_served
+        restartable = self._iterable is None or isinstance(self._iterable, (list, tuple))
+        while True:
+            n_this_epoch = 0
+            for row in self._epoch():
+                n_this_epoch += 1
+                if skip:
+                    skip -= 1
+                    continue
+                self.rows_served += 1
+                yield row
+            if not restartable:
+                return
+            if n_this_epoch == 0:
+                raise ValueError("the token source is empty")
+            skip %= n_this_epoch
+
+
+class ActivationStore:
+    """Shuffled activations at one hook, computed on the fly.
+
+    The mixing buffer keeps at most ``buffer_tokens`` activations: when it is full it
+    is shuffled, half of it is served, and fresh activations fill it again, so batches
+    mix tokens from many sequences (SAELens' scheme).
+
+    Args:
+        model: a TransformerLens model (see :func:`saehooks.load_model`).
+        tokens: a :class:`TokenSource` or anything it accepts.
+        hook_name: the hook point, e.g. ``blocks.2.hook_resid_post``.
+        batch_size: activations per :meth:`next_batch`.
+        buffer_tokens: mixing-buffer capacity (activations).
+        model_batch_rows: sequences per forward pass.
+        drop_bos: drop positions whose token is the BOS id.
+        seed: seed of the shuffling.
+        context_size: row length for text folders.
+    """
+
+    def __init__(self, model: nn.Module, tokens: Any, hook_name: str, batch_size: int = 4096,
+                 buffer_tokens: int = 131072, model_batch_rows: int = 32,
+                 drop_bos: bool = True, seed: int = 0, context_size: int = 256) -> None:
+        models.check_hook_name(model, hook_name)
+        self.model, self.hook_name = model, hook_name
+        tokenizer = getattr(model, "tokenizer", None)
+        self.bos_id = getattr(tokenizer, "bos_token_id", None)
+        if drop_bos and self.bos_id is None:
+            raise ValueError("drop_bos needs the model's tokenizer BOS id; pass drop_bos=False")
+        self.source = tokens if isinstance(tokens, TokenSource) else TokenSource(
+            tokens, tokenizer, context_size, self.bos_id)
+        self.batch_size, self.buffer_tokens = batch_size, max(buffer_tokens, 2 * batch_size)
+        self.model_batch_rows, self.drop_bos = model_batch_rows, drop_bos
+        self.generator = torch.Generator().manual_seed(seed)
+        width = models.hook_width(model, hook_name)
+        self.d_in = int(width) if width is not None else self._probe_width()
+        self._pool = torch.empty(0, self.d_in)
+        self._ready = torch.empty(0, self.d_in)
+        self._rows: Iterator[Tensor] | None = None
+
+    def _probe_width(self) -> int:
+        rows = TokenSource(torch.zeros(1, 2, dtype=torch.long))
+        return self.activations(next(rows.iter_rows())[None]).shape[-1]
+
+    @torch.no_grad()
+    def activations(self, tokens: Tensor) -> Tensor:
+        """Activations ``[n_kept, d_in]`` (float32) of token rows ``[n, n_ctx]``."""
+        device = models.model_device(self.model)
+        _, acts = hooks.capture(self.model, tokens.to(device), self.hook_name, stop=True)
+        acts = acts.float().cpu()
+        if self.drop_bos:
+            return acts[tokens != self.bos_id]
+        return acts.reshape(-1, acts.shape[-1])
+
+    def _fresh(self) -> Tensor:
+        if self._rows is None:
+            self._rows = self.source.iter_rows()
+        rows = []
+        for row in self._rows:
+            rows.append(row)
+            if len(rows) == self.model_batch_rows:
+                break
+        if not rows:
+            raise StopIteration("the token source is exhausted")
+        return self.activations(torch.stack(rows))
+
+    def _refill(self) -> None:
+        parts, n = [self._pool], self._pool.shape[0]
+        while n < self.buffer_tokens:
+            try:
+                fresh = self._fresh()
+            except StopIteration:
+                if n == 0:
+                    raise
+                break
+            parts.append(fresh)
+            n += fresh.shape[0]
+        pool = torch.cat(parts)
+        pool = pool[torch.randperm(pool.shape[0], generator=self.generator)]
+        half = max(pool.shape[0] // 2, min(self.batch_size, pool.shape[0]))
+        self._ready = torch.cat([self._ready, pool[:half]])
+        self._pool = pool[half:]
+
+    def next_batch(self) -> Tensor:
+        """A shuffled batch ``[batch_size, d_in]`` of raw activations (float32)."""
+        while self._ready.shape[0] < self.batch_size:
+            self._refill()
+        batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size:]
+        return batch
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``(tensors, values)``: buffer contents and RNG state, and the source cursor."""
+        tensors = {"pool": self._pool, "ready": self._ready,
+                   "generator": _generator_state(self.generator)}
+        return tensors, {"kind": "live", "rows_served": self.source.rows_served}
+
+    def load_state_dict(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> None:
+        """Restore a state saved by :meth:`state_dict` (the source is re-read to its cursor)."""
+        self._pool, self._ready = tensors["pool"].clone(), tensors["ready"].clone()
+        self.generator.set_state(tensors["generator"].clone())
+        self.source.rows_served = int(values["rows_served"])
+        self._rows = None
+
+
+def write_activation_cache(store: ActivationStore, cache_dir: str | Path, n_tokens: int | None,
+                           shard_tokens: int = 65536, progress: bool = True) -> Path:
+    """Write ``n_tokens`` activations of ``store`` into safetensors shards.
+
+    Shards (``shard_00000.safetensors`` with one tensor ``acts [n, d_in]``) are written
+    atomically one by one; ``cache.json`` (hook, width, token count, model) is written
+    last, so a folder without it is an unfinished cache and is overwritten. Memory is
+    bounded by the store's buffer plus one shard.
+
+    Args:
+        store: a live store (its shuffling mixes sequences before they reach disk).
+        cache_dir: target folder.
+        n_tokens: activations to write; None for one pass over a finite source.
+        shard_tokens: activations per shard.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``cache_dir`` as a Path.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CACHE_INFO).unlink(missing_ok=True)
+    for old in out.glob("shard_*.safetensors"):
+        old.unlink()
+    row_limit = None
+    if n_tokens is None:
+        row_limit = store.source.finite_rows
+        if row_limit is None:
+            raise ValueError("pass n_tokens for a token source of unknown length")
+        row_limit += store.source.rows_served
+    target = n_tokens if n_tokens is not None else -1
+    pool = torch.empty(0, store.d_in)
+    written, n_shards, source_done = 0, 0, False
+    bar = tqdm(total=n_tokens, unit="tok", disable=not progress,
+               desc=f"caching {store.hook_name}")
+    while True:
+        enough = target >= 0 and written + pool.shape[0] >= target
+        if row_limit is not None and store.source.rows_served >= row_limit:
+            source_done = True
+        if not (enough or source_done):
+            if row_limit is not None:
+                store.model_batch_rows = min(store.model_batch_rows,
+                                             row_limit - store.source.rows_served)
+            try:
+                pool = torch.cat([pool, store._fresh()])
+            except StopIteration:
+                source_done = True
+            continue_filling = pool.shape[0] < 2 * shard_tokens
+            if continue_filling and not source_done:
+                continue
+        if pool.shape[0] == 0:
+            break
+        pool = pool[torch.randperm(pool.shape[0], generator=store.generator)]
+        want = shard_tokens if target < 0 else min(shard_tokens, target - written)
+        shard, pool = pool[:want], pool[want:]
+        write_safetensors(out / f"shard_{n_shards:05d}.safetensors", {"acts": shard})
+        n_shards += 1
+        written += shard.shape[0]
+        bar.update(shard.shape[0])
+        if target >= 0 and written >= target:
+            break
+        if (enough or source_done) and pool.shape[0] == 0:
+            break
+    bar.close()
+    info = {"hook_name": store.hook_name, "d_in": store.d_in, "n_tokens": written,
+            "n_shards": n_shards, "shard_tokens": shard_tokens,
+            "model_name": models.model_name(store.model),
+            "model_fingerprint": model_fingerprint(store.model),
+            "model_processing": models.model_processing(store.model),
+            "drop_bos": store.drop_bos, "rows_read": store.source.rows_served}
+    atomic_write_text(out / CACHE_INFO, json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def read_cache_info(cache_dir: str | Path) -> dict[str, Any] | None:
+    """``cache.json`` of a finished cache, or None if there is none."""
+    path = Path(cache_dir) / CACHE_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class CachedActivationStore:
+    """Shuffled batches from an on-disk activation cache, in epochs.
+
+    Each epoch visits the shards in a random order, ``shards_per_group`` at a time;
+    a group is concatenated and shuffled, then served. Memory holds one group. The
+    state is ``(epoch, group, offset)``: a resumed store reloads its group and goes
+    on exactly where it stopped.
+
+    Args:
+        cache_dir: folder written by :func:`write_activation_cache`.
+        batch_size: activations per batch.
+        seed: seed of the shard order and shuffling.
+        shards_per_group: shards mixed together.
+
+    Raises:
+        FileNotFoundError: the folder holds no finished cache.
+    """
+
+    def __init__(self, cache_dir: str | Path, batch_size: int = 4096, seed: int = 0,
+                 shards_per_group: int = 4) -> None:
+        self.cache_dir = Path(cache_dir)
+        info = read_cache_info(self.cache_dir)
+        if info is None:
+            raise FileNotFoundError(f"{self.cache_dir} holds no finished activation cache "
+                                    f"({CACHE_INFO} missing); write one with "
+                                    "write_activation_cache")
+        self.info, self.d_in, self.hook_name = info, int(info["d_in"]), info["hook_name"]
+        self.batch_size, self.seed, self.shards_per_group = batch_size, seed, shards_per_group
+        self.n_shards = int(info["n_shards"])
+        self.epoch, self.group, self.offset = 0, 0, 0
+        self._data: Tensor | None = None
+
+    def _groups_per_epoch(self) -> int:
+        return -(-self.n_shards // self.shards_per_group)
+
+    def _load_group(self) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n_shards, generator=gen)
+        ids = order[self.group * self.shards_per_group:(self.group + 1) * self.shards_per_group]
+        data = torch.cat([read_safetensors(self.cache_dir / f"shard_{int(i):05d}.safetensors")
+                          ["acts"].float() for i in ids])
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 7919
+                                            + self.group)
+        return data[torch.randperm(data.shape[0], generator=gen)]
+
+    def next_batch(self) -> Tensor:
+        """A shuffled batch ``[batch_size, d_in]`` (float32)."""
+        parts, need = [], self.batch_size
+        while need:
+            if self._data is None:
+                self._data = self._load_group()
+            take = self._data[self.offset:self.offset + need]
+            parts.append(take)
+            need -= take.shape[0]
+            self.offset += take.shape[0]
+            if self.offset >= self._data.shape[0]:
+                self._data, self.offset = None, 0
+                self.group += 1
+                if self.group >= self._groups_per_epoch():
+                    self.group, self.epoch = 0, self.epoch + 1
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @property
+    def epochs_done(self) -> float:
+        """Fractional epochs served so far."""
+        return self.epoch + self.group / self._groups_per_epoch()
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        return {}, {"kind": "cache", "epoch": self.epoch, "group": self.group,
+                    "offset": self.offset}
+
+    def load_state_dict(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> None:
+        self.epoch, self.group = int(values["epoch"]), int(values["group"])
+        self.offset, self._data = int(values["offset"]), None

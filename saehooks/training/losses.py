@@ -1,0 +1,194 @@
+"""Training objectives of sparse autoencoders: pure functions of tensors.
+
+Conventions shared by every function here:
+
+* the squared error is **summed over** ``d_in`` and **averaged over tokens**
+  (``mse = mean_token ‖x − x̂‖²``), the same convention as ``saehooks.metrics``;
+* penalties are summed over latents and averaged over tokens, so that every term is
+  "per token" and does not depend on the batch size;
+* nothing here has state: the trainer owns coefficients, schedules and dead masks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def mse(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Reconstruction error ``mean_token ‖x − x̂‖²``.
+
+    Args:
+        x: inputs ``[batch, d_in]``.
+        x_hat: reconstructions ``[batch, d_in]``.
+
+    Returns:
+        Scalar: squared L2 error summed over ``d_in``, averaged over the batch.
+    """
+    return (x_hat - x).pow(2).sum(-1).mean()
+
+
+def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Fraction of variance unexplained ``Σ‖x − x̂‖² / Σ‖x − mean(x)‖²`` over the batch.
+
+    The denominator is the variance about the batch's per-dimension mean (not about
+    zero), as in ``saehooks.metrics.fvu``.
+
+    Args:
+        x: inputs ``[batch, d_in]``.
+        x_hat: reconstructions ``[batch, d_in]``.
+
+    Returns:
+        Scalar FVU (0 is perfect, 1 is as good as predicting the mean).
+    """
+    total = (x - x.mean(0)).pow(2).sum()
+    return (x_hat - x).pow(2).sum() / total.clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def l1_penalty(acts: Tensor, W_dec: Tensor) -> Tensor:
+    """Decoder-norm-weighted L1 penalty ``mean_token Σ_j a_j · ‖W_dec[j]‖``.
+
+    Source: Anthropic, "Circuits Updates – April 2024" (training SAEs, "Update on how
+    we train SAEs"): the L1 term is weighted by each latent's decoder norm, so the
+    decoder need not be constrained to unit norm (shrinking ``a_j`` while growing
+    ``‖W_dec[j]‖`` no longer lowers the penalty).
+
+    Args:
+        acts: latent activations ``[batch, d_sae]`` (non-negative).
+        W_dec: decoder ``[d_sae, d_in]``.
+
+    Returns:
+        Scalar penalty per token (same units as the activations).
+    """
+    return (acts * W_dec.norm(dim=-1)).sum(-1).mean()
+
+
+def l1_loss(x: Tensor, x_hat: Tensor, acts: Tensor, W_dec: Tensor,
+            l1_coefficient: float) -> Tensor:
+    """``mse(x, x̂) + λ · l1_penalty(acts, W_dec)`` (Anthropic, April 2024 update).
+
+    Args:
+        x: inputs ``[batch, d_in]``.
+        x_hat: reconstructions ``[batch, d_in]``.
+        acts: latent activations ``[batch, d_sae]``.
+        W_dec: decoder ``[d_sae, d_in]``.
+        l1_coefficient: λ at this step (the trainer warms it up linearly).
+
+    Returns:
+        Scalar loss per token.
+    """
+    return mse(x, x_hat) + l1_coefficient * l1_penalty(acts, W_dec)
+
+
+def firing_probability(acts: Tensor, scale: float = 1.0) -> Tensor:
+    """Soft per-latent firing probability ``ρ̂_j = mean_token tanh(a_j / scale)``.
+
+    The KL sparsity penalty of the classic sparse autoencoder (Ng, "Sparse
+    autoencoder", CS294A lecture notes, 2011) compares a target ρ with each unit's
+    *mean activation over the batch*, which lies in (0, 1) because those units are
+    sigmoids. ReLU latents are unbounded, so each activation is first squashed to
+    [0, 1) by ``tanh(a / scale)``: a silent latent contributes 0, a latent firing
+    well above ``scale`` contributes ≈ 1, so the batch mean is a smooth estimate of
+    the fraction of tokens on which the latent fires (it tends to the exact firing
+    frequency as ``scale → 0``). ``scale`` is in the units of the (normalised)
+    activations.
+
+    Args:
+        acts: latent activations ``[batch, d_sae]`` (non-negative).
+        scale: activation at which a latent counts as ``tanh(1) ≈ 0.76`` of a firing.
+
+    Returns:
+        ``ρ̂`` of shape ``[d_sae]``, values in [0, 1).
+    """
+    return torch.tanh(acts / scale).mean(0)
+
+
+def kl_sparsity_penalty(rho_hat: Tensor, rho: float, eps: float = 1e-6) -> Tensor:
+    """``Σ_j KL(ρ ‖ ρ̂_j)`` between Bernoulli distributions (Ng 2011).
+
+    ``KL(ρ ‖ ρ̂) = ρ log(ρ/ρ̂) + (1−ρ) log((1−ρ)/(1−ρ̂))``; ``ρ̂`` is clamped to
+    ``[eps, 1 − eps]`` so that silent latents give a finite value.
+
+    Args:
+        rho_hat: per-latent firing probabilities ``[d_sae]`` in [0, 1]
+            (see :func:`firing_probability`).
+        rho: target firing probability, ``0 < rho < 1``.
+        eps: clamp for ``ρ̂``.
+
+    Returns:
+        Scalar penalty in nats (summed over latents).
+
+    Raises:
+        ValueError: ``rho`` outside (0, 1).
+    """
+    if not 0.0 < rho < 1.0:
+        raise ValueError(f"the KL target rho must lie in (0, 1), got {rho}")
+    q = rho_hat.clamp(eps, 1.0 - eps)
+    kl = rho * (math.log(rho) - q.log()) + (1.0 - rho) * (math.log1p(-rho) - torch.log1p(-q))
+    return kl.sum()
+
+
+def kl_loss(x: Tensor, x_hat: Tensor, acts: Tensor, rho: float, beta: float,
+            scale: float = 1.0) -> Tensor:
+    """``mse(x, x̂) + β · Σ_j KL(ρ ‖ ρ̂_j)`` with ``ρ̂`` from :func:`firing_probability`.
+
+    Source: the average-activation (KL) sparsity penalty of Ng 2011 ("Sparse
+    autoencoder", CS294A notes), applied to ReLU latents with unit-norm decoder rows
+    (without the constraint the penalty could be evaded by shrinking activations).
+
+    Args:
+        x: inputs ``[batch, d_in]``.
+        x_hat: reconstructions ``[batch, d_in]``.
+        acts: latent activations ``[batch, d_sae]``.
+        rho: target firing probability per latent.
+        beta: weight β of the penalty.
+        scale: squashing scale of :func:`firing_probability`.
+
+    Returns:
+        Scalar loss per token.
+    """
+    return mse(x, x_hat) + beta * kl_sparsity_penalty(firing_probability(acts, scale), rho)
+
+
+def auxk_loss(residual: Tensor, aux_recons: Tensor) -> Tensor:
+    """AuxK loss: how well the dead latents reconstruct the main model's error.
+
+    Source: Gao et al. 2024, "Scaling and evaluating sparse autoencoders", sec. A.2:
+    the ``k_aux`` largest pre-activations *among dead latents* decode (through
+    ``W_dec``, **without** ``b_dec``) an estimate ``ê`` of the residual
+    ``e = x − x̂``, and ``L_aux = ‖e − ê‖²``, here with the module's MSE convention
+    (summed over ``d_in``, averaged over tokens) so that it sits in the same units as
+    the main loss. ``b_dec`` is already inside ``x̂``, so a perfect dead-latent
+    reconstruction of ``e`` gives exactly 0 whatever ``b_dec`` is. The residual must
+    be detached by the caller: AuxK trains the dead latents, not the live ones.
+
+    Args:
+        residual: ``e = x − x̂`` ``[batch, d_in]`` (detached).
+        aux_recons: ``ê = Σ_{j∈aux} a_j W_dec[j]`` ``[batch, d_in]``.
+
+    Returns:
+        Scalar ``mean_token ‖e − ê‖²``.
+    """
+    return mse(residual, aux_recons)
+
+
+def topk_loss(x: Tensor, x_hat: Tensor, residual: Tensor | None = None,
+              aux_recons: Tensor | None = None, aux_coefficient: float = 1 / 32) -> Tensor:
+    """``mse(x, x̂) + α · auxk_loss(e, ê)`` for TopK / BatchTopK SAEs (Gao et al. 2024).
+
+    Args:
+        x: inputs ``[batch, d_in]``.
+        x_hat: reconstructions ``[batch, d_in]``.
+        residual: detached ``x − x̂`` ``[batch, d_in]``, or None when no latent is dead.
+        aux_recons: dead-latent reconstruction ``[batch, d_in]`` (see :func:`auxk_loss`).
+        aux_coefficient: α (Gao et al. use 1/32).
+
+    Returns:
+        Scalar loss per token.
+    """
+    loss = mse(x, x_hat)
+    if residual is not None and aux_recons is not None:
+        loss = loss + aux_coefficient * auxk_loss(residual, aux_recons)
+    return loss

@@ -1,0 +1,186 @@
+"""Sparse forward/backward kernels for training SAEs on CPU.
+
+A TopK SAE touches only ``k`` of its ``d_sae`` latents per token, yet the textbook
+implementation pays for ``[batch, d_sae] @ [d_sae, d_in]`` matmuls in the decoder and
+in both backward passes. Here latent codes are kept as a sparse COO list
+(``rows``, ``cols``, ``vals``, sorted by row) and every product that involves them
+is an ``embedding_bag`` (a gather-multiply-sum over "bags"):
+
+* decode ``x̂[b] = Σ_{n: row=b} vals[n] · W_dec[cols[n]]`` (bags = tokens);
+* ``∂L/∂W_dec[j] = Σ_{n: col=j} vals[n] · ∂L/∂x̂[rows[n]]`` (bags = latents);
+* ``∂L/∂W_enc[:, j] = Σ_{n: col=j} ∂L/∂pre[n] · x_c[rows[n]]`` (bags = latents);
+* ``∂L/∂vals[n] = W_dec[cols[n]] · ∂L/∂x̂[rows[n]]`` (chunked batched dot products).
+
+Only the encoder's forward ``x_c @ W_enc`` stays dense (it is needed to choose the
+latents); it may run in bfloat16. The same idea drives EleutherAI sparsify's fused
+encoder and the OpenAI sparse-autoencoder kernels; this is a CPU-friendly version.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+
+_CHUNK = 2048  # entries per chunk of the batched dot products (keeps gathers in cache)
+
+
+class SparseCode(NamedTuple):
+    """Latent activations of a batch as a COO list sorted by token."""
+
+    vals: Tensor
+    """``[nnz]`` activations (differentiable)."""
+    rows: Tensor
+    """``[nnz]`` long: token index of each entry, non-decreasing."""
+    cols: Tensor
+    """``[nnz]`` long: latent index of each entry."""
+    offsets: Tensor
+    """``[batch]`` long: first entry of each token (``embedding_bag`` offsets)."""
+    n_rows: int
+    """Batch size."""
+
+
+class LatentBags(NamedTuple):
+    """The entries of a :class:`SparseCode` grouped by latent (for weight gradients)."""
+
+    order: Tensor
+    """``[nnz]`` permutation that sorts entries by latent."""
+    offsets: Tensor
+    """``[d_sae]`` first sorted entry of each latent."""
+    counts: Tensor
+    """``[d_sae]`` entries per latent (firings in the batch)."""
+
+
+def latent_bags(cols: Tensor, d_sae: int) -> LatentBags:
+    """Group entries by latent: a stable argsort of ``cols`` and per-latent offsets."""
+    order = torch.argsort(cols, stable=True)
+    counts = torch.bincount(cols, minlength=d_sae)
+    return LatentBags(order, torch.cumsum(counts, 0) - counts, counts)
+
+
+def code_from_topk(vals: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(vals, rows, cols, offsets)`` for a dense ``[batch, k]`` top-k result."""
+    n, k = idx.shape
+    rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+    offsets = torch.arange(0, n * k, k, device=idx.device)
+    return vals.reshape(-1), rows, idx.reshape(-1), offsets
+
+
+def row_offsets(rows: Tensor, n_rows: int) -> Tensor:
+    """``embedding_bag`` offsets ``[n_rows]`` for entries sorted by row."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
+def _bag_sum(indices: Tensor, table: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
+    return F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)
+
+
+def _rowwise_dots(a_table: Tensor, a_idx: Tensor, b_table: Tensor, b_idx: Tensor) -> Tensor:
+    """``out[n] = a_table[a_idx[n]] · b_table[b_idx[n]]``, in cache-sized chunks."""
+    out = torch.empty(a_idx.numel(), dtype=a_table.dtype, device=a_table.device)
+    for s in range(0, a_idx.numel(), _CHUNK):
+        a = a_table.index_select(0, a_idx[s:s + _CHUNK])
+        b = b_table.index_select(0, b_idx[s:s + _CHUNK])
+        out[s:s + _CHUNK] = torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    return out
+
+
+class _SelectedPre(Function):
+    """Selected pre-activations ``pre[rows, cols]`` with sparse gradients to the encoder."""
+
+    @staticmethod
+    def forward(ctx, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, selected: Tensor,
+                rows: Tensor, cols: Tensor, offsets: Tensor, bags: LatentBags) -> Tensor:
+        ctx.save_for_backward(x_c, W_enc, rows, cols, offsets)
+        ctx.bags = bags
+        return selected.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x_c, W_enc, rows, cols, offsets = ctx.saved_tensors
+        bags: LatentBags = ctx.bags
+        grad = grad.contiguous()
+        g_x = g_w = g_b = None
+        if ctx.needs_input_grad[0]:
+            g_x = _bag_sum(cols, W_enc.t().contiguous(), offsets, grad)
+        if ctx.needs_input_grad[1]:
+            g_w = _bag_sum(rows[bags.order], x_c, bags.offsets, grad[bags.order]).t()
+        if ctx.needs_input_grad[2]:
+            g_b = torch.zeros(W_enc.shape[1], dtype=grad.dtype, device=grad.device)
+            g_b.index_add_(0, cols, grad)
+        return g_x, g_w, g_b, None, None, None, None, None
+
+
+class _SparseDecode(Function):
+    """``x̂[b] = Σ_{n: row=b} vals[n] · W_dec[cols[n]]`` (no bias)."""
+
+    @staticmethod
+    def forward(ctx, vals: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor,
+                W_dec: Tensor, bags: LatentBags) -> Tensor:
+        ctx.save_for_backward(vals, rows, cols, W_dec)
+        ctx.bags = bags
+        return _bag_sum(cols, W_dec, offsets, vals)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        vals, rows, cols, W_dec = ctx.saved_tensors
+        bags: LatentBags = ctx.bags
+        grad = grad.contiguous()
+        g_vals = g_w = None
+        if ctx.needs_input_grad[0]:
+            g_vals = _rowwise_dots(W_dec, cols, grad, rows)
+        if ctx.needs_input_grad[4]:
+            g_w = _bag_sum(rows[bags.order], grad, bags.offsets, vals[bags.order])
+        return g_vals, None, None, None, g_w, None
+
+
+def selected_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, selected: Tensor, rows: Tensor,
+                 cols: Tensor, offsets: Tensor, bags: LatentBags) -> Tensor:
+    """Attach sparse encoder gradients to already computed pre-activations.
+
+    Args:
+        x_c: encoder inputs ``[batch, d_in]`` (``x − b_dec``).
+        W_enc: ``[d_in, d_sae]``; b_enc: ``[d_sae]``.
+        selected: ``pre[rows, cols]`` computed without autograd ``[nnz]``.
+        rows, cols, offsets: the code's coordinates (see :class:`SparseCode`).
+        bags: :func:`latent_bags` of ``cols``.
+
+    Returns:
+        ``[nnz]`` equal to ``selected``, whose gradient flows to ``x_c``, ``W_enc``
+        and ``b_enc`` as if it were ``(x_c @ W_enc + b_enc)[rows, cols]``.
+    """
+    return _SelectedPre.apply(x_c, W_enc, b_enc, selected, rows, cols, offsets, bags)
+
+
+def sparse_decode(vals: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor, W_dec: Tensor,
+                  bags: LatentBags) -> Tensor:
+    """Decode a sparse code without bias: ``[nnz] -> [batch, d_in]``.
+
+    Equivalent to ``dense_acts @ W_dec`` where ``dense_acts[rows, cols] = vals``,
+    with gradients to ``vals`` and ``W_dec`` computed sparsely.
+    """
+    return _SparseDecode.apply(vals, rows, cols, offsets, W_dec, bags)
+
+
+def encoder_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Dense pre-activations ``x_c @ W_enc + b_enc`` without autograd, in fp32.
+
+    Args:
+        x_c: ``[batch, d_in]``.
+        W_enc: ``[d_in, d_sae]``; b_enc: ``[d_sae]``.
+        dtype: matmul dtype; ``torch.bfloat16`` is ~3-4x faster on CPUs with bf16
+            units, at ~3 significant digits (the result is returned in fp32).
+
+    Returns:
+        ``[batch, d_sae]`` float32.
+    """
+    with torch.no_grad():
+        if dtype == torch.float32:
+            return torch.addmm(b_enc, x_c, W_enc)
+        pre = x_c.to(dtype) @ W_enc.to(dtype)
+        return pre.float().add_(b_enc)
