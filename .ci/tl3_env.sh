@@ -2,7 +2,8 @@
 # Build (once) a virtual environment with TransformerLens 3 and run the hooking tests in it.
 #
 #   bash .ci/tl3_env.sh                 # build .venv-tl3 if needed, run tests/test_hooks.py
-#   bash .ci/tl3_env.sh tests/x.py -k y # run other pytest arguments instead
+#   bash .ci/tl3_env.sh -x              # options are passed to pytest
+#   bash .ci/tl3_env.sh tests/x.py -k y # other test files instead of the default ones
 #   TL3_BUILD_ONLY=1 bash .ci/tl3_env.sh
 #
 # The main environment tests TransformerLens 4 (TransformerBridge); this one tests
@@ -41,7 +42,9 @@ print(f"tl3_env: transformer-lens {tl}, torch {torch.__version__}")
 EOF
 
 [[ -n "${TL3_BUILD_ONLY:-}" ]] && exit 0
-if [[ $# -eq 0 ]]; then
+has_path=""
+for arg in "$@"; do [[ "$arg" != -* ]] && has_path=1; done
+if [[ -z "$has_path" ]]; then
     # The hooking tests, and the TL3 loader's own; files not written yet are skipped.
     for f in tests/test_hooks.py tests/test_models_tl3.py tests/test_io_hooked.py; do
         [[ -f "$f" ]] && set -- "$@" "$f"

@@ -40,7 +40,9 @@ TO_SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "
 FROM_SAELENS_ARCH = {v: k for k, v in TO_SAELENS_ARCH.items()} | {"relu": "relu"}
 SAELENS_FORMAT_VERSION = "6.0.0"
 """Written as ``metadata.sae_lens_version`` when the SAE carries none (or an older one):
-SAELens reads any config without a version >= 6 as a pre-v6 flat config."""
+SAELens reads any config without a version >= 6 as a pre-v6 flat config. On loading,
+this marker (in both version keys) is removed again; real SAELens versions are kept."""
+VERSION_KEYS = ("sae_lens_version", "sae_lens_training_version")
 
 
 def is_format(path: Path) -> bool:
@@ -80,7 +82,7 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
     major = _major(metadata.get("sae_lens_version"))
     if major is None or major < 6:
         metadata["sae_lens_version"] = SAELENS_FORMAT_VERSION
-    metadata.setdefault("sae_lens_training_version", metadata["sae_lens_version"])
+    metadata.setdefault("sae_lens_training_version", SAELENS_FORMAT_VERSION)
     out["metadata"] = metadata
     return out
 
@@ -129,6 +131,9 @@ def config_from_dict(raw: dict[str, Any], where: str = "cfg.json") -> SAEConfig:
             raise ValueError(f"{where}: missing required field {key!r}")
     metadata = dict(raw.get("metadata") or raw.get("meta") or {})
     hook_name = metadata.pop("hook_name", None) or raw.get("hook_name") or ""
+    if all(metadata.get(key) == SAELENS_FORMAT_VERSION for key in VERSION_KEYS):
+        for key in VERSION_KEYS:  # the marker config_to_dict adds, not provenance
+            del metadata[key]
     if metadata.get("hook_head_index") is not None:
         raise ValueError(f"{where}: the SAE reads one attention head (hook_head_index="
                          f"{metadata['hook_head_index']}), which saehooks cannot attach")
