@@ -31,7 +31,7 @@ def test_a_hook_returning_zeros_changes_the_loss(model, small_tokens):
     clean = model(small_tokens, return_type="loss")
     zeroed = model.run_with_hooks(small_tokens, return_type="loss",
                                   fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))])
-    assert zeroed.item() > clean.item() + 0.1
+    assert zeroed.item() > clean.item() + 1.0
 
 
 def test_spliced_model_uses_the_reconstruction(model, small_tokens):
