@@ -1,4 +1,7 @@
-"""The ``saehooks`` command line: demo, eval, train, inspect, ablate, steer."""
+"""The ``saehooks`` command line: demo, eval, train, inspect, ablate, steer.
+
+Each command's flags: ``saehooks COMMAND --help``.
+"""
 
 from __future__ import annotations
 
@@ -123,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("--density", action="store_true", help="with --json: feature density too")
     ev.set_defaults(func=cmd_eval)
+
+    from saehooks.cli_features import add_commands
+    from saehooks.training.cli import add_train_arguments, run_train
+
+    train = sub.add_parser("train", help="train an SAE on a model's activations",
+                           description="Train an SAE; every flag is a TrainConfig field.")
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
+    add_commands(sub)
     return parser
 
 
