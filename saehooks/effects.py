@@ -213,8 +213,8 @@ def attribution_check(model: nn.Module, sae: SAE, tokens: Tensor, top: int = 10,
     exact = feature_ablation_effects(model, sae, tokens, chosen, batch_size=batch_size)
     table = pd.DataFrame({"attribution": attribution.loc[chosen, "attribution"],
                           "loss_change": exact["loss_change"]})
-    table["attribution_rank"] = table["attribution"].rank(ascending=False)
-    table["exact_rank"] = table["loss_change"].rank(ascending=False)
+    table["attribution_rank"] = table["attribution"].rank(ascending=False).astype(int)
+    table["exact_rank"] = table["loss_change"].rank(ascending=False).astype(int)
     spearman = float(table["attribution"].corr(table["loss_change"], method="spearman"))
     signs = (torch.tensor(table["attribution"].to_numpy()).sign()
              == torch.tensor(table["loss_change"].to_numpy()).sign())

@@ -224,7 +224,7 @@ def feature_density_histogram(density: Tensor, path: str | Path, bins: int = 50,
         ax.legend()
     ax.set_xlabel("log10(feature density)")
     ax.set_ylabel("features")
-    ax.set_title(title or f"{density.shape[0]} features, {dead} dead (never fire)")
+    ax.set_title(title or f"{density.shape[0]} features; {dead} never fire (not shown)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
