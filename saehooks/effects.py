@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from saehooks.feature_utils import (
     FeatureSpec,
+    Positions,
     check_features,
     check_tokens,
     iter_batches,
@@ -30,9 +31,8 @@ from saehooks.feature_utils import (
     token_losses,
 )
 from saehooks.interventions import (
-    Positions,
-    _set_features_hook,
     latent_hooks,
+    set_features_hook,
     steer_direction,
     steering_vector,
 )
@@ -98,7 +98,7 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
             st = stats[f]
             st["fired"] += int(fires.sum())
             st["act_sum"] += float(store["acts"][:, :-1, f].cpu()[fires].sum())
-            hook = _set_features_hook([f], torch.zeros(1), where)
+            hook = set_features_hook([f], torch.zeros(1), where)
             with latent_hooks(model, [(sae, hook)], use_error_term=True):
                 logits = model(batch)
             dloss = (token_losses(logits, batch) - clean_loss).cpu()

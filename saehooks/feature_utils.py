@@ -6,7 +6,7 @@ Used by :mod:`saehooks.interventions`, :mod:`saehooks.effects` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,9 @@ from saehooks.sae import SAE
 
 FeatureSpec = int | Sequence[int] | Tensor
 """One feature index, a sequence of them, or a 1-d integer tensor."""
+
+Positions = str | int | Sequence[int] | slice | Tensor | None
+"""``None``/``"all"``, an index, indices, a slice, or a boolean mask ``[pos]``/``[batch, pos]``."""
 
 
 def check_features(sae: SAE, features: FeatureSpec) -> list[int]:
@@ -120,3 +123,46 @@ def decoder_vector(sae: SAE, feature: int) -> Tensor:
     if sae.cfg.rescale_acts_by_decoder_norm:
         row = row / row.norm()
     return row
+
+
+# ---- positions (see saehooks.interventions) ---------------------------------------------
+def position_selector(positions: Positions) -> Callable[[int, int, torch.device], Tensor | None]:
+    """A function ``(batch, n_pos, device) -> [batch, n_pos] bool mask`` (None: all)."""
+    if positions is None or (isinstance(positions, str) and positions == "all"):
+        return lambda batch, n_pos, device: None
+    if isinstance(positions, str):
+        raise ValueError(f"unknown positions {positions!r}; use 'all', an index, a list of "
+                         "indices, a slice, or a boolean mask [pos] / [batch, pos]")
+    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
+        mask = positions
+
+        def from_mask(batch: int, n_pos: int, device: torch.device) -> Tensor:
+            m = mask.to(device)
+            if m.ndim == 1:
+                m = m[None].expand(batch, -1)
+            if m.shape[-1] < n_pos:  # positions past the mask are not selected
+                m = torch.cat([m, m.new_zeros(m.shape[0], n_pos - m.shape[-1])], dim=-1)
+            return m[:, :n_pos].expand(batch, n_pos)
+
+        return from_mask
+    if isinstance(positions, slice):
+        sl = positions
+
+        def from_slice(batch: int, n_pos: int, device: torch.device) -> Tensor:
+            m = torch.zeros(n_pos, dtype=torch.bool, device=device)
+            m[sl] = True
+            return m[None].expand(batch, n_pos)
+
+        return from_slice
+    if isinstance(positions, Tensor):
+        positions = positions.flatten().tolist()
+    index = [int(positions)] if hasattr(positions, "__index__") else [int(p) for p in positions]
+
+    def from_index(batch: int, n_pos: int, device: torch.device) -> Tensor:
+        m = torch.zeros(n_pos, dtype=torch.bool, device=device)
+        keep = [p for p in index if -n_pos <= p < n_pos]
+        if keep:
+            m[torch.tensor(keep, device=device)] = True
+        return m[None].expand(batch, n_pos)
+
+    return from_index

@@ -32,65 +32,22 @@ from torch import Tensor, nn
 from saehooks import hooks, models
 from saehooks.feature_utils import (
     FeatureSpec,
+    Positions,
     check_features,
     check_tokens,
     decoder_vector,
     iter_batches,
     position_mask,
+    position_selector,
     sae_acts,
 )
 from saehooks.sae import SAE
 
-Positions = str | int | Sequence[int] | slice | Tensor | None
-"""``None``/``"all"``, an index, indices, a slice, or a boolean mask ``[pos]``/``[batch, pos]``."""
 
-
-# ---- positions --------------------------------------------------------------------------
-def _position_selector(positions: Positions) -> Callable[[int, int, torch.device], Tensor | None]:
-    """A function ``(batch, n_pos, device) -> [batch, n_pos] bool mask`` (None: all)."""
-    if positions is None or (isinstance(positions, str) and positions == "all"):
-        return lambda batch, n_pos, device: None
-    if isinstance(positions, str):
-        raise ValueError(f"unknown positions {positions!r}; use 'all', an index, a list of "
-                         "indices, a slice, or a boolean mask [pos] / [batch, pos]")
-    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
-        mask = positions
-
-        def from_mask(batch: int, n_pos: int, device: torch.device) -> Tensor:
-            m = mask.to(device)
-            if m.ndim == 1:
-                m = m[None].expand(batch, -1)
-            if m.shape[-1] < n_pos:  # positions past the mask are not selected
-                m = torch.cat([m, m.new_zeros(m.shape[0], n_pos - m.shape[-1])], dim=-1)
-            return m[:, :n_pos].expand(batch, n_pos)
-
-        return from_mask
-    if isinstance(positions, slice):
-        sl = positions
-
-        def from_slice(batch: int, n_pos: int, device: torch.device) -> Tensor:
-            m = torch.zeros(n_pos, dtype=torch.bool, device=device)
-            m[sl] = True
-            return m[None].expand(batch, n_pos)
-
-        return from_slice
-    if isinstance(positions, Tensor):
-        positions = positions.flatten().tolist()
-    index = [int(positions)] if hasattr(positions, "__index__") else [int(p) for p in positions]
-
-    def from_index(batch: int, n_pos: int, device: torch.device) -> Tensor:
-        m = torch.zeros(n_pos, dtype=torch.bool, device=device)
-        keep = [p for p in index if -n_pos <= p < n_pos]
-        if keep:
-            m[torch.tensor(keep, device=device)] = True
-        return m[None].expand(batch, n_pos)
-
-    return from_index
-
-
-def _set_features_hook(features: list[int], values: Tensor, positions: Positions) -> Callable:
+# ---- running hooks on SAE latents -------------------------------------------------------
+def set_features_hook(features: list[int], values: Tensor, positions: Positions) -> Callable:
     """Hook on ``hook_sae_acts_post`` setting ``acts[..., features] = values`` at positions."""
-    select = _position_selector(positions)
+    select = position_selector(positions)
     index = torch.tensor(features, dtype=torch.long)
 
     def hook(acts: Tensor, hook: Any = None) -> Tensor:
@@ -106,7 +63,6 @@ def _set_features_hook(features: list[int], values: Tensor, positions: Positions
     return hook
 
 
-# ---- running hooks on SAE latents -------------------------------------------------------
 def _attached(model: nn.Module, sae: SAE) -> bool:
     registry = models.hook_dict(model)
     return registry.get(f"{sae.cfg.hook_name}.hook_sae_acts_post") is sae.hook_sae_acts_post
@@ -254,7 +210,7 @@ def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
                 raise ValueError(f"mean_acts has {m.shape[0]} entries but the SAE at "
                                  f"{s.cfg.hook_name!r} has d_sae={s.cfg.d_sae}")
             values = m[idx]
-        items.append((s, _set_features_hook(idx, values, positions)))
+        items.append((s, set_features_hook(idx, values, positions)))
     with latent_hooks(model, items, use_error_term) as m:
         yield m
 
@@ -287,14 +243,14 @@ def clamp_features(model: nn.Module, sae: SAE, values: Mapping[int, float],
         raise ValueError("clamp_features needs at least one {feature: value} pair")
     idx = check_features(sae, list(values))
     vals = torch.tensor([float(values[f]) for f in values])
-    with latent_hooks(model, [(sae, _set_features_hook(idx, vals, positions))],
+    with latent_hooks(model, [(sae, set_features_hook(idx, vals, positions))],
                       use_error_term) as m:
         yield m
 
 
 # ---- steering ---------------------------------------------------------------------------
 def _add_vector_hook(vector: Tensor, positions: Positions) -> Callable:
-    select = _position_selector(positions)
+    select = position_selector(positions)
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         add = vector.to(device=act.device, dtype=act.dtype)
