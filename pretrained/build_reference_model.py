@@ -209,8 +209,10 @@ def main(argv: list[str] | None = None) -> None:
             held_loss, _ = held_out_loss(model, eval_rows[:256])
             elapsed = time.time() - t_train
             seen = (step + 1) * tokens_per_step
-            curve.append({"step": step + 1, "tokens": seen, "train_loss_ema": round(train_ema, 4),
-                          "held_out_loss_subset": round(held_loss, 4), "seconds": round(elapsed, 1)})
+            curve.append({"step": step + 1, "tokens": seen,
+                          "train_loss_ema": round(train_ema, 4),
+                          "held_out_loss_subset": round(held_loss, 4),
+                          "seconds": round(elapsed, 1)})
             print(f"step {step + 1}/{total_steps} tokens {seen:,} train {train_ema:.3f} "
                   f"held {held_loss:.3f} lr {lr_at(step):.2e} {seen / elapsed:,.0f} tok/s",
                   flush=True)

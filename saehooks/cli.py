@@ -14,7 +14,7 @@ from pathlib import Path
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
 
 
-def _tokens_for(model, args) -> "torch.Tensor":  # noqa: F821
+def _tokens_for(model, args) -> torch.Tensor:  # noqa: F821
     """Evaluation tokens: a text file tokenized by the model, or the shipped held-out set."""
     import torch
 
@@ -73,9 +73,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = sh.load_model()
     tokens = sh.load_eval_tokens(args.n_seq)
     if not (pretrained_sae_dir() / args.sae).is_dir() and not Path(args.sae).is_dir():
-        from saehooks.metrics import next_token_ce
-
         import torch
+
+        from saehooks.metrics import next_token_ce
 
         with torch.no_grad():
             ce = next_token_ce(model(tokens), tokens).mean().item()

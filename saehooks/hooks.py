@@ -10,9 +10,9 @@ the hooks it held before. The same semantics as SAELens' ``HookedSAETransformer`
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-
 import saehooks as sh
 from saehooks.evaluation import evaluate
 
