@@ -35,15 +35,17 @@ COMMON = dict(d_sae=4096, batch_size=4096, total_tokens=20_000_000, dead_window_
               matmul_dtype="bfloat16", progress_bar=False)
 SAES = {
     "topk-k32-blocks.2.hook_resid_post": dict(
-        hook_name="blocks.2.hook_resid_post", architecture="topk", k=32, lr=6e-4),
+        hook_name="blocks.2.hook_resid_post", architecture="topk", k=32, lr=2e-3,
+        total_tokens=25_000_000),
     "topk-k32-blocks.1.hook_resid_post": dict(
-        hook_name="blocks.1.hook_resid_post", architecture="topk", k=32, lr=6e-4),
+        hook_name="blocks.1.hook_resid_post", architecture="topk", k=32, lr=2e-3,
+        total_tokens=25_000_000),
     "l1-blocks.2.hook_resid_post": dict(
-        hook_name="blocks.2.hook_resid_post", architecture="l1", lr=8e-4, l1_coefficient=3.0,
-        target_l0=36.0),
+        hook_name="blocks.2.hook_resid_post", architecture="l1", lr=1e-3, l1_coefficient=5.0,
+        decoder_init_norm=1.0, target_l0=36.0),
     "kl-blocks.2.hook_resid_post": dict(
-        hook_name="blocks.2.hook_resid_post", architecture="kl", lr=8e-4, kl_rho=0.008,
-        kl_scale=0.25, kl_beta=1.0, target_l0=36.0),
+        hook_name="blocks.2.hook_resid_post", architecture="kl", lr=1e-3, kl_rho=0.008,
+        kl_scale=0.5, kl_beta=20.0, target_l0=36.0),
 }
 
 
@@ -73,6 +75,77 @@ def train_rows(model_dir: Path) -> torch.Tensor:
     return brm.chunk_with_bos(stream, n_ctx, tok.token_to_id(brm.EOT))
 
 
+def cache_activations(model, rows: torch.Tensor, hook_names: list[str], work: Path,
+                      shard_tokens: int = 65536, model_batch_rows: int = 32,
+                      autocast_bf16: bool = True, seed: int = 0) -> None:
+    """Write one activation cache per hook in a single pass over ``rows``.
+
+    One forward pass (stopped after the deepest hook's block) serves every hook; BOS
+    positions are dropped; each shard is a random draw from a pool of two shards'
+    worth of tokens (the same permutation for every hook). With ``autocast_bf16`` the
+    forward runs under bf16 autocast (2-3x faster on this CPU; the activations differ
+    from an fp32 forward by ~1% of their standard deviation, i.e. ~1e-4 of FVU).
+    Caches already finished for this model are kept.
+    """
+    from saehooks import models
+    from saehooks.io.common import atomic_write_text, write_safetensors
+    from saehooks.training.activation_store import CACHE_INFO, model_fingerprint, read_cache_info
+
+    fingerprint = model_fingerprint(model)
+    todo = [h for h in hook_names
+            if (read_cache_info(work / "cache" / h) or {}).get("model_fingerprint") != fingerprint]
+    if not todo:
+        return
+    bos = model.tokenizer.bos_token_id
+    stop = max(models.block_index(h) for h in todo) + 1
+    gen = torch.Generator().manual_seed(seed)
+    pools = {h: [] for h in todo}
+    n_pool, n_shards, written = 0, 0, 0
+    for h in todo:
+        (work / "cache" / h).mkdir(parents=True, exist_ok=True)
+        (work / "cache" / h / CACHE_INFO).unlink(missing_ok=True)
+    start = time.time()
+
+    def flush(n: int) -> None:
+        nonlocal n_pool, n_shards, written
+        perm = None
+        for h in todo:
+            pool = torch.cat(pools[h])
+            perm = torch.randperm(pool.shape[0], generator=gen) if perm is None else perm
+            pool = pool[perm]
+            write_safetensors(work / "cache" / h / f"shard_{n_shards:05d}.safetensors",
+                              {"acts": pool[:n]})
+            pools[h] = [pool[n:]]
+        n_pool -= n
+        n_shards += 1
+        written += n
+
+    for i in range(0, rows.shape[0], model_batch_rows):
+        batch = rows[i:i + model_batch_rows]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
+            _, cache = model.run_with_cache(batch, names_filter=lambda n: n in todo,
+                                            stop_at_layer=stop)
+        keep = batch != bos
+        for h in todo:
+            pools[h].append(cache[h].float()[keep])
+        n_pool += int(keep.sum())
+        if n_pool >= 2 * shard_tokens:
+            flush(shard_tokens)
+            print(f"cache: {written:,} tokens, {written / (time.time() - start):,.0f} tok/s",
+                  flush=True)
+    while n_pool > 0:
+        flush(min(shard_tokens, n_pool))
+    for h in todo:
+        info = {"hook_name": h, "d_in": int(pools[h][0].shape[-1]), "n_tokens": written,
+                "n_shards": n_shards, "shard_tokens": shard_tokens,
+                "model_name": models.model_name(model), "model_fingerprint": fingerprint,
+                "model_processing": models.model_processing(model), "drop_bos": True,
+                "rows_read": int(rows.shape[0]), "context_size": int(rows.shape[1]),
+                "forward_autocast": "bfloat16" if autocast_bf16 else "none"}
+        atomic_write_text(work / "cache" / h / CACHE_INFO, json.dumps(info, indent=2) + "\n")
+    print(f"cached {written:,} tokens at {todo} in {time.time() - start:.0f}s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE))
@@ -95,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = train_rows(model_dir)[: args.max_rows]
     eval_rows = sh.load_eval_tokens()
     print(f"train rows {tuple(rows.shape)}; eval rows {tuple(eval_rows.shape)}", flush=True)
+    names = [n for n in SAES if not args.only or n in args.only]
+    cache_activations(model, rows, sorted({SAES[n]["hook_name"] for n in names}), work)
     for name, extra in SAES.items():
         if args.only and name not in args.only:
             continue

@@ -54,10 +54,11 @@ class TrainConfig:
     (Anthropic April 2024: 5% for λ)."""
     kl_beta: float = 1.0
     """β of the ``kl`` objective ``MSE + β Σ_j KL(ρ ‖ ρ̂_j)``."""
-    kl_rho: float = 0.005
+    kl_rho: float = 0.008
     """Target firing probability ρ per latent of the ``kl`` objective."""
-    kl_scale: float = 1.0
-    """Squashing scale: ``ρ̂_j = mean_token tanh(a_j / kl_scale)`` (normalised units)."""
+    kl_scale: float = 0.5
+    """Squashing scale: ``ρ̂_j = mean_token (1 − exp(−a_j / kl_scale))`` (normalised
+    units, where E‖x‖ = sqrt(d_in)): activations well above it count as one firing."""
     target_l0: float = 0.0
     """``l1``/``kl``: if > 0, adapt the coefficient (λ or β) multiplicatively after its
     warm-up so that the batch L0 tracks this target (a Lagrangian-style controller)."""
@@ -73,9 +74,12 @@ class TrainConfig:
     """A latent is dead if it has not fired on any of the last N tokens."""
     init_encoder_as_decoder_transpose: bool = True
     """Initialise ``W_enc`` as ``W_decᵀ`` (Conerly et al. 2024; Gao et al. 2024)."""
-    decoder_init_norm: float = 0.0
-    """Initial norm of decoder rows; 0 means 1 for unit-norm objectives and 0.1 for
-    ``l1`` (Anthropic April 2024)."""
+    fit_encoder_scale: bool = True
+    """Scale the initial encoder so the first reconstructions have the least-squares
+    size (see ``init.fit_encoder_scale``; needed by ReLU SAEs with unit-norm rows)."""
+    decoder_init_norm: float = 1.0
+    """Initial norm of decoder rows (Anthropic April 2024 use 0.1 for ``l1``; with
+    ``fit_encoder_scale`` the same Adam learning rate then suits every objective)."""
     b_dec_init: str = "geometric_median"
     """``zeros``, ``mean`` or ``geometric_median`` of the first batches (Bricken et al.
     2023 use the geometric median)."""

@@ -102,11 +102,11 @@ def topk_dense_forward(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> F
     Arguments as :func:`topk_forward`."""
     enabled = cfg.matmul_dtype == "bfloat16"
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-        pre = ((x - sae.b_dec) @ sae.W_enc).float() + sae.b_enc
+        pre = ((x - sae.b_dec) @ sae.W_enc).to(x.dtype) + sae.b_enc
     vals, idx = pre.topk(cfg.k, dim=-1, sorted=False)
     acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-        x_hat = (acts @ sae.W_dec).float() + sae.b_dec
+        x_hat = (acts @ sae.W_dec).to(x.dtype) + sae.b_dec
     residual = aux_recons = None
     aux = torch.zeros(())
     n_dead = int(dead.sum())
@@ -189,16 +189,17 @@ def relu_forward(sae: SAE, x: Tensor, cfg: TrainConfig, coefficient: float) -> F
             if cfg.architecture == "l1":  # = losses.l1_penalty on the dense code
                 aux = (acts * sae.W_dec.norm(dim=-1)[cols]).sum() / n
             else:  # = losses.firing_probability on the dense code
-                rho_hat = torch.zeros(d_sae).index_add(0, cols, torch.tanh(acts / cfg.kl_scale))
-                aux = losses.kl_sparsity_penalty(rho_hat / n, cfg.kl_rho)
+                fired = losses.soft_firing(acts, cfg.kl_scale)
+                rho_hat = x.new_zeros(d_sae).index_add(0, cols, fired) / n
+                aux = losses.kl_sparsity_penalty(rho_hat, cfg.kl_rho)
             return ForwardOutput(mse + coefficient * aux, x_hat.detach(), mse.detach(),
                                  aux.detach(), bags.counts > 0, nnz / n, 0.0)
     enabled = cfg.matmul_dtype == "bfloat16"
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
         pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-    acts = torch.relu(pre.float())
+    acts = torch.relu(pre.to(x.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-        x_hat = (acts @ sae.W_dec).float() + sae.b_dec
+        x_hat = (acts @ sae.W_dec).to(x.dtype) + sae.b_dec
     mse = losses.mse(x, x_hat)
     if cfg.architecture == "l1":
         aux = losses.l1_penalty(acts, sae.W_dec)

@@ -122,3 +122,38 @@ def fold_scale(train_sae: SAE, scale: float, out: SAE) -> SAE:
     out.W_dec.copy_(train_sae.W_dec / scale)
     out.b_dec.copy_(train_sae.b_dec / scale)
     return out
+
+
+@torch.no_grad()
+def fit_encoder_scale(sae: SAE, x: Tensor, k: int | None = None) -> float:
+    """Scale ``W_enc`` so that the initial reconstruction has the right size.
+
+    With ``b_enc = 0`` and a positively homogeneous activation (ReLU, top-k) scaling
+    the encoder by γ scales every activation, hence ``x̂ − b_dec``, by γ, without
+    changing which latents fire. γ is the least-squares fit of ``x − b_dec`` by
+    ``x̂ − b_dec`` on the sample. It matters for ReLU SAEs with unit-norm decoder rows:
+    with ``W_enc = W_decᵀ`` and ``d_sae ≫ d_in`` half the latents fire and ``x̂`` starts
+    out ``≈ d_sae / (2 d_in)`` times too large. (A data-driven variant of the small
+    decoder norm of Anthropic's April 2024 initialisation.)
+
+    Args:
+        sae: the freshly initialised SAE (modified in place).
+        x: normalised activations ``[n, d_in]``.
+        k: latents per token for top-k, or None for ReLU.
+
+    Returns:
+        The factor γ applied.
+    """
+    x_c = x - sae.b_dec
+    pre = x_c @ sae.W_enc + sae.b_enc
+    if k is None:
+        acts = torch.relu(pre)
+    else:
+        vals, idx = pre.topk(k, dim=-1)
+        acts = torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
+    y = acts @ sae.W_dec
+    denom = float((y * y).sum())
+    gamma = float((x_c * y).sum()) / denom if denom > 0 else 1.0
+    if gamma > 0:
+        sae.W_enc.mul_(gamma)
+    return gamma

@@ -83,26 +83,34 @@ def l1_loss(x: Tensor, x_hat: Tensor, acts: Tensor, W_dec: Tensor,
 
 
 def firing_probability(acts: Tensor, scale: float = 1.0) -> Tensor:
-    """Soft per-latent firing probability ``ρ̂_j = mean_token tanh(a_j / scale)``.
+    """Per-latent firing probability ``ρ̂_j = mean_token (1 − exp(−a_j / scale))``.
 
     The KL sparsity penalty of the classic sparse autoencoder (Ng, "Sparse
     autoencoder", CS294A lecture notes, 2011) compares a target ρ with each unit's
-    *mean activation over the batch*, which lies in (0, 1) because those units are
-    sigmoids. ReLU latents are unbounded, so each activation is first squashed to
-    [0, 1) by ``tanh(a / scale)``: a silent latent contributes 0, a latent firing
-    well above ``scale`` contributes ≈ 1, so the batch mean is a smooth estimate of
-    the fraction of tokens on which the latent fires (it tends to the exact firing
-    frequency as ``scale → 0``). ``scale`` is in the units of the (normalised)
-    activations.
+    *mean activation over the batch*, a number in (0, 1) there because the units are
+    sigmoids. ReLU latents are unbounded, so each activation is first squashed into a
+    soft firing indicator ``q = 1 − exp(−a / scale)`` in [0, 1): 0 when the latent is
+    silent, ≈ 1 once it fires clearly above ``scale``. The batch mean of ``q`` is then
+    the latent's (soft) firing frequency, and tends to the exact fraction of tokens on
+    which it fires as ``scale → 0``. (Squashing the mean activation instead would
+    measure magnitude, not frequency: a latent could fire on every token with tiny
+    activations and satisfy ρ, so L0 would not come down.) ``scale`` is in the units
+    of the (normalised) activations.
 
     Args:
         acts: latent activations ``[batch, d_sae]`` (non-negative).
-        scale: activation at which a latent counts as ``tanh(1) ≈ 0.76`` of a firing.
+        scale: activation at which a firing counts as ``1 − 1/e ≈ 0.63``.
 
     Returns:
         ``ρ̂`` of shape ``[d_sae]``, values in [0, 1).
     """
-    return torch.tanh(acts / scale).mean(0)
+    return soft_firing(acts, scale).mean(0)
+
+
+def soft_firing(acts: Tensor, scale: float = 1.0) -> Tensor:
+    """Soft firing indicator ``1 − exp(−a / scale)`` of activations (any shape), in
+    [0, 1) (see :func:`firing_probability`)."""
+    return -torch.expm1(-acts / scale)
 
 
 def kl_sparsity_penalty(rho_hat: Tensor, rho: float, eps: float = 1e-6) -> Tensor:

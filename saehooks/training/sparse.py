@@ -168,7 +168,7 @@ def sparse_decode(vals: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor, W_d
 
 def encoder_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor,
                 dtype: torch.dtype = torch.float32) -> Tensor:
-    """Dense pre-activations ``x_c @ W_enc + b_enc`` without autograd, in fp32.
+    """Dense pre-activations ``x_c @ W_enc + b_enc`` without autograd.
 
     Args:
         x_c: ``[batch, d_in]``.
@@ -177,10 +177,10 @@ def encoder_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor,
             units, at ~3 significant digits (the result is returned in fp32).
 
     Returns:
-        ``[batch, d_sae]`` float32.
+        ``[batch, d_sae]`` in the parameters' dtype.
     """
     with torch.no_grad():
-        if dtype == torch.float32:
+        if dtype == torch.float32 or x_c.dtype == torch.float64:
             return torch.addmm(b_enc, x_c, W_enc)
         pre = x_c.to(dtype) @ W_enc.to(dtype)
-        return pre.float().add_(b_enc)
+        return pre.to(W_enc.dtype).add_(b_enc)

@@ -34,6 +34,15 @@ METRIC_COLUMNS = ("step", "tokens", "lr", "coefficient", "loss", "mse", "fvu", "
 # fields that may differ between a run and its resumption
 _RESUME_FREE = {"progress_bar", "wandb", "wandb_project", "out_dir", "checkpoint_every_tokens",
                 "log_every_steps", "cache_dir"}
+# fields an objective does not read
+_UNUSED = {
+    "topk": {"l1_coefficient", "sparsity_warmup_fraction", "kl_beta", "kl_rho", "kl_scale",
+             "target_l0", "target_l0_rate", "resample_dead", "resample_every_tokens",
+             "resample_stop_fraction"},
+    "l1": {"k", "auxk", "aux_k", "aux_coefficient", "kl_beta", "kl_rho", "kl_scale"},
+    "kl": {"k", "auxk", "aux_k", "aux_coefficient", "l1_coefficient"},
+}
+_UNUSED["batchtopk"] = _UNUSED["topk"]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -61,6 +70,7 @@ def make_store(model: nn.Module, token_source: Any, cfg: TrainConfig):
     live = ActivationStore(model, token_source, cfg.hook_name, cfg.batch_size,
                            cfg.buffer_tokens, cfg.model_batch_rows, cfg.drop_bos, cfg.seed,
                            cfg.context_size)
+    live.context = source_context(live.source, live.bos_id, cfg)
     if not cfg.cache_dir:
         return live
     info = read_cache_info(cfg.cache_dir)
@@ -71,16 +81,23 @@ def make_store(model: nn.Module, token_source: Any, cfg: TrainConfig):
         finite = live.source.finite_rows is not None
         n = cfg.cache_tokens or (None if finite else cfg.total_tokens)
         write_activation_cache(live, cfg.cache_dir, n, cfg.shard_tokens, cfg.progress_bar)
-    return CachedActivationStore(cfg.cache_dir, cfg.batch_size, cfg.seed)
+    cached = CachedActivationStore(cfg.cache_dir, cfg.batch_size, cfg.seed)
+    cached.context = live.context
+    return cached
 
 
-def _source_context(model: nn.Module, store, cfg: TrainConfig) -> tuple[int, bool]:
-    live = store if isinstance(store, ActivationStore) else None
-    tensor = getattr(live.source, "_tensor", None) if live else None
-    if tensor is not None:
-        bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
-        return int(tensor.shape[1]), bool(bos is not None and (tensor[:, 0] == bos).all())
-    return cfg.context_size, True
+def source_context(source, bos_id: int | None, cfg: TrainConfig) -> tuple[int, bool | None]:
+    """``(context_size, prepend_bos)`` of a token source, for the SAE's metadata
+    (``prepend_bos`` is None when it cannot be told without consuming the source)."""
+    rows = source._tensor
+    if rows is None and isinstance(source._iterable, (list, tuple)) and source._iterable:
+        first = torch.as_tensor(source._iterable[0])
+        rows = first if first.ndim == 2 else first[None]
+    if rows is not None:
+        return int(rows.shape[1]), bool(bos_id is not None and (rows[:, 0] == bos_id).all())
+    if source._files is not None:
+        return cfg.context_size, True
+    return cfg.context_size, None
 
 
 class Trainer:
@@ -91,13 +108,12 @@ class Trainer:
         store: an :class:`ActivationStore` or :class:`CachedActivationStore`.
         cfg: the training configuration.
         resume_from: a run folder / checkpoint to continue from, or None.
-        context: ``(context_size, prepend_bos)`` of the token rows, for metadata.
     """
 
     def __init__(self, model: nn.Module | None, store, cfg: TrainConfig,
-                 resume_from: str | Path | None = None,
-                 context: tuple[int, bool] = (256, True)) -> None:
+                 resume_from: str | Path | None = None) -> None:
         self.cfg, self.store, self.out_dir = cfg, store, Path(cfg.out_dir)
+        context = getattr(store, "context", (cfg.context_size, None))
         self.meta = {} if model is None else {
             "model_name": models.model_name(model),
             "model_processing": models.model_processing(model),
@@ -128,16 +144,19 @@ class Trainer:
         n_batches = max(1, math.ceil(cfg.init_tokens / cfg.batch_size))
         x = torch.cat([self.store.next_batch() for _ in range(n_batches)])
         self.scale = init.normalisation_scale(x) if cfg.normalize_activations else 1.0
-        norm = cfg.decoder_init_norm or (1.0 if cfg.unit_norm_decoder else 0.1)
+        norm = 1.0 if cfg.unit_norm_decoder else cfg.decoder_init_norm
         init.init_sae(self.sae, x * self.scale, b_dec_init=cfg.b_dec_init, decoder_norm=norm,
                       encoder_as_decoder_transpose=cfg.init_encoder_as_decoder_transpose,
                       generator=self.generator)
+        if cfg.fit_encoder_scale:
+            topk = cfg.architecture in ("topk", "batchtopk")
+            init.fit_encoder_scale(self.sae, x[:8192] * self.scale, cfg.k if topk else None)
 
     def _resume(self, path: str | Path) -> None:
         tensors, values = checkpoint.load_checkpoint(path)
         saved = TrainConfig.from_dict(values["config"]).to_dict()
-        diffs = [k for k, v in self.cfg.to_dict().items()
-                 if k not in _RESUME_FREE and saved.get(k) != v]
+        free = _RESUME_FREE | _UNUSED[self.cfg.architecture]
+        diffs = [k for k, v in self.cfg.to_dict().items() if k not in free and saved.get(k) != v]
         if diffs:
             raise ValueError(f"cannot resume {str(path)!r} with a different config: {diffs} "
                              "differ; pass the run's own TrainConfig")
@@ -365,7 +384,7 @@ def train_sae(model: nn.Module, token_source: Any, cfg: TrainConfig,
         ValueError: a resume with a different config, or a bad token source.
     """
     store = make_store(model, token_source, cfg)
-    trainer = Trainer(model, store, cfg, resume_from, _source_context(model, store, cfg))
+    trainer = Trainer(model, store, cfg, resume_from)
     sae = trainer.run()
     assert sae is not None
     return sae

@@ -1,0 +1,101 @@
+"""``saehooks train``: command-line flags generated from :class:`TrainConfig`.
+
+Every field becomes ``--field-name`` (a few have short aliases: ``--hook``,
+``--tokens``, ``--out``) with the field's docstring as help, so the flags and the
+documentation cannot drift. Wire it into a CLI with::
+
+    add_train_arguments(subparsers.add_parser("train"))
+    ...
+    return run_train(args)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+from saehooks.training.config import TrainConfig, field_docs, parse_count
+
+_EXTRA = ("model", "data", "resume", "threads")
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`TrainConfig` field, plus ``--model``, ``--data``,
+    ``--resume`` and ``--threads``.
+
+    Args:
+        parser: the (sub)parser of the ``train`` command.
+    """
+    docs = field_docs(TrainConfig)
+    hints = typing.get_type_hints(TrainConfig)
+    parser.add_argument("--model", default=None,
+                        help="model: a local Hugging Face folder or TransformerLens name "
+                             "(default: the shipped reference LM)")
+    parser.add_argument("--data", required=True,
+                        help="token source: a .safetensors file with 'tokens' [n_seq, n_ctx] "
+                             "or a folder of text files (tokenised with the model's tokenizer)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    for f in dataclasses.fields(TrainConfig):
+        kind, default = hints[f.name], f.default
+        text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
+        kw: dict[str, Any] = {"dest": f.name, "help": text}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind is int:
+            kw["type"] = parse_count
+        elif kind is float:
+            kw["type"] = float
+        elif typing.get_origin(kind) is tuple:
+            kw.update(type=float, nargs=2, metavar=("BETA1", "BETA2"))
+        else:
+            kw["type"] = str
+        kw["default"] = default
+        parser.add_argument(_flag(f), **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed arguments."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train an SAE as the parsed arguments say; print where it went.
+
+    Returns:
+        The process exit status (0 on success).
+    """
+    import torch
+
+    from saehooks.models import load_model
+    from saehooks.training.trainer import train_sae
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    model = load_model(args.model)
+    resume = cfg.out_dir if args.resume else None
+    sae = train_sae(model, args.data, cfg, resume_from=resume)
+    final = sae.cfg.metadata["training"]["final_metrics"]
+    print(f"saved {sae} to {cfg.out_dir}/sae; final train metrics: "
+          + ", ".join(f"{k}={final[k]:.4g}" for k in ("fvu", "l0", "dead_fraction", "mse")))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m saehooks.training.cli ...`` (the same as ``saehooks train``)."""
+    parser = argparse.ArgumentParser(prog="saehooks train", description=__doc__.split("\n")[0])
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
