@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Build (once) a virtual environment with TransformerLens 3 and run the hooking tests in it.
 #
-#   bash .ci/tl3_env.sh                 # build .venv-tl3 if needed, run tests/test_hooks.py
-#   bash .ci/tl3_env.sh -x              # options are passed to pytest
-#   bash .ci/tl3_env.sh tests/x.py -k y # other test files instead of the default ones
-#   TL3_BUILD_ONLY=1 bash .ci/tl3_env.sh
+#   bash .ci/tl3_env.sh                   # build .venv-tl3 if needed, run the default tests
+#   bash .ci/tl3_env.sh -x -q             # options only: passed to pytest with the defaults
+#   bash .ci/tl3_env.sh tests/test_x.py   # other test files instead of the default ones
+#   TL3_BUILD_ONLY=1 bash .ci/tl3_env.sh  # build only
 #
 # The main environment tests TransformerLens 4 (TransformerBridge); this one tests
-# TransformerLens 3 (HookedTransformer). The venv is rebuilt only when this script's
-# pins change (a stamp file records them), so a second run starts the tests at once.
+# TransformerLens 3 (HookedTransformer), and that SAELens 6 (which needs TransformerLens
+# < 4) reads saehooks files as the same SAE. The venv is rebuilt only when the pins below
+# or pyproject.toml's dependencies change (a stamp file records them), so a second run
+# starts the tests at once.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,36 +20,59 @@ PYTHON="${PYTHON:-python3}"
 TORCH_PIN="torch==2.13.0"
 # 3.9.0 is the last 3.x release; it needs transformers>=5.9 and torch>=2.6.
 TL3_PIN="transformer-lens==3.9.0"
+SAELENS_PIN="sae-lens==6.54.12"
 STAMP="$VENV/.saehooks-stamp"
-WANT="$TORCH_PIN $TL3_PIN pytest $(sha1sum pyproject.toml | cut -c1-12)"
+
+# saehooks' requirements and dev extras, less torch and TransformerLens (pinned above).
+read_deps() {
+    "$PYTHON" -c '
+import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wanted = project["dependencies"] + project.get("optional-dependencies", {}).get("dev", [])
+skip = ("torch", "transformer-lens", "transformer_lens")
+print("\n".join(d for d in wanted if not d.lower().replace(" ", "").startswith(skip)))
+'
+}
+mapfile -t DEPS < <(read_deps)
+if [[ ${#DEPS[@]} -eq 0 ]]; then
+    echo "tl3_env: could not read dependencies from pyproject.toml with $PYTHON (needs 3.11+)" >&2
+    exit 1
+fi
+WANT="$TORCH_PIN $TL3_PIN $SAELENS_PIN ${DEPS[*]}"
 
 if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]]; then
-    echo "tl3_env: building $VENV ($TL3_PIN)"
+    echo "tl3_env: building $VENV ($TL3_PIN, $SAELENS_PIN)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
     PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
     "${PIP[@]}" "$TORCH_PIN"
-    # Keep torch where it is while the rest resolves.
-    "${PIP[@]}" "$TL3_PIN" "$TORCH_PIN" pytest
+    # One resolve, with torch held where it is.
+    "${PIP[@]}" "$TORCH_PIN" "$TL3_PIN" "$SAELENS_PIN" "${DEPS[@]}"
+    # --no-deps: pyproject asks for transformer-lens>=4, which would replace 3.x.
     "${PIP[@]}" --no-deps -e .
     echo "$WANT" > "$STAMP"
 fi
 
-"$VENV/bin/python" - <<'EOF'
+"$VENV/bin/python" -c '
 from importlib.metadata import version
-import torch, transformer_lens  # noqa: F401
-tl = version("transformer-lens")
+import torch, transformer_lens
+tl, sl = version("transformer-lens"), version("sae-lens")
 assert tl.startswith("3."), f"expected TransformerLens 3.x in the TL3 venv, found {tl}"
-print(f"tl3_env: transformer-lens {tl}, torch {torch.__version__}")
-EOF
+print(f"tl3_env: transformer-lens {tl}, sae-lens {sl}, torch {torch.__version__}")
+'
 
-[[ -n "${TL3_BUILD_ONLY:-}" ]] && exit 0
+if [[ -n "${TL3_BUILD_ONLY:-}" ]]; then
+    exit 0
+fi
 has_path=""
-for arg in "$@"; do [[ "$arg" != -* ]] && has_path=1; done
+for arg in "$@"; do
+    if [[ "$arg" != -* ]]; then has_path=1; fi
+done
 if [[ -z "$has_path" ]]; then
-    # The hooking tests, and the TL3 loader's own; files not written yet are skipped.
-    for f in tests/test_hooks.py tests/test_models_tl3.py tests/test_io_hooked.py; do
-        [[ -f "$f" ]] && set -- "$@" "$f"
+    # The hooking tests, the TL3 loader's own, and SAELens interop; absent files are skipped.
+    for f in tests/test_hooks.py tests/test_models_tl3.py tests/test_io_hooked.py \
+             tests/test_io_saelens_compat.py; do
+        if [[ -f "$f" ]]; then set -- "$@" "$f"; fi
     done
 fi
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
