@@ -1,10 +1,42 @@
-"""saehooks: sparse autoencoders hooked into TransformerLens models."""
+"""saehooks: sparse autoencoders hooked into TransformerLens models.
 
+    import saehooks as sh
+    model = sh.load_model()                              # shipped reference LM
+    sae = sh.load_sae("topk-k32-blocks.2.hook_resid_post")
+    with sh.attach(model, sae):                          # activation -> reconstruction
+        loss = model(sh.load_eval_tokens(8), return_type="loss")
+    report = sh.evaluate(model, sae, sh.load_eval_tokens(64))
+"""
+
+from saehooks.effects import (
+    attribution_check,
+    feature_ablation_effects,
+    feature_attribution,
+    steering_sweep,
+)
 from saehooks.evaluation import EvalReport, evaluate, loss_increase_per_token
+from saehooks.features import (
+    feature_density,
+    feature_density_histogram,
+    feature_logit_effects,
+    top_activating_examples,
+)
 from saehooks.hooks import attach, run_with_cache_with_saes, run_with_saes
-from saehooks.io import load_sae, save_sae
-from saehooks.models import load_model
+from saehooks.interventions import ablate_features, clamp_features, steer, steer_direction
+from saehooks.io import SAEFileError, load_sae, save_sae
+from saehooks.models import HookNameError, load_model
 from saehooks.reference import list_pretrained_saes, load_eval_tokens
 from saehooks.sae import SAE, SAEConfig
+from saehooks.training import TrainConfig, train_sae
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "SAE", "EvalReport", "HookNameError", "SAEConfig", "SAEFileError", "TrainConfig",
+    "ablate_features", "attach", "attribution_check", "clamp_features", "evaluate",
+    "feature_ablation_effects", "feature_attribution", "feature_density",
+    "feature_density_histogram", "feature_logit_effects", "list_pretrained_saes",
+    "load_eval_tokens", "load_model", "load_sae", "loss_increase_per_token",
+    "run_with_cache_with_saes", "run_with_saes", "save_sae", "steer", "steer_direction",
+    "steering_sweep", "top_activating_examples", "train_sae",
+]
