@@ -16,12 +16,7 @@ from pathlib import Path
 
 import saehooks as sh
 from saehooks.cli_features import print_examples, print_logit_effects
-from saehooks.features import (
-    feature_density,
-    feature_density_histogram,
-    feature_logit_effects,
-    top_activating_examples,
-)
+from saehooks.features import feature_density_histogram, feature_logit_effects, scan_features
 from saehooks.features_html import feature_html
 
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
@@ -32,31 +27,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--feature", type=int, nargs="+", default=list(DEFAULT_FEATURES))
     parser.add_argument("--sae", default=DEFAULT_SAE)
-    parser.add_argument("--n-seq", type=int, default=48)
+    parser.add_argument("--stride", type=int, default=32,
+                        help="use every STRIDE-th held-out row (rows span all 49 held-out files)")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--html-dir", default=None)
     args = parser.parse_args(argv)
 
     model = sh.load_model()
-    tokens = sh.load_eval_tokens(args.n_seq)
+    tokens = sh.load_eval_tokens()[::args.stride]
     sae = sh.load_sae(args.sae)
+    scan = scan_features(model, sae, tokens, args.feature, k=args.k, context=12,
+                         batch_size=16)  # one pass: examples of every feature + densities
     for f in args.feature:
         label = DEFAULT_FEATURES.get(f)
         print(f"\n=== feature {f}" + (f": {label}" if label else "") + " ===")
-        print_examples(top_activating_examples(model, sae, tokens, f, k=args.k, context=12,
-                                               batch_size=16))
+        print_examples(scan.examples[f])
         print("logit effects (direct path):")
         print_logit_effects(feature_logit_effects(model, sae, f, k=6))
     if args.html_dir:
         out = Path(args.html_dir)
-        density = feature_density(model, sae, tokens, batch_size=16)
-        print(f"\n{int((density == 0).sum())} of {sae.cfg.d_sae} features never fire on these "
-              f"tokens; histogram: {feature_density_histogram(density, out / 'density.png')}")
+        dead = int((scan.density == 0).sum())
+        png = feature_density_histogram(scan.density, out / "density.png")
+        print(f"\n{dead} of {sae.cfg.d_sae} features never fire on these tokens; "
+              f"density histogram: {png}")
         for f in args.feature:
-            page = feature_html(model, sae, tokens, f, out / f"feature_{f}.html", k=12,
-                                density=density, batch_size=16)
+            page = feature_html(model, sae, tokens, f, out / f"feature_{f}.html",
+                                density=scan.density, examples=scan.examples[f])
             print(f"wrote {page}")
-
 
 if __name__ == "__main__":
     main()

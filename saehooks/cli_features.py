@@ -27,7 +27,8 @@ def _common(parser: argparse.ArgumentParser, n_seq: int) -> None:
     parser.add_argument("--model", default=None,
                         help="model directory or name (default: the shipped reference LM)")
     parser.add_argument("--n-seq", type=int, default=n_seq,
-                        help=f"held-out rows of 256 tokens to use (default: {n_seq})")
+                        help=f"held-out rows of 256 tokens, spread over the held-out files "
+                        f"(default: {n_seq})")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
 
 
@@ -40,7 +41,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--k", type=int, default=20, help="number of examples (default: 20)")
     p.add_argument("--context", type=int, default=10, help="tokens of context either side")
     p.add_argument("--html", default=None, help="also write a self-contained HTML page here")
-    _common(p, n_seq=64)
+    _common(p, n_seq=32)
     p.set_defaults(func=inspect_command)
 
     p = subparsers.add_parser("ablate", help="loss change from zero-ablating features",
@@ -71,7 +72,8 @@ def _load(args: argparse.Namespace, model: nn.Module | None):
 
     model = sh.load_model(args.model) if model is None else model
     sae = sh.load_sae(args.sae).to(str(next(model.parameters()).device))
-    tokens = load_eval_tokens(args.n_seq) if args.n_seq > 0 else None
+    rows = load_eval_tokens()
+    tokens = rows[::max(1, len(rows) // args.n_seq)][:args.n_seq] if args.n_seq > 0 else None
     return model, sae, tokens
 
 
@@ -96,20 +98,20 @@ def print_logit_effects(effects: pd.DataFrame) -> None:
 
 def inspect_command(args: argparse.Namespace, model: nn.Module | None = None) -> int:
     """``saehooks inspect``: print examples and logit effects; optionally write HTML."""
-    from saehooks.features import feature_density, feature_logit_effects, top_activating_examples
+    from saehooks.features import feature_logit_effects, scan_features
     from saehooks.features_html import feature_html
 
     model, sae, tokens = _load(args, model)
-    examples = top_activating_examples(model, sae, tokens, args.feature, k=args.k,
-                                       context=args.context, batch_size=args.batch_size)
+    scan = scan_features(model, sae, tokens, [args.feature], k=args.k, context=args.context,
+                         batch_size=args.batch_size)
+    examples = scan.examples[args.feature]
     print(f"SAE {args.sae} at {sae.cfg.hook_name}")
     print_examples(examples)
     print("logit effects (direct path):")
     print_logit_effects(feature_logit_effects(model, sae, args.feature, k=10))
     if args.html:
-        density = feature_density(model, sae, tokens, batch_size=args.batch_size)
-        path = feature_html(model, sae, tokens, args.feature, args.html, k=args.k,
-                            context=args.context, density=density, batch_size=args.batch_size)
+        path = feature_html(model, sae, tokens, args.feature, args.html,
+                            density=scan.density, examples=examples)
         print(f"wrote {path}")
     return 0
 
@@ -134,8 +136,9 @@ def steer_command(args: argparse.Namespace, model: nn.Module | None = None) -> i
 
     model, sae, tokens = _load(args, model)
     prompt = model.to_tokens(args.prompt)
+    # uncached: TransformerLens 4.3's bridge leaves the KV cache empty under transformers 5
     kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "stop_at_eos": False,
-              "verbose": False}
+              "verbose": False, "use_past_kv_cache": False}
     n = prompt.shape[1]
     clean = model.generate(prompt, **kwargs)
     mode = "relative" if args.relative else "absolute"

@@ -235,7 +235,7 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
                    max_new_tokens: int = 20,
                    coefficient_mode: Literal["absolute", "relative"] = "absolute",
                    max_activation: float | None = None, positions: Positions = "all",
-                   batch_size: int = 8) -> pd.DataFrame:
+                   batch_size: int = 8, use_past_kv_cache: bool = False) -> pd.DataFrame:
     """Steer along one feature at several coefficients and measure each.
 
     Args:
@@ -249,6 +249,9 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
         max_new_tokens: length of the greedy sample continuation.
         coefficient_mode, max_activation, positions: as in :func:`saehooks.steer`.
         batch_size: rows per forward pass on ``tokens``.
+        use_past_kv_cache: generate the sample with the KV cache. Off by default:
+            TransformerLens 4.3's bridge leaves the cache empty under transformers 5
+            (cached greedy text is then wrong even unsteered); uncached is exact.
 
     Returns:
         DataFrame, one row per coefficient: ``coefficient``, ``added_norm`` (norm of
@@ -284,7 +287,8 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
                     count += int(scored.sum())
                 loss = total / max(count, 1)
             out = model.generate(runs[0], max_new_tokens=max_new_tokens, do_sample=False,
-                                 stop_at_eos=False, verbose=False)
+                                 stop_at_eos=False, verbose=False,
+                                 use_past_kv_cache=use_past_kv_cache)
         rows.append({
             "coefficient": float(c),
             "added_norm": float(vector.norm()),

@@ -2,6 +2,8 @@
 
 * :func:`top_activating_examples` -- the tokens where a feature fires most, with
   context, from one streaming pass (a running top-k merge, memory flat in the data);
+  :func:`scan_features` does it for several features and measures every latent's
+  density in the same pass;
 * :func:`feature_logit_effects` -- the tokens its decoder direction promotes and
   suppresses through the unembedding (the direct path);
 * :func:`feature_density` / :func:`feature_density_histogram` -- how often features
@@ -14,12 +16,14 @@ The HTML page for one feature is in :mod:`saehooks.features_html`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from saehooks.feature_utils import (
+    FeatureSpec,
     check_features,
     check_tokens,
     decoder_vector,
@@ -45,15 +49,125 @@ def _one_line(text: str) -> str:
     return text.replace("\r", "").replace("\n", NEWLINE_MARK)
 
 
+class _RunningTopK:
+    """The ``k`` largest positive activations of one feature seen so far, with windows."""
+
+    def __init__(self, k: int, context: int) -> None:
+        self.k, self.context = k, context
+        self.values = torch.empty(0)
+        self.items: list[tuple[int, int, Tensor]] = []  # (sequence, position, window acts)
+        self.fired = 0
+
+    def update(self, start: int, acts: Tensor) -> None:
+        """Merge a batch's activations ``[b, pos]`` (zeros where not counted)."""
+        self.fired += int((acts > 0).sum())
+        flat = acts.flatten()
+        idx = (flat > 0).nonzero()[:, 0]
+        if idx.numel() == 0:
+            return
+        merged = torch.cat([self.values, flat[idx]])
+        order = torch.sort(-merged, stable=True).indices[:self.k]  # ties: earlier first
+        items = []
+        for i in order.tolist():
+            if i < len(self.items):
+                items.append(self.items[i])
+                continue
+            row, pos = divmod(int(idx[i - len(self.items)]), acts.shape[1])
+            lo, hi = max(0, pos - self.context), min(acts.shape[1], pos + self.context + 1)
+            items.append((start + row, pos, acts[row, lo:hi].clone()))
+        self.items, self.values = items, merged[order]
+
+    def frame(self, model: nn.Module, tokens: Tensor, feature: int,
+              n_tokens: int) -> pd.DataFrame:
+        rows = []
+        for val, (seq, pos, window) in zip(self.values.tolist(), self.items):
+            lo = max(0, pos - self.context)
+            ids = tokens[seq, lo:lo + window.shape[0]]
+            pieces = token_strings(model, ids)
+            at = pos - lo
+            rows.append({
+                "activation": val, "sequence": seq, "position": pos, "token": pieces[at],
+                "token_id": int(ids[at]),
+                "context": _one_line("".join(pieces[:at]) + "«" + pieces[at] + "»"
+                                     + "".join(pieces[at + 1:])),
+                "context_tokens": pieces, "context_acts": window.tolist(), "context_start": lo,
+            })
+        frame = pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
+        frame.attrs.update(feature=feature, frequency=self.fired / max(n_tokens, 1),
+                           n_tokens=n_tokens,
+                           max_activation=float(self.values[0]) if self.items else 0.0)
+        return frame
+
+
+EXAMPLE_COLUMNS = ["activation", "sequence", "position", "token", "token_id", "context",
+                   "context_tokens", "context_acts", "context_start"]
+
+
+class FeatureScan(NamedTuple):
+    """What one streaming pass over tokens found (see :func:`scan_features`)."""
+
+    examples: dict[int, pd.DataFrame]
+    """Per requested feature, its top activating examples (as
+    :func:`top_activating_examples` returns them)."""
+    density: Tensor
+    """``[d_sae]``: fraction of counted tokens on which each latent fires."""
+    n_tokens: int
+    """Tokens counted (BOS positions excluded by default)."""
+
+
 @torch.no_grad()
+def scan_features(model: nn.Module, sae: SAE, tokens: Tensor, features: FeatureSpec,
+                  k: int = 20, context: int = 10, batch_size: int = 8,
+                  exclude_bos: bool = True) -> FeatureScan:
+    """Top activating examples of several features and every latent's density, in one pass.
+
+    Each batch's activations are merged into a running top-k per feature (ties go to
+    the earlier sequence and position), so the result equals sorting all activations
+    at once while memory stays flat in the number of tokens.
+
+    Args:
+        model: a hooked model with a tokenizer.
+        sae: the SAE.
+        tokens: LongTensor ``[n_seq, pos]``.
+        features: the feature indices to collect examples for.
+        k: examples per feature (fewer if it fires on fewer tokens).
+        context: tokens shown on each side of an example token.
+        batch_size: rows per forward pass.
+        exclude_bos: never pick, nor count, BOS positions.
+
+    Returns:
+        :class:`FeatureScan`.
+
+    Raises:
+        IndexError: a feature index outside ``0 … d_sae - 1``.
+        ValueError: ``k < 1``.
+    """
+    tokens = check_tokens(tokens)
+    feats = check_features(sae, features)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    tops = {f: _RunningTopK(k, context) for f in feats}
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    n_tokens = 0
+    for start, batch in iter_batches(tokens, batch_size, model_device(model)):
+        keep = position_mask(model, batch, exclude_bos).cpu()
+        acts = sae_acts(model, sae, batch).float().cpu()  # [b, pos, d_sae]
+        acts = acts * keep[..., None]
+        fired += (acts > 0).sum((0, 1)).double()
+        n_tokens += int(keep.sum())
+        for f, top in tops.items():
+            top.update(start, acts[..., f])
+    examples = {f: top.frame(model, tokens, f, n_tokens) for f, top in tops.items()}
+    return FeatureScan(examples, (fired / max(n_tokens, 1)).float(), n_tokens)
+
+
 def top_activating_examples(model: nn.Module, sae: SAE, tokens: Tensor, feature: int,
                             k: int = 20, context: int = 10, batch_size: int = 8,
                             exclude_bos: bool = True) -> pd.DataFrame:
     """The ``k`` tokens where ``feature`` fires most, with their context.
 
-    One streaming pass over ``tokens``: each batch's activations are merged into a
-    running top-k (ties go to the earlier sequence and position), so the result
-    equals sorting all activations at once while memory stays flat.
+    One streaming pass over ``tokens`` with a running top-k merge (see
+    :func:`scan_features`, which does several features at once).
 
     Args:
         model: a hooked model with a tokenizer.
@@ -77,55 +191,9 @@ def top_activating_examples(model: nn.Module, sae: SAE, tokens: Tensor, feature:
     Raises:
         IndexError: a feature index outside ``0 … d_sae - 1``.
     """
-    tokens = check_tokens(tokens)
     (f,) = check_features(sae, [feature])
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    best_vals = torch.empty(0)
-    best: list[tuple[int, int, Tensor]] = []  # (sequence, position, window activations)
-    fired = n_tokens = 0
-    for start, batch in iter_batches(tokens, batch_size, model_device(model)):
-        keep = position_mask(model, batch, exclude_bos).cpu()
-        acts = sae_acts(model, sae, batch)[..., f].float().cpu()  # [b, pos]
-        acts = torch.where(keep, acts, torch.zeros_like(acts))
-        fired += int((acts > 0).sum())
-        n_tokens += int(keep.sum())
-        flat = acts.flatten()
-        idx = (flat > 0).nonzero()[:, 0]
-        if idx.numel() == 0:
-            continue
-        vals = flat[idx]
-        merged = torch.cat([best_vals, vals])
-        order = torch.sort(-merged, stable=True).indices[:k]
-        new_best = []
-        for i in order.tolist():
-            if i < len(best):
-                new_best.append(best[i])
-                continue
-            j = int(idx[i - len(best)])
-            row, pos = divmod(j, acts.shape[1])
-            lo, hi = max(0, pos - context), min(acts.shape[1], pos + context + 1)
-            new_best.append((start + row, pos, acts[row, lo:hi].clone()))
-        best, best_vals = new_best, merged[order]
-    rows = []
-    for val, (seq, pos, window) in zip(best_vals.tolist(), best):
-        lo = max(0, pos - context)
-        ids = tokens[seq, lo:lo + window.shape[0]]
-        pieces = token_strings(model, ids)
-        at = pos - lo
-        rows.append({
-            "activation": val, "sequence": seq, "position": pos, "token": pieces[at],
-            "token_id": int(ids[at]),
-            "context": _one_line("".join(pieces[:at]) + "«" + pieces[at] + "»"
-                                 + "".join(pieces[at + 1:])),
-            "context_tokens": pieces, "context_acts": window.tolist(), "context_start": lo,
-        })
-    columns = ["activation", "sequence", "position", "token", "token_id", "context",
-               "context_tokens", "context_acts", "context_start"]
-    frame = pd.DataFrame(rows, columns=columns)
-    frame.attrs.update(feature=f, frequency=fired / max(n_tokens, 1), n_tokens=n_tokens,
-                       max_activation=float(best_vals[0]) if len(best) else 0.0)
-    return frame
+    scan = scan_features(model, sae, tokens, [f], k, context, batch_size, exclude_bos)
+    return scan.examples[f]
 
 
 @torch.no_grad()

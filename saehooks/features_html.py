@@ -89,7 +89,7 @@ def _density_html(density: Tensor | None, feature: int) -> str:
 def feature_html(model: nn.Module, sae: SAE, tokens: Tensor, feature: int, path: str | Path,
                  k: int = 20, context: int = 10, n_logits: int = 10,
                  density: Tensor | None = None, batch_size: int = 8,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, examples: pd.DataFrame | None = None) -> Path:
     """Write an offline HTML page describing one feature.
 
     Args:
@@ -105,6 +105,8 @@ def feature_html(model: nn.Module, sae: SAE, tokens: Tensor, feature: int, path:
             for the histogram; None leaves the plot out.
         batch_size: rows per forward pass.
         title: page heading (default names the feature and the SAE's hook).
+        examples: precomputed :func:`top_activating_examples` (or
+            :func:`scan_features`) for this feature; None computes them from ``tokens``.
 
     Returns:
         The path written.
@@ -112,8 +114,9 @@ def feature_html(model: nn.Module, sae: SAE, tokens: Tensor, feature: int, path:
     Raises:
         IndexError: a feature index outside ``0 … d_sae - 1``.
     """
-    examples = top_activating_examples(model, sae, tokens, feature, k=k, context=context,
-                                       batch_size=batch_size)
+    if examples is None:
+        examples = top_activating_examples(model, sae, tokens, feature, k=k, context=context,
+                                           batch_size=batch_size)
     effects = feature_logit_effects(model, sae, feature, k=n_logits)
     freq = examples.attrs["frequency"]
     heading = title or f"Feature {feature} of the SAE at {sae.cfg.hook_name}"

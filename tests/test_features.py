@@ -51,6 +51,20 @@ def test_streaming_top_examples_equal_a_brute_force_pass(model, sae, tokens, bat
         assert got.attrs["n_tokens"] == n
 
 
+def test_one_scan_serves_several_features_and_all_densities(model, sae, tokens):
+    acts = sae_acts(model, sae, tokens)
+    keep = tokens != model.tokenizer.bos_token_id
+    freq = (acts[keep] > 0).float().mean(0)
+    chosen = [int(f) for f in freq.topk(3).indices]
+    scan = features.scan_features(model, sae, tokens, chosen, k=4, context=2, batch_size=2)
+    assert sorted(scan.examples) == sorted(chosen) and scan.n_tokens == int(keep.sum())
+    torch.testing.assert_close(scan.density, freq)
+    for f in chosen:
+        want = _brute_force(model, sae, tokens, f, 4)
+        got = scan.examples[f]
+        assert list(zip(got["sequence"], got["position"])) == [(s, p) for _, s, p in want]
+
+
 def test_example_rows_carry_context_and_per_token_activations(model, sae, tokens):
     feature = int((sae_acts(model, sae, tokens) > 0).float().mean((0, 1)).argmax())
     ex = features.top_activating_examples(model, sae, tokens, feature, k=3, context=4)
