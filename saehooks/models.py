@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 PROCESSING_ATTR = "saehooks_processing"
+REFERENCE_MODEL_NAME = "saehooks-reference-lm"
 
 
 class HookNameError(KeyError):
@@ -106,6 +107,8 @@ def load_model(
     else:
         model = _load_hooked_transformer(target, device, dtype, processing, **kwargs)
     setattr(model, PROCESSING_ATTR, {"backend": type(model).__name__, **processing})
+    # a stable name in SAE metadata instead of this machine's path
+    model.saehooks_model_name = REFERENCE_MODEL_NAME if name_or_dir is None else target
     return model.eval()
 
 
@@ -152,7 +155,10 @@ def model_processing(model: nn.Module) -> dict[str, Any]:
 
 
 def model_name(model: nn.Module) -> str:
-    return str(getattr(model.cfg, "model_name", type(model).__name__))
+    """The name SAE metadata records: the hub name or local path it was loaded from,
+    ``saehooks-reference-lm`` for the shipped model."""
+    name = getattr(model, "saehooks_model_name", None)
+    return str(name or getattr(model.cfg, "model_name", type(model).__name__))
 
 
 def hook_dict(model: nn.Module) -> dict[str, nn.Module]:
