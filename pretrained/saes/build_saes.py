@@ -38,14 +38,14 @@ SAES = {
         hook_name="blocks.2.hook_resid_post", architecture="topk", k=32, lr=2e-3,
         total_tokens=25_000_000),
     "topk-k32-blocks.1.hook_resid_post": dict(
-        hook_name="blocks.1.hook_resid_post", architecture="topk", k=32, lr=2e-3,
-        total_tokens=25_000_000),
+        hook_name="blocks.1.hook_resid_post", architecture="topk", k=32, lr=2e-3),
     "l1-blocks.2.hook_resid_post": dict(
         hook_name="blocks.2.hook_resid_post", architecture="l1", lr=1e-3, l1_coefficient=5.0,
         decoder_init_norm=1.0, target_l0=36.0),
     "kl-blocks.2.hook_resid_post": dict(
-        hook_name="blocks.2.hook_resid_post", architecture="kl", lr=1e-3, kl_rho=0.008,
-        kl_scale=0.5, kl_beta=20.0, target_l0=36.0),
+        hook_name="blocks.2.hook_resid_post", architecture="kl", lr=1e-3, kl_rho=0.005,
+        kl_scale=2.5, kl_beta=10.0, target_l0=36.0, target_l0_rate=0.005,
+        target_l0_max_factor=30.0),
 }
 
 
@@ -89,7 +89,7 @@ def cache_activations(model, rows: torch.Tensor, hook_names: list[str], work: Pa
     """
     from saehooks import models
     from saehooks.io.common import atomic_write_text, write_safetensors
-    from saehooks.training.activation_store import CACHE_INFO, model_fingerprint, read_cache_info
+    from saehooks.training.activation_cache import CACHE_INFO, model_fingerprint, read_cache_info
 
     fingerprint = model_fingerprint(model)
     todo = [h for h in hook_names
@@ -146,6 +146,17 @@ def cache_activations(model, rows: torch.Tensor, hook_names: list[str], work: Pa
     print(f"cached {written:,} tokens at {todo} in {time.time() - start:.0f}s", flush=True)
 
 
+def data_summary(cache_dir: Path, rows: torch.Tensor) -> dict:
+    """What an SAE was trained on, for its metadata."""
+    from saehooks.training.activation_cache import read_cache_info
+
+    info = read_cache_info(cache_dir) or {}
+    return {"corpus": "reference-lm training split (held-out files excluded)",
+            "token_rows": list(rows.shape), "activation_tokens_cached": info.get("n_tokens"),
+            "bos_positions": "dropped",
+            "forward_for_cache": info.get("forward_autocast", "none") + " autocast"}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE))
@@ -174,10 +185,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.only and name not in args.only:
             continue
         target = out / name
+        hook = extra["hook_name"]
+        data = data_summary(work / "cache" / hook, rows)
         if (target / "cfg.json").is_file():
+            sae = sh.load_sae(target)
+            if sae.cfg.metadata["training"].get("data") != data:
+                sae.cfg.metadata["training"]["data"] = data
+                sae.save(str(target))
             print(f"{name}: already built, skipping", flush=True)
             continue
-        hook = extra["hook_name"]
         run_dir = work / "runs" / name
         cfg = TrainConfig(**{**COMMON, **extra}, out_dir=str(run_dir),
                           cache_dir=str(work / "cache" / hook))
@@ -188,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.time()
         sae = train_sae(model, rows, cfg, resume_from=resume)
         sae.cfg.metadata["training"]["source"] = "pretrained/saes/build_saes.py"
+        sae.cfg.metadata["training"]["data"] = data
         sae.save(str(target))
         shutil.copyfile(run_dir / "metrics.csv", out / f"training_log_{name}.csv")
         final = sae.cfg.metadata["training"]["final_metrics"]

@@ -5,12 +5,8 @@ from an on-disk cache), trains with one of the objectives of :mod:`.losses`, and
 returns an SAE that reads raw activations. See :class:`TrainConfig` for every knob.
 """
 
-from saehooks.training.activation_store import (
-                                                ActivationStore,
-                                                CachedActivationStore,
-                                                TokenSource,
-                                                write_activation_cache,
-)
+from saehooks.training.activation_cache import CachedActivationStore, write_activation_cache
+from saehooks.training.activation_store import ActivationStore, TokenSource
 from saehooks.training.config import TrainConfig
 from saehooks.training.trainer import Trainer, train_sae
 

@@ -64,6 +64,9 @@ class TrainConfig:
     warm-up so that the batch L0 tracks this target (a Lagrangian-style controller)."""
     target_l0_rate: float = 0.01
     """Step size of that controller on ``log(coefficient)`` per optimizer step."""
+    target_l0_max_factor: float = 100.0
+    """The controller keeps the coefficient within [1/f, f] times its configured value
+    (an objective whose L0 barely responds must not drown the reconstruction loss)."""
     auxk: bool = True
     """``topk``/``batchtopk``: add the AuxK loss on dead latents (Gao et al. 2024)."""
     aux_k: int = 0

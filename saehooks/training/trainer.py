@@ -19,13 +19,13 @@ from torch import Tensor, nn
 from saehooks import models
 from saehooks.sae import SAE, SAEConfig
 from saehooks.training import checkpoint, forward, init, resample
-from saehooks.training.activation_store import (
-    ActivationStore,
+from saehooks.training.activation_cache import (
     CachedActivationStore,
     model_fingerprint,
     read_cache_info,
     write_activation_cache,
 )
+from saehooks.training.activation_store import ActivationStore
 from saehooks.training.config import TrainConfig
 
 METRICS_FILE = "metrics.csv"
@@ -265,7 +265,9 @@ class Trainer:
         warm = round(cfg.sparsity_warmup_fraction * cfg.total_steps)
         if cfg.target_l0 > 0 and cfg.architecture in ("l1", "kl") and self.step_count >= warm:
             error = math.log(max(out.l0, 1e-3) / cfg.target_l0)
+            bound = math.log(cfg.target_l0_max_factor)
             self.log_gain += cfg.target_l0_rate * max(-1.0, min(1.0, error))
+            self.log_gain = max(-bound, min(bound, self.log_gain))
         if cfg.architecture == "batchtopk":
             self.theta = out.min_active if self.step_count == 0 else \
                 0.99 * self.theta + 0.01 * out.min_active
