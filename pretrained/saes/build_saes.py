@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     import saehooks as sh
+    from saehooks import models
     from saehooks.reference import reference_model_dir
     from saehooks.training import TrainConfig, train_sae
 
@@ -188,9 +189,12 @@ def main(argv: list[str] | None = None) -> None:
         hook = extra["hook_name"]
         data = data_summary(work / "cache" / hook, rows)
         if (target / "cfg.json").is_file():
-            sae = sh.load_sae(target)
-            if sae.cfg.metadata["training"].get("data") != data:
-                sae.cfg.metadata["training"]["data"] = data
+            sae = sh.load_sae(target)  # refresh provenance written by older versions
+            meta = sae.cfg.metadata
+            if meta["training"].get("data") != data or \
+                    meta.get("model_name") != models.model_name(model):
+                meta["training"]["data"] = data
+                meta["model_name"] = models.model_name(model)
                 sae.save(str(target))
             print(f"{name}: already built, skipping", flush=True)
             continue
