@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="evaluate a shipped SAE on the reference model")
     demo.add_argument("--sae", default=DEFAULT_SAE, help="shipped SAE name or folder")
-    demo.add_argument("--n-seq", type=int, default=64, help="held-out rows of 256 tokens")
+    demo.add_argument("--n-seq", type=int, default=32, help="held-out rows of 256 tokens")
     demo.add_argument("--top-rows", type=int, default=16,
                       help="rows scanned for the per-token table")
     demo.add_argument("--batch-size", type=int, default=16)
