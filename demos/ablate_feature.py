@@ -17,18 +17,20 @@ import saehooks as sh
 from saehooks.effects import attribution_check, feature_ablation_effects, feature_attribution
 
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
-DEFAULT_FEATURE = 0  # see pretrained/saes/FEATURES.md
+DEFAULT_FEATURE = 1428  # block-opening colon; see pretrained/saes/FEATURES.md
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--feature", type=int, default=DEFAULT_FEATURE)
     parser.add_argument("--sae", default=DEFAULT_SAE)
-    parser.add_argument("--n-seq", type=int, default=16)
+    parser.add_argument("--n-seq", type=int, default=8,
+                        help="held-out rows, spread over the held-out files")
     args = parser.parse_args(argv)
 
     model = sh.load_model()
-    tokens = sh.load_eval_tokens(args.n_seq)
+    rows = sh.load_eval_tokens()
+    tokens = rows[::len(rows) // args.n_seq][:args.n_seq]
     sae = sh.load_sae(args.sae)
     f = args.feature
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         after = model.to_string(tokens[seq, pos + 1:pos + 2])
         print(f"    {delta:+.3f} nats  {before!r} -> {after!r}")
 
-    few = tokens[:4]
+    few = tokens[:2]
     attribution = feature_attribution(model, sae, few)
     check = attribution_check(model, sae, few, top=6, attribution=attribution)
     print("\nattribution (activation x gradient) vs exact zero-ablation, top 6 features "

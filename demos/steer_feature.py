@@ -17,9 +17,9 @@ from saehooks.effects import steering_sweep
 from saehooks.interventions import steer
 
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
-DEFAULT_FEATURE = 0  # see pretrained/saes/FEATURES.md
-DEFAULT_COEFFICIENT = 40.0
-DEFAULT_PROMPT = "import os\n\n\nclass Reader:\n    def __init__(self, path):\n"
+DEFAULT_FEATURE = 3955  # inside a string literal; see pretrained/saes/FEATURES.md
+DEFAULT_COEFFICIENT = 12.0
+DEFAULT_PROMPT = "def check(value):\n    if value < 0:\n        raise ValueError("
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,14 +29,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="norm of the added vector (residual-stream units)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--sae", default=DEFAULT_SAE)
-    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=20)
     args = parser.parse_args(argv)
 
     model = sh.load_model()
     sae = sh.load_sae(args.sae)
     prompt = model.to_tokens(args.prompt)
+    # uncached: TransformerLens 4.3's bridge leaves the KV cache empty under transformers 5
     gen = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "stop_at_eos": False,
-           "verbose": False}
+           "verbose": False, "use_past_kv_cache": False}
 
     clean = model.generate(prompt, **gen)
     with steer(model, sae, args.feature, args.coefficient):
@@ -47,9 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"--- steered along feature {args.feature} of {args.sae}, coefficient "
           f"{args.coefficient:g} ---\n{model.to_string(steered[0, n:])}")
 
-    coefficients = [0.0, args.coefficient / 4, args.coefficient / 2, args.coefficient]
+    coefficients = [0.0, args.coefficient / 2, args.coefficient, 2 * args.coefficient]
     sweep = steering_sweep(model, sae, args.feature, coefficients, args.prompt,
-                           tokens=sh.load_eval_tokens(4), max_new_tokens=12)
+                           tokens=sh.load_eval_tokens()[::600, :128], max_new_tokens=10)
     print("\nsweep (feature_act: the feature read back at the hook; kl: nats vs unsteered; "
           "loss: held-out nats/token):")
     print(sweep.to_string(float_format=lambda x: f"{x:.3f}",

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 def _run(script: str, *args: str) -> str:
     proc = subprocess.run([sys.executable, str(ROOT / "demos" / script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
