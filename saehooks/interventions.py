@@ -351,7 +351,9 @@ def steer(model: nn.Module, sae: SAE, feature: int, coefficient: float,
     Adds :func:`steering_vector` at ``sae.cfg.hook_name`` (feature steering as in
     Templeton et al. 2024, "Scaling Monosemanticity"). With the default positions it
     applies to prompt and generated tokens alike, and greedy ``model.generate`` gives
-    the same tokens with and without the KV cache.
+    the same tokens with and without the KV cache. (TransformerLens 4.3's bridge under
+    transformers 5 leaves the KV cache empty, so cached generation is wrong there even
+    unsteered; pass ``use_past_kv_cache=False`` until the model loader works around it.)
 
     Args:
         model: a hooked model.
