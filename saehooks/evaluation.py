@@ -126,7 +126,7 @@ def bos_token_id(model: nn.Module) -> int | None:
     return None if tokenizer is None else tokenizer.bos_token_id
 
 
-def position_mask(model: nn.Module, tokens: Tensor, exclude_bos: bool) -> Tensor:
+def position_mask(model: nn.Module, tokens: Tensor, exclude_bos: bool = True) -> Tensor:
     """``[batch, pos]``: False at BOS-token positions when ``exclude_bos``."""
     bos = bos_token_id(model)
     if not exclude_bos or bos is None:

@@ -12,6 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from saehooks import hooks
+from saehooks.evaluation import bos_token_id
+from saehooks.evaluation import position_mask as position_mask  # shared BOS mask
+from saehooks.metrics import kl_div, next_token_ce
 from saehooks.sae import SAE
 
 FeatureSpec = int | Sequence[int] | Tensor
@@ -74,32 +77,14 @@ def iter_batches(tokens: Tensor, batch_size: int,
 
 def bos_id(model: nn.Module) -> int | None:
     """The model's BOS token id (also the document separator of the reference data)."""
-    tokenizer = getattr(model, "tokenizer", None)
-    return getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+    return bos_token_id(model)
 
 
-def position_mask(model: nn.Module, tokens: Tensor, exclude_bos: bool = True) -> Tensor:
-    """Positions that count: ``[batch, pos]`` booleans, False at BOS tokens if ``exclude_bos``."""
-    bos = bos_id(model) if exclude_bos else None
-    if bos is None:
-        return torch.ones_like(tokens, dtype=torch.bool)
-    return tokens != bos
-
-
-def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Next-token cross-entropy: logits ``[batch, pos, vocab]`` -> ``[batch, pos - 1]`` nats.
-
-    Entry ``[b, p]`` is the loss of predicting ``tokens[b, p + 1]`` from position ``p``.
-    """
-    logprobs = logits[:, :-1].float().log_softmax(-1)
-    return -logprobs.gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]
-
-
-def kl_per_token(logits_p: Tensor, logits_q: Tensor) -> Tensor:
-    """``KL(p || q)`` of next-token distributions: ``[..., vocab] x 2 -> [...]`` nats."""
-    logp = logits_p.float().log_softmax(-1)
-    logq = logits_q.float().log_softmax(-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+# one definition of each, shared with the evaluation
+token_losses = next_token_ce
+"""Next-token cross-entropy ``[batch, pos, vocab] -> [batch, pos - 1]`` nats (metrics)."""
+kl_per_token = kl_div
+"""``KL(p || q)`` of next-token distributions, ``[..., vocab] -> [...]`` nats (metrics)."""
 
 
 @torch.no_grad()

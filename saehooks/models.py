@@ -112,8 +112,36 @@ def load_model(
     return model.eval()
 
 
+def _patch_bridge_kv_cache() -> None:
+    """Make TransformerLens 4's KV cache work under transformers >= 5.2x (idempotent).
+
+    transformers now hands attention its KV cache as ``cache=``, but the bridge's
+    ``AttentionBridge._update_kv_cache`` reads only ``past_key_values``/``layer_past``:
+    the cache stays empty and ``generate(use_past_kv_cache=True)`` attends to the
+    newest token alone. Passing ``cache`` on as ``past_key_values`` restores it
+    (greedy cached and uncached generation then agree; see tests).
+    """
+    try:
+        from transformer_lens.model_bridge.generalized_components import attention
+    except ImportError:
+        return
+    original = getattr(attention.AttentionBridge, "_update_kv_cache", None)
+    if original is None or getattr(original, "_saehooks_patched", False):
+        return
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None:
+            kwargs["past_key_values"] = kwargs.get("cache")
+        return original(self, *args, **kwargs)
+
+    update._saehooks_patched = True
+    attention.AttentionBridge._update_kv_cache = update
+
+
 def _load_bridge(target: str, device, dtype, processing: dict, **kwargs: Any) -> nn.Module:
     from transformer_lens.model_bridge import TransformerBridge
+
+    _patch_bridge_kv_cache()
 
     try:
         model = TransformerBridge.boot_transformers(target, device=device, dtype=dtype, **kwargs)

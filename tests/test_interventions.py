@@ -177,32 +177,11 @@ def test_steering_with_coefficient_zero_is_the_clean_model(model, small_tokens, 
     assert not torch.allclose(moved, clean, atol=1e-3)  # the hook is really used
 
 
-def _fill_kv_cache_from_cache_kwarg(monkeypatch):
-    """Work around TransformerLens 4.3 + transformers >= 5.2x, for this test only.
-
-    transformers now hands GPT-2 attention its KV cache as ``cache=``; the bridge's
-    ``_update_kv_cache`` reads only ``past_key_values`` / ``layer_past``, so the cache
-    stays empty and cached generation attends to the newest token alone (clean
-    generation disagrees too). Mapping the kwarg restores the cached path.
-    """
-    from transformer_lens.model_bridge.generalized_components import attention
-
-    original = attention.AttentionBridge._update_kv_cache
-
-    def update(self, k, v, **kwargs):
-        if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None:
-            kwargs["past_key_values"] = kwargs.get("cache")
-        return original(self, k, v, **kwargs)
-
-    monkeypatch.setattr(attention.AttentionBridge, "_update_kv_cache", update)
-
-
-def test_kv_cache_and_no_cache_generation_agree_while_steering(model, sae, monkeypatch):
+def test_kv_cache_and_no_cache_generation_agree_while_steering(model, sae):
     prompt = model.to_tokens("import os\n\n\ndef main(args):\n    ")
     clean_runs = [model.generate(prompt, max_new_tokens=6, use_past_kv_cache=c, **GEN)
                   for c in (True, False)]
-    if not torch.equal(*clean_runs):  # the library's KV cache itself is broken here
-        _fill_kv_cache_from_cache_kwarg(monkeypatch)
+    assert torch.equal(*clean_runs)  # load_model repairs the bridge's KV cache
     _, act = sh.hooks.capture(model, prompt, sae.cfg.hook_name)
     f, coefficient = 7, 2 * float(act[0, 1:].norm(dim=-1).median())  # twice the stream's norm
     clean = model.generate(prompt, max_new_tokens=10, use_past_kv_cache=True, **GEN)

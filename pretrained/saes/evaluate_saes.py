@@ -50,7 +50,7 @@ def write_readme(rows: list[dict], shape) -> None:
         "BOS positions excluded); losses in nats/token, fvu/scores as fractions. Each folder "
         "is an SAELens v6 SAE (`cfg.json` + `sae_weights.safetensors`); its `cfg.json` "
         "metadata holds the full training config. `saehooks.list_pretrained_saes()` returns "
-        "this table.",
+        "this table. Features with a clear meaning, with evidence: `FEATURES.md`.",
         "",
         "| name | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
