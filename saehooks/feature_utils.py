@@ -75,12 +75,9 @@ def iter_batches(tokens: Tensor, batch_size: int,
         yield start, batch if device is None else batch.to(device)
 
 
-def bos_id(model: nn.Module) -> int | None:
-    """The model's BOS token id (also the document separator of the reference data)."""
-    return bos_token_id(model)
-
-
 # one definition of each, shared with the evaluation
+bos_id = bos_token_id
+"""The model's BOS token id (also the document separator of the reference data)."""
 token_losses = next_token_ce
 """Next-token cross-entropy ``[batch, pos, vocab] -> [batch, pos - 1]`` nats (metrics)."""
 kl_per_token = kl_div
