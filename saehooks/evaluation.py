@@ -134,12 +134,27 @@ def position_mask(model: nn.Module, tokens: Tensor, exclude_bos: bool = True) ->
     return tokens != bos
 
 
-def _check_tokens(tokens: Tensor) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int32):
-        raise TypeError("tokens must be an integer tensor [n_seq, n_ctx] (model.to_tokens or "
-                        "saehooks.load_eval_tokens())")
-    if tokens.ndim != 2 or tokens.shape[1] < 2:
-        raise ValueError(f"tokens must have shape [n_seq, n_ctx >= 2], got {tuple(tokens.shape)}")
+def check_tokens(tokens: Tensor, min_positions: int = 1) -> Tensor:
+    """``tokens`` as a LongTensor ``[batch, pos]`` (a 1-d row becomes ``[1, pos]``).
+
+    Args:
+        tokens: integer token ids, ``[batch, pos]`` or ``[pos]``.
+        min_positions: fewest positions a row may have (2 for next-token losses).
+
+    Raises:
+        TypeError: not an integer tensor (e.g. text, or float ids).
+        ValueError: not 1- or 2-d, no rows, or fewer than ``min_positions`` positions.
+    """
+    if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or \
+            tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        got = type(tokens).__name__ if not isinstance(tokens, Tensor) else tokens.dtype
+        raise TypeError(f"tokens must be an integer tensor [batch, pos], got {got}; tokenize "
+                        "text with model.to_tokens(...) or use saehooks.load_eval_tokens()")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < min_positions:
+        raise ValueError(f"tokens must have shape [batch >= 1, pos >= {min_positions}], got "
+                         f"{tuple(tokens.shape)}")
     return tokens.long()
 
 
@@ -151,7 +166,7 @@ def spliced_batches(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int 
     Yields:
         :class:`BatchResult` per batch of ``batch_size`` rows.
     """
-    tokens = _check_tokens(tokens)
+    tokens = check_tokens(tokens, min_positions=2)
     check_compatible(model, sae)
     hook = sae.cfg.hook_name
     device = next(model.parameters()).device
@@ -207,7 +222,7 @@ def evaluate(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
         HookNameError, ValueError: see :func:`saehooks.hooks.check_compatible`;
             TypeError/ValueError for malformed ``tokens``.
     """
-    tokens = _check_tokens(tokens)
+    tokens = check_tokens(tokens, min_positions=2)
     check_compatible(model, sae)
     hook = sae.cfg.hook_name
     mean = mean_activation(model, hook, tokens, batch_size, exclude_bos)

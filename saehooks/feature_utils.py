@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from saehooks import hooks
 from saehooks.evaluation import bos_token_id
+from saehooks.evaluation import check_tokens as check_tokens  # one token checker
 from saehooks.evaluation import position_mask as position_mask  # shared BOS mask
 from saehooks.metrics import kl_div, next_token_ce
 from saehooks.sae import SAE
@@ -46,23 +47,6 @@ def check_features(sae: SAE, features: FeatureSpec) -> list[int]:
                              f"has {sae.cfg.d_sae} features, 0 … {sae.cfg.d_sae - 1}")
         out.append(f)
     return out
-
-
-def check_tokens(tokens: Tensor) -> Tensor:
-    """``tokens`` as a LongTensor ``[batch, pos]`` (a 1-d row becomes ``[1, pos]``).
-
-    Raises:
-        ValueError: not 1- or 2-d, or empty.
-    """
-    if not isinstance(tokens, Tensor):
-        raise TypeError(f"tokens must be a LongTensor [batch, pos], got {type(tokens).__name__}; "
-                        "tokenize text with model.to_tokens(...)")
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    if tokens.ndim != 2 or tokens.numel() == 0:
-        raise ValueError(f"tokens must be a non-empty LongTensor [batch, pos], got shape "
-                         f"{tuple(tokens.shape)}")
-    return tokens.long()
 
 
 def iter_batches(tokens: Tensor, batch_size: int,

@@ -242,6 +242,9 @@ def feature_density(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int 
                     exclude_bos: bool = True) -> Tensor:
     """Fraction of tokens on which each latent fires: ``[d_sae]`` in [0, 1].
 
+    The same quantity as ``evaluate(...).feature_density``, without the four forward
+    passes per batch that the evaluation needs (one forward here).
+
     Args:
         model, sae: the hooked model and the SAE.
         tokens: LongTensor ``[n_seq, pos]``.

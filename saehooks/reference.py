@@ -57,6 +57,59 @@ def load_eval_tokens(n_seq: int | None = None) -> torch.Tensor:
     return tokens if n_seq is None else tokens[:n_seq]
 
 
+def load_train_tokens(max_rows: int | None = None, strict: bool = False) -> torch.Tensor:
+    """The reference model's *training* tokens, rebuilt from this Python's stdlib.
+
+    The reference LM was trained on the CPython standard library's ``.py`` files (see
+    ``pretrained/build_reference_model.py``); those files are on every machine that
+    runs Python, so the training split is rebuilt here rather than shipped: the same
+    file list, the same hash rule that holds out the evaluation files, the shipped
+    tokenizer, and rows ``[BOS, t_0 .. t_{n_ctx-2}]``. This is the default data of
+    ``saehooks train`` on the reference model. Takes ~20 s (tokenisation).
+
+    Args:
+        max_rows: keep only the first ``max_rows`` rows (default: all, ~12.5k x 256: 3.2M tokens).
+        strict: raise if this stdlib's training file count differs from the card's
+            (another Python version); otherwise the rows are returned regardless --
+            still code the model never saw in its evaluation split.
+
+    Returns:
+        LongTensor ``[n_rows, n_ctx]``, BOS (``<|endoftext|>``) at position 0.
+
+    Raises:
+        FileNotFoundError: ``pretrained/build_reference_model.py`` or the tokenizer
+            is missing.
+        RuntimeError: ``strict`` and the file count differs from the card.
+    """
+    import importlib.util
+    import re
+    import sysconfig
+
+    from tokenizers import Tokenizer
+
+    script = pretrained_dir() / "build_reference_model.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{script} is missing; the reference training split is "
+                                "rebuilt with its helpers (set SAEHOOKS_PRETRAINED?)")
+    spec = importlib.util.spec_from_file_location("saehooks_build_reference_model", script)
+    brm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(brm)
+    card = model_card()
+    percent = int(re.search(r"<\s*(\d+)", card["corpus"]["split"]).group(1))
+    n_ctx = int(card["architecture"]["n_ctx"])
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [f for f in brm.corpus_files(stdlib) if not brm.is_held_out(f, percent)]
+    if strict and len(files) != card["corpus"]["files_train"]:
+        raise RuntimeError(f"found {len(files)} training files in {stdlib}, the card says "
+                           f"{card['corpus']['files_train']}: another Python version's "
+                           "stdlib? (the card was built with Python "
+                           f"{card['corpus'].get('python_version', '?')})")
+    tok = Tokenizer.from_file(str(reference_model_dir() / "tokenizer.json"))
+    rows = brm.chunk_with_bos(brm.encode_stream(tok, [brm.read_text(stdlib / f) for f in files]),
+                              n_ctx, tok.token_to_id(brm.EOT))
+    return rows if max_rows is None else rows[:max_rows]
+
+
 def list_pretrained_saes():
     """The shipped SAEs and their held-out metrics, as a DataFrame indexed by name.
 

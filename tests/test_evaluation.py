@@ -112,5 +112,17 @@ def test_loss_increase_per_token(model, tokens):
 def test_bad_tokens(model):
     with pytest.raises(TypeError, match="integer tensor"):
         evaluate(model, random_sae(), torch.randn(2, 5), progress=False)
+    with pytest.raises(ValueError, match=r"pos >= 2\], got \(5, 1\)"):
+        evaluate(model, random_sae(), torch.zeros(5, 1, dtype=torch.long), progress=False)
     with pytest.raises(ValueError, match="shape"):
-        evaluate(model, random_sae(), torch.zeros(5, dtype=torch.long), progress=False)
+        evaluate(model, random_sae(), torch.zeros(1, 2, 3, dtype=torch.long), progress=False)
+    with pytest.raises(TypeError, match="to_tokens"):
+        evaluate(model, random_sae(), "def f(): pass", progress=False)
+
+
+def test_feature_tools_share_the_token_checker(model):
+    sae = random_sae()
+    with pytest.raises(TypeError, match="integer tensor"):
+        sh.feature_ablation_effects(model, sae, torch.zeros(1, 4), [0])
+    one_row = sh.load_eval_tokens(1)[0, :16]
+    assert torch.equal(sh.feature_utils.check_tokens(one_row), one_row[None])

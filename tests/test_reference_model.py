@@ -61,3 +61,17 @@ def test_card_records_the_training(tmp_path):
     assert card["training"]["tokens_seen"] >= 8_000_000
     assert card["corpus"]["files_held_out"] > 0
     assert (reference_model_dir().parent / "LICENSE-PSF.txt").is_file()
+
+
+def test_train_tokens_rebuild_the_card_split_without_eval_rows():
+    from saehooks.reference import load_train_tokens
+
+    card = model_card()
+    rows = load_train_tokens(strict=True)
+    n_ctx = card["architecture"]["n_ctx"]
+    # the card's training stream, cut into rows of BOS + (n_ctx - 1) tokens
+    assert rows.shape == (card["corpus"]["tokens_train"] // (n_ctx - 1), n_ctx)
+    assert (rows[:, 0] == rows[0, 0]).all() and rows[0, 0].item() == 0  # <|endoftext|> = 0
+    eval_rows = {tuple(r.tolist()) for r in sh.load_eval_tokens()}
+    assert not any(tuple(r.tolist()) in eval_rows for r in rows[:2000])
+    assert torch.equal(load_train_tokens(max_rows=5), rows[:5])

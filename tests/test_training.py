@@ -114,7 +114,7 @@ def test_short_runs_of_other_objectives(arch, model, train_tokens, heldout_acts,
     cfg = tiny_config(tmp_path, architecture=arch, d_sae=512, k=16, total_tokens=60 * 512,
                       batch_size=512, checkpoint_every_tokens=0,
                       lr=3e-3 if arch == "batchtopk" else 1e-3, l1_coefficient=1.0,
-                      kl_beta=1.0, kl_rho=16 / 512, resample_every_tokens=8 * 512)
+                      kl_beta=0.3, kl_rho=16 / 512, resample_every_tokens=8 * 512)
     store = make_store(model, train_tokens, cfg)
     trainer = Trainer(model, store, cfg)
     initial = trainer.folded_sae()
@@ -226,3 +226,24 @@ def test_cli_flags_come_from_the_config(model, train_tokens, tmp_path, capsys, m
     assert run_train(args) == 0
     assert "saved" in capsys.readouterr().out
     assert sh.load_sae(tmp_path / "run" / "sae").cfg.k == 8
+
+
+def test_cli_trains_on_the_reference_split_by_default(model, train_tokens, tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    calls = []
+
+    def fake_split(max_rows=None, strict=False):
+        calls.append(max_rows)
+        return train_tokens[:8]
+
+    monkeypatch.setattr("saehooks.reference.load_train_tokens", fake_split)
+    monkeypatch.setattr("saehooks.models.load_model", lambda name=None, **kw: model)
+    args = parser.parse_args(["--hook", HOOK, "--tokens", "1024", "--batch-size", "256",
+                              "--d-sae", "256", "--k", "8", "--init-tokens", "256",
+                              "--buffer-tokens", "1024", "--out", str(tmp_path / "run"),
+                              "--no-progress-bar"])
+    assert run_train(args) == 0 and calls == [None]
+    args = parser.parse_args(["--model", "gpt2", "--out", str(tmp_path / "run2")])
+    with pytest.raises(SystemExit, match="--data is required with --model"):
+        run_train(args)

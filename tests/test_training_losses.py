@@ -62,10 +62,17 @@ def test_firing_probability_and_kl_penalty():
 def test_auxk_loss_and_topk_loss_hand_values():
     residual = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
     aux = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    assert losses.auxk_loss(residual, aux).item() == 2.5  # (4 + 1) / 2
-    x, x_hat = torch.zeros(2, 2), residual
-    assert losses.topk_loss(x, x_hat).item() == 3.0
-    assert losses.topk_loss(x, x_hat, residual, aux, 0.5).item() == 3.0 + 1.25
+    # Σ‖e − ê‖² = 4 + 1, Σ‖e‖² = 1 + 4 + 1
+    assert losses.auxk_loss(residual, aux).item() == pytest.approx(5 / 6, rel=1e-7)
+    assert losses.auxk_loss(residual, torch.zeros(2, 2)).item() == 1.0
+    assert losses.auxk_loss(residual, residual).item() == 0.0
+    assert losses.auxk_loss(torch.zeros(2, 2), torch.zeros(2, 2)).item() == 0.0
+    x = torch.tensor([[3.0, 2.0], [1.0, 1.0]])
+    x_hat = x - residual
+    assert losses.topk_loss(x, x_hat).item() == 3.0  # (1 + 4 + 0 + 1) / 2
+    # Var(x): mean [2, 1.5], deviations ±[1, 0.5] -> 1.25 per token
+    assert losses.topk_loss(x, x_hat, residual, aux, 0.5).item() == pytest.approx(
+        3.0 + 0.5 * 1.25 * 5 / 6, rel=1e-7)
 
 
 def _auxk_sae() -> SAE:
@@ -89,6 +96,22 @@ def test_auxk_is_exactly_zero_for_a_perfect_dead_reconstruction_with_b_dec(step_
     assert out.loss.item() == pytest.approx(1.0)  # main mse only
     # decoding the aux latents *with* b_dec would not be 0: the residual excludes it
     assert losses.auxk_loss(x - out.x_hat, torch.tensor([[0.0, 1.0]]) + sae.b_dec).item() > 0
+
+
+@pytest.mark.parametrize("step_fn", [forward.topk_forward, forward.topk_dense_forward])
+def test_auxk_trains_a_dead_latent_whose_pre_activation_is_negative(step_fn):
+    # A dead latent below zero is the usual case; a ReLU in the aux path would give it
+    # no gradient and AuxK would never revive anything.
+    sae = _auxk_sae()
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.tensor([0.0, -3.0]))  # latent 1: pre-activation 1 - 3 < 0
+    x = torch.tensor([[2.5, 1.25], [1.5, 1.25]])
+    cfg = TrainConfig(architecture="topk", d_sae=2, k=1, aux_k=1, total_tokens=2, batch_size=2)
+    out = step_fn(sae, x, cfg, dead=torch.tensor([False, True]))
+    assert out.aux.item() > 1.0  # ê = -2·e1 points away from e = +1·e1
+    out.loss.backward()
+    assert sae.b_enc.grad[1].item() < 0  # raising latent 1 lowers the aux loss...
+    assert sae.W_dec.grad[1].abs().sum().item() > 0  # ...and its decoder row learns
 
 
 def _params(seed: int, d_in=16, d_sae=128):

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
-import re
 import shutil
-import sysconfig
 import time
 from pathlib import Path
 
@@ -33,46 +30,22 @@ REPO = HERE.parent.parent
 COMMON = dict(d_sae=4096, batch_size=4096, total_tokens=20_000_000, dead_window_tokens=2_000_000,
               checkpoint_every_tokens=2_000_000, log_every_steps=25, seed=0,
               matmul_dtype="bfloat16", progress_bar=False)
+# TopK: smaller batches (more steps) and a short dead window, so that AuxK also
+# revives latents that fire too rarely to show up on the held-out tokens
+TOPK = dict(architecture="topk", k=32, lr=1e-3, batch_size=1024, dead_window_tokens=250_000,
+            total_tokens=30_000_000)
 SAES = {
     "topk-k32-blocks.2.hook_resid_post": dict(
-        hook_name="blocks.2.hook_resid_post", architecture="topk", k=32, lr=2e-3,
-        total_tokens=25_000_000),
+        hook_name="blocks.2.hook_resid_post", **TOPK),
     "topk-k32-blocks.1.hook_resid_post": dict(
-        hook_name="blocks.1.hook_resid_post", architecture="topk", k=32, lr=2e-3),
+        hook_name="blocks.1.hook_resid_post", **TOPK),
     "l1-blocks.2.hook_resid_post": dict(
         hook_name="blocks.2.hook_resid_post", architecture="l1", lr=1e-3, l1_coefficient=5.0,
         decoder_init_norm=1.0, target_l0=36.0),
     "kl-blocks.2.hook_resid_post": dict(
-        hook_name="blocks.2.hook_resid_post", architecture="kl", lr=1e-3, kl_rho=0.005,
-        kl_scale=2.5, kl_beta=10.0, target_l0=36.0, target_l0_rate=0.005,
-        target_l0_max_factor=30.0),
+        hook_name="blocks.2.hook_resid_post", architecture="kl", lr=1e-3, kl_rho=0.006,
+        kl_scale=0.05, kl_beta=3.0),
 }
-
-
-def _build_module():
-    spec = importlib.util.spec_from_file_location("build_reference_model",
-                                                  REPO / "pretrained/build_reference_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def train_rows(model_dir: Path) -> torch.Tensor:
-    """Token rows ``[n, n_ctx]`` of the reference model's training split (BOS first)."""
-    from tokenizers import Tokenizer
-
-    brm = _build_module()
-    card = json.loads((model_dir / "model_card.json").read_text())
-    percent = int(re.search(r"<\s*(\d+)", card["corpus"]["split"]).group(1))
-    n_ctx = int(card["architecture"]["n_ctx"])
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [f for f in brm.corpus_files(stdlib) if not brm.is_held_out(f, percent)]
-    if len(files) != card["corpus"]["files_train"]:
-        raise RuntimeError(f"found {len(files)} training files, the card says "
-                           f"{card['corpus']['files_train']}: another Python's stdlib?")
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    stream = brm.encode_stream(tok, [brm.read_text(stdlib / f) for f in files])
-    return brm.chunk_with_bos(stream, n_ctx, tok.token_to_id(brm.EOT))
 
 
 def cache_activations(model, rows: torch.Tensor, hook_names: list[str], work: Path,
@@ -170,14 +143,13 @@ def main(argv: list[str] | None = None) -> None:
 
     import saehooks as sh
     from saehooks import models
-    from saehooks.reference import reference_model_dir
+    from saehooks.reference import load_train_tokens
     from saehooks.training import TrainConfig, train_sae
 
     torch.set_num_threads(args.threads)
     out, work = Path(args.out), Path(args.work)
-    model_dir = reference_model_dir()
     model = sh.load_model()
-    rows = train_rows(model_dir)[: args.max_rows]
+    rows = load_train_tokens(args.max_rows, strict=True)
     eval_rows = sh.load_eval_tokens()
     print(f"train rows {tuple(rows.shape)}; eval rows {tuple(eval_rows.shape)}", flush=True)
     names = [n for n in SAES if not args.only or n in args.only]

@@ -1,12 +1,14 @@
 """Evaluate every shipped SAE on all held-out tokens; write index.json and README.md.
 
-    python pretrained/saes/evaluate_saes.py
+    python pretrained/saes/evaluate_saes.py [--only NAME ...] [--threads 2]
 
+``--only`` re-evaluates those SAEs and keeps the other rows of ``index.json``.
 ``saehooks.list_pretrained_saes()`` reads ``index.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -23,11 +25,25 @@ def sae_dirs() -> list[Path]:
     return sorted(p.parent for p in HERE.glob("*/cfg.json"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", nargs="*", default=None, help="SAE names to (re)evaluate")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = sh.load_model()
     tokens = sh.load_eval_tokens()
+    index = HERE / "index.json"
+    kept = {r["name"]: r for r in json.loads(index.read_text())} \
+        if args.only and index.is_file() else {}
     rows = []
     for path in sae_dirs():
+        if args.only and path.name not in args.only and path.name in kept:
+            rows.append(kept[path.name])
+            continue
         sae = sh.load_sae(path)
         t0 = time.time()
         report = evaluate(model, sae, tokens, batch_size=16)
@@ -38,7 +54,7 @@ def main() -> None:
                "eval_seconds": round(time.time() - t0, 1), "training": training}
         rows.append(row)
         print(path.name, {k: round(row[k], 4) for k in COLUMNS}, flush=True)
-    (HERE / "index.json").write_text(json.dumps(rows, indent=2) + "\n")
+    index.write_text(json.dumps(rows, indent=2) + "\n")
     write_readme(rows, tokens.shape)
 
 

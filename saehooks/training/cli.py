@@ -37,9 +37,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="model: a local Hugging Face folder or TransformerLens name "
                              "(default: the shipped reference LM)")
-    parser.add_argument("--data", required=True,
+    parser.add_argument("--data", default=None,
                         help="token source: a .safetensors file with 'tokens' [n_seq, n_ctx] "
-                             "or a folder of text files (tokenised with the model's tokenizer)")
+                             "or a folder of text files (tokenised with the model's tokenizer); "
+                             "default, with the reference LM only: its training split, rebuilt "
+                             "from this Python's standard library")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest checkpoint")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -81,9 +83,17 @@ def run_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
+    data = args.data
+    if data is None:
+        if args.model is not None:
+            raise SystemExit("saehooks train: --data is required with --model (a .safetensors "
+                             "file of tokens or a folder of text files)")
+        from saehooks.reference import load_train_tokens
+
+        data = load_train_tokens()
     model = load_model(args.model)
     resume = cfg.out_dir if args.resume else None
-    sae = train_sae(model, args.data, cfg, resume_from=resume)
+    sae = train_sae(model, data, cfg, resume_from=resume)
     final = sae.cfg.metadata["training"]["final_metrics"]
     print(f"saved {sae} to {cfg.out_dir}/sae; final train metrics: "
           + ", ".join(f"{k}={final[k]:.4g}" for k in ("fvu", "l0", "dead_fraction", "mse")))

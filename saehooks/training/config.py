@@ -52,13 +52,17 @@ class TrainConfig:
     sparsity_warmup_fraction: float = 0.05
     """Fraction of the steps over which λ (``l1``) or β (``kl``) rises linearly from 0
     (Anthropic April 2024: 5% for λ)."""
-    kl_beta: float = 1.0
+    kl_beta: float = 3.0
     """β of the ``kl`` objective ``MSE + β Σ_j KL(ρ ‖ ρ̂_j)``."""
-    kl_rho: float = 0.008
-    """Target firing probability ρ per latent of the ``kl`` objective."""
-    kl_scale: float = 0.5
+    kl_rho: float = 0.006
+    """Target firing probability ρ per latent of the ``kl`` objective. L0 lands near
+    ``1.5 · ρ · d_sae`` (a latent's soft firing rate undercounts its faint firings): the
+    shipped ``kl`` SAE, 4096 latents, ρ 0.006, has L0 ~36."""
+    kl_scale: float = 0.05
     """Squashing scale: ``ρ̂_j = mean_token (1 − exp(−a_j / kl_scale))`` (normalised
-    units, where E‖x‖ = sqrt(d_in)): activations well above it count as one firing."""
+    units, where E‖x‖ = sqrt(d_in); typical activations are ~1). Keep it well below the
+    typical activation: ``ρ̂`` then counts firings, as L0 does. At 0.5-2.5 it measured
+    magnitude instead and L0 stalled near 300 whatever β was."""
     target_l0: float = 0.0
     """``l1``/``kl``: if > 0, adapt the coefficient (λ or β) multiplicatively after its
     warm-up so that the batch L0 tracks this target (a Lagrangian-style controller)."""
@@ -72,9 +76,11 @@ class TrainConfig:
     aux_k: int = 0
     """Dead latents used by AuxK per token; 0 picks the power of two nearest d_in/2."""
     aux_coefficient: float = 1 / 32
-    """α of the AuxK loss (Gao et al. 2024 use 1/32)."""
+    """α of the AuxK loss (Gao et al. 2024 use 1/32, with both losses normalised)."""
     dead_window_tokens: int = 1_000_000
-    """A latent is dead if it has not fired on any of the last N tokens."""
+    """A latent is dead if it has not fired on any of the last N tokens (AuxK and
+    resampling act on those). Gao et al. use 10M; on small data sets a window of a few
+    hundred thousand tokens also revives latents too rare to fire on a held-out set."""
     init_encoder_as_decoder_transpose: bool = True
     """Initialise ``W_enc`` as ``W_decᵀ`` (Conerly et al. 2024; Gao et al. 2024)."""
     fit_encoder_scale: bool = True

@@ -28,7 +28,8 @@ class ForwardOutput(NamedTuple):
     mse: Tensor
     """Scalar ``mean_token ‖x − x̂‖²`` (normalised units)."""
     aux: Tensor
-    """Scalar auxiliary term before its coefficient: AuxK loss, L1 penalty, or KL sum."""
+    """Scalar auxiliary term before its coefficient: AuxK loss (the fraction of the
+    residual the dead latents leave), L1 penalty, or KL sum."""
     fired: Tensor
     """``[d_sae]`` bool: latents active on at least one token of the batch."""
     l0: float
@@ -58,8 +59,10 @@ def _code_step(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, vals: Tensor
         a_vals, a_pos = pre[:, dead_ids].topk(k_aux, dim=-1, sorted=False)
         a_vals, a_rows, a_cols, a_offs = sparse.code_from_topk(a_vals, dead_ids[a_pos])
         a_bags = sparse.latent_bags(a_cols, d_sae)
-        a_acts = torch.relu(sparse.selected_pre(x_c, sae.W_enc, sae.b_enc, a_vals, a_rows,
-                                                a_cols, a_offs, a_bags))
+        # Pre-ReLU values: dead latents mostly sit below zero, where a ReLU would
+        # pass no gradient and AuxK would never revive them.
+        a_acts = sparse.selected_pre(x_c, sae.W_enc, sae.b_enc, a_vals, a_rows, a_cols,
+                                     a_offs, a_bags)
         aux_recons = sparse.sparse_decode(a_acts, a_rows, a_cols, a_offs, sae.W_dec, a_bags)
         residual = (x - x_hat).detach()
         aux = losses.auxk_loss(residual, aux_recons)
@@ -114,7 +117,7 @@ def topk_dense_forward(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> F
         k_aux = min(cfg.aux_k or _default_aux_k(x.shape[1]), n_dead)
         masked = pre.masked_fill(~dead, float("-inf"))
         a_vals, a_idx = masked.topk(k_aux, dim=-1, sorted=False)
-        a_acts = torch.zeros_like(pre).scatter(-1, a_idx, torch.relu(a_vals))
+        a_acts = torch.zeros_like(pre).scatter(-1, a_idx, a_vals)
         aux_recons = a_acts @ sae.W_dec
         residual = (x - x_hat).detach()
         aux = losses.auxk_loss(residual, aux_recons)

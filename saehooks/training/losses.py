@@ -161,30 +161,38 @@ def kl_loss(x: Tensor, x_hat: Tensor, acts: Tensor, rho: float, beta: float,
 
 
 def auxk_loss(residual: Tensor, aux_recons: Tensor) -> Tensor:
-    """AuxK loss: how well the dead latents reconstruct the main model's error.
+    """AuxK loss: the fraction of the main model's error that the dead latents leave.
 
     Source: Gao et al. 2024, "Scaling and evaluating sparse autoencoders", sec. A.2:
     the ``k_aux`` largest pre-activations *among dead latents* decode (through
-    ``W_dec``, **without** ``b_dec``) an estimate ``ê`` of the residual
-    ``e = x − x̂``, and ``L_aux = ‖e − ê‖²``, here with the module's MSE convention
-    (summed over ``d_in``, averaged over tokens) so that it sits in the same units as
-    the main loss. ``b_dec`` is already inside ``x̂``, so a perfect dead-latent
-    reconstruction of ``e`` gives exactly 0 whatever ``b_dec`` is. The residual must
-    be detached by the caller: AuxK trains the dead latents, not the live ones.
+    ``W_dec``, **without** ``b_dec``) an estimate ``ê`` of the residual ``e = x − x̂``.
+    As in their code the loss is normalised, ``L_aux = Σ‖e − ê‖² / Σ‖e‖²`` over the
+    batch, so its pull does not fade as the main error shrinks. ``b_dec`` is already
+    inside ``x̂``, so a perfect dead-latent reconstruction of ``e`` gives exactly 0
+    whatever ``b_dec`` is. The residual must be detached by the caller: AuxK trains the
+    dead latents, not the live ones. The caller also passes the dead latents'
+    *pre-ReLU* values as their activations: dead latents sit below zero, where a ReLU
+    would pass no gradient.
 
     Args:
         residual: ``e = x − x̂`` ``[batch, d_in]`` (detached).
         aux_recons: ``ê = Σ_{j∈aux} a_j W_dec[j]`` ``[batch, d_in]``.
 
     Returns:
-        Scalar ``mean_token ‖e − ê‖²``.
+        Scalar fraction (0 when ``ê = e``; 1 when ``ê = 0``); 0 if ``e`` is all zeros.
     """
-    return mse(residual, aux_recons)
+    energy = residual.pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
+    return (aux_recons - residual).pow(2).sum() / energy
 
 
 def topk_loss(x: Tensor, x_hat: Tensor, residual: Tensor | None = None,
               aux_recons: Tensor | None = None, aux_coefficient: float = 1 / 32) -> Tensor:
-    """``mse(x, x̂) + α · auxk_loss(e, ê)`` for TopK / BatchTopK SAEs (Gao et al. 2024).
+    """``mse(x, x̂) + α · Var(x) · auxk_loss(e, ê)`` for TopK / BatchTopK SAEs.
+
+    Gao et al. 2024 minimise ``NMSE(x, x̂) + α · L_aux`` with the main term normalised
+    by the data's variance; this is the same objective times the (detached) batch
+    variance ``Var(x) = mse(x, mean(x))``, so the main term stays in the units of
+    :func:`mse` used by every objective here.
 
     Args:
         x: inputs ``[batch, d_in]``.
@@ -198,5 +206,6 @@ def topk_loss(x: Tensor, x_hat: Tensor, residual: Tensor | None = None,
     """
     loss = mse(x, x_hat)
     if residual is not None and aux_recons is not None:
-        loss = loss + aux_coefficient * auxk_loss(residual, aux_recons)
+        variance = mse(x, x.mean(0, keepdim=True)).detach()
+        loss = loss + aux_coefficient * variance * auxk_loss(residual, aux_recons)
     return loss

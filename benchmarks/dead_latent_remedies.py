@@ -1,0 +1,149 @@
+"""What each dead-latent remedy of the trainer buys, measured on the reference model.
+
+Trains one SAE per variant at ``blocks.2.hook_resid_post`` of the shipped reference
+LM (d_sae 4096, the same cached activations of its training split for every variant)
+and reports, on held-out tokens: FVU, L0 and the dead fraction (latents that never
+fire on them), beside the trainer's own end-of-run dead fraction (no firing in the
+last ``dead_window_tokens``). Each variant switches off, or changes, one remedy of a
+baseline that has them all:
+
+- TopK (Gao et al. 2024): AuxK on pre-ReLU dead-latent values; dead window 250k
+  tokens; ``W_enc = W_decᵀ`` at init; ``b_dec`` at the geometric median.
+- ``l1`` / ``kl``: neuron resampling (Bricken et al. 2023) on / off.
+
+::
+
+    python benchmarks/dead_latent_remedies.py [--tokens 2e6] [--threads 2] [--only topk]
+
+Writes the table to stdout (and ``--csv``). Short runs measure early training, where
+the remedies differ most; the shipped SAEs' long runs are in ``pretrained/saes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HOOK = "blocks.2.hook_resid_post"
+TOPK = dict(architecture="topk", k=32, lr=1e-3, batch_size=1024, dead_window_tokens=250_000)
+L1 = dict(architecture="l1", lr=1e-3, l1_coefficient=5.0, batch_size=4096,
+          dead_window_tokens=500_000, resample_every_tokens=500_000)
+KL = dict(architecture="kl", lr=1e-3, batch_size=4096, dead_window_tokens=500_000,
+          resample_every_tokens=500_000)
+VARIANTS = {
+    "topk: all remedies": TOPK,
+    "topk: no AuxK": {**TOPK, "auxk": False},
+    "topk: AuxK with ReLU'd values": {**TOPK, "_relu_aux": True},
+    "topk: W_enc random (not W_dec^T)": {**TOPK, "init_encoder_as_decoder_transpose": False},
+    "topk: b_dec = 0": {**TOPK, "b_dec_init": "zeros"},
+    "topk: b_dec = mean": {**TOPK, "b_dec_init": "mean"},
+    "l1: resampling": L1,
+    "l1: no resampling": {**L1, "resample_dead": False},
+    "kl: resampling": KL,
+    "kl: no resampling": {**KL, "resample_dead": False},
+}
+
+
+def heldout_activations(model, n_rows: int) -> torch.Tensor:
+    """Raw activations ``[n, d_in]`` of the first ``n_rows`` evaluation rows, BOS dropped."""
+    import saehooks as sh
+    from saehooks import models
+
+    tokens = sh.load_eval_tokens(n_rows)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=HOOK,
+                                        stop_at_layer=models.block_index(HOOK) + 1)
+    return cache[HOOK][tokens != model.tokenizer.bos_token_id].float()
+
+
+def measure(sae, acts: torch.Tensor) -> dict[str, float]:
+    """Held-out FVU, L0 and never-firing fraction of ``sae`` on ``acts``."""
+    from saehooks import metrics
+
+    err = var = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    l0 = 0.0
+    mean = acts.mean(0)
+    with torch.no_grad():
+        for chunk in acts.split(8192):
+            f = sae.encode(chunk)
+            err += float(metrics.sum_squared_error(chunk, sae.decode(f)))
+            var += float((chunk - mean).pow(2).sum())
+            fired |= (f > 0).any(0)
+            l0 += float((f > 0).sum())
+    return {"fvu": err / var, "l0": l0 / acts.shape[0],
+            "dead_heldout": 1.0 - float(fired.float().mean())}
+
+
+def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> dict:
+    """Train one variant from the shared cache; its held-out numbers and wall time."""
+    from saehooks.training import TrainConfig, forward, train_sae
+
+    changes = dict(changes)
+    relu_aux = changes.pop("_relu_aux", False)
+    cfg = TrainConfig(hook_name=HOOK, d_sae=4096, total_tokens=tokens, seed=0,
+                      checkpoint_every_tokens=0, progress_bar=False, out_dir=str(work / "run"),
+                      cache_dir=str(work / "cache"), cache_tokens=min(tokens, 2_000_000),
+                      **changes)
+    original = forward.sparse.selected_pre
+    if relu_aux:  # the first implementation's AuxK: ReLU on the dead latents' values
+        def selected_pre(*args, **kwargs):
+            return torch.relu(original(*args, **kwargs))
+        forward.sparse.selected_pre = selected_pre
+    try:
+        start = time.time()
+        sae = train_sae(model, rows, cfg)
+        seconds = time.time() - start
+    finally:
+        forward.sparse.selected_pre = original
+    final = sae.cfg.metadata["training"]["final_metrics"]
+    return {**measure(sae, acts), "dead_train_window": final["dead_fraction"],
+            "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=float, default=2e6, help="training tokens per variant")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--heldout-rows", type=int, default=256, help="eval rows (x255 tokens)")
+    ap.add_argument("--only", default=None, help="variants whose name starts with this")
+    ap.add_argument("--work", default=None, help="cache folder (default: a temp folder)")
+    ap.add_argument("--csv", default=None)
+    args = ap.parse_args(argv)
+
+    import pandas as pd
+
+    import saehooks as sh
+    from saehooks.reference import load_train_tokens
+
+    torch.set_num_threads(args.threads)
+    model = sh.load_model()
+    rows = load_train_tokens()
+    acts = heldout_activations(model, args.heldout_rows)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        for name, changes in VARIANTS.items():
+            if args.only and not name.startswith(args.only):
+                continue
+            result = run_variant(model, rows, acts, changes, int(args.tokens), work / "x")
+            results.append({"variant": name, **result})
+            print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()),
+                  flush=True)
+            # keep the cache, drop the run
+            for f in sorted((work / "x" / "run").rglob("*"), reverse=True):
+                f.unlink() if f.is_file() else f.rmdir()
+    table = pd.DataFrame(results).set_index("variant")
+    print(f"\n{int(args.tokens):,} training tokens per variant, {acts.shape[0]:,} held-out "
+          "tokens; dead_heldout = never fires on them\n")
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    if args.csv:
+        table.to_csv(args.csv)
+
+
+if __name__ == "__main__":
+    main()
