@@ -17,7 +17,7 @@ import saehooks as sh
 from saehooks.effects import attribution_check, feature_ablation_effects, feature_attribution
 
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
-DEFAULT_FEATURE = 1428  # block-opening colon; see pretrained/saes/FEATURES.md
+DEFAULT_FEATURE = 2121  # block-opening colon; see pretrained/saes/FEATURES.md
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,10 +20,10 @@ from saehooks.features import feature_density_histogram, feature_logit_effects, 
 from saehooks.features_html import feature_html
 
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
-DEFAULT_FEATURES = {  # see pretrained/saes/FEATURES.md
+DEFAULT_FEATURES = {  # see pretrained/saes/FEATURES.md (found by pretrained/saes/find_features.py)
     3516: "the words of a # comment",
     3955: "inside a string literal (messages)",
-    1428: "a block-opening ':' at indentation 12 (predicts the deeper indent)",
+    2121: "a block-opening ':' at indentation 12 (predicts the deeper indent)",
     3511: "the '__' of a dunder method name after def",
     916: "the module name on an import line",
 }
