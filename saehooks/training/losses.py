@@ -166,8 +166,9 @@ def auxk_loss(residual: Tensor, aux_recons: Tensor) -> Tensor:
     Source: Gao et al. 2024, "Scaling and evaluating sparse autoencoders", sec. A.2:
     the ``k_aux`` largest pre-activations *among dead latents* decode (through
     ``W_dec``, **without** ``b_dec``) an estimate ``ê`` of the residual ``e = x − x̂``.
-    As in their code the loss is normalised, ``L_aux = Σ‖e − ê‖² / Σ‖e‖²`` over the
-    batch, so its pull does not fade as the main error shrinks. ``b_dec`` is already
+    Like their losses it is normalised by the target's energy (here over the whole
+    batch), ``L_aux = Σ‖e − ê‖² / Σ‖e‖²``, so its pull does not fade as the main error
+    shrinks. ``b_dec`` is already
     inside ``x̂``, so a perfect dead-latent reconstruction of ``e`` gives exactly 0
     whatever ``b_dec`` is. The residual must be detached by the caller: AuxK trains the
     dead latents, not the live ones. The caller also passes the dead latents'
