@@ -39,8 +39,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import saehooks as sh
     from saehooks.evaluation import evaluate
 
+    sae = sh.load_sae(args.sae)  # a bad name fails before the model loads
     model = sh.load_model(args.model)
-    sae = sh.load_sae(args.sae)
     tokens = _tokens_for(model, args)
     report = evaluate(model, sae, tokens, batch_size=args.batch_size,
                       exclude_bos=not args.include_bos)
@@ -66,7 +66,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     card = model_card()
     print(f"reference model: {card['architecture']['n_layer']} layers, d_model "
           f"{card['architecture']['d_model']}, trained on the CPython "
-          f"{card['corpus']['python_version']} standard library; held-out CE "
+          f"{card['corpus']['python_version']} standard library; CE on all held-out tokens "
           f"{card['eval']['held_out_ce_nats_per_token']} nats/token "
           f"({card['eval']['held_out_bits_per_byte']} bits/byte; unigram "
           f"{card['eval']['unigram_baseline_nats_per_token']})")
@@ -87,6 +87,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{sae.cfg.hook_name}\n")
     report = evaluate(model, sae, tokens, batch_size=args.batch_size)
     print(report)
+    print(f"(on the first {tokens.shape[0]} held-out rows, {report.n_tokens:,} tokens; "
+          "dead_fraction counts latents silent on these alone. All held-out tokens: "
+          "pretrained/saes/README.md, or saehooks eval)")
     print(f"\nsplicing costs {report.ce_loss_increase:+.4f} nats/token; the SAE's FVU "
           f"{report.fvu:.4f} at L0 {report.l0:.1f} vs {report.pca_fvu:.4f} for PCA with "
           f"{report.pca_rank} components")
@@ -138,9 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that mean "the input was wrong", whose messages already say what to do:
+# printed as one line (set SAEHOOKS_DEBUG=1 for the traceback).
+USER_ERRORS = (FileNotFoundError, KeyError, IndexError, ValueError, TypeError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if os.environ.get("SAEHOOKS_DEBUG"):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        message = str(exc).strip("'\"") or type(exc).__name__
+        print(f"saehooks {args.command}: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

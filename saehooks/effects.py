@@ -76,7 +76,7 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
     tokens = check_tokens(tokens)
     feats = check_features(sae, features)
     stats = {f: {"fired": 0, "act_sum": 0.0, "dloss": 0.0, "dloss_fire": 0.0, "kl": 0.0,
-                 "top": []} for f in feats}
+                 "max_up": 0.0, "top": []} for f in feats}
     n_tokens = 0
     store: dict[str, Tensor] = {}
 
@@ -104,6 +104,8 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
             dloss = (token_losses(logits, batch) - clean_loss).cpu()
             st["dloss"] += float(dloss[scored].sum())
             st["dloss_fire"] += float(dloss[fires].sum())
+            if scored.any():
+                st["max_up"] = max(st["max_up"], float(dloss[scored].max()))
             st["kl"] += float(kl_per_token(clean_logits[:, :-1], logits[:, :-1]).cpu()[scored]
                               .sum())
             flat = torch.where(scored, dloss, torch.zeros_like(dloss)).flatten()
@@ -121,7 +123,7 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
             "mean_act_when_firing": st["act_sum"] / fired if fired else 0.0,
             "loss_change": st["dloss"] / max(n_tokens, 1),
             "loss_change_when_firing": st["dloss_fire"] / fired if fired else 0.0,
-            "max_loss_increase": max([t[2] for t in st["top"]] + [0.0]),
+            "max_loss_increase": max(st["max_up"], 0.0),
             "kl": st["kl"] / max(n_tokens, 1),
             "top_token_effects": st["top"],
         })

@@ -134,16 +134,18 @@ def position_mask(model: nn.Module, tokens: Tensor, exclude_bos: bool = True) ->
     return tokens != bos
 
 
-def check_tokens(tokens: Tensor, min_positions: int = 1) -> Tensor:
+def check_tokens(tokens: Tensor, min_positions: int = 1, d_vocab: int | None = None) -> Tensor:
     """``tokens`` as a LongTensor ``[batch, pos]`` (a 1-d row becomes ``[1, pos]``).
 
     Args:
         tokens: integer token ids, ``[batch, pos]`` or ``[pos]``.
         min_positions: fewest positions a row may have (2 for next-token losses).
+        d_vocab: if given, every id must lie in ``0 … d_vocab - 1``.
 
     Raises:
         TypeError: not an integer tensor (e.g. text, or float ids).
-        ValueError: not 1- or 2-d, no rows, or fewer than ``min_positions`` positions.
+        ValueError: not 1- or 2-d, no rows, fewer than ``min_positions`` positions, or
+            an id outside the vocabulary.
     """
     if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or \
             tokens.dtype.is_complex or tokens.dtype == torch.bool:
@@ -155,6 +157,11 @@ def check_tokens(tokens: Tensor, min_positions: int = 1) -> Tensor:
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < min_positions:
         raise ValueError(f"tokens must have shape [batch >= 1, pos >= {min_positions}], got "
                          f"{tuple(tokens.shape)}")
+    if d_vocab is not None and tokens.numel() and \
+            (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
+        raise ValueError(f"token ids must lie in 0 … {d_vocab - 1} (the model's vocabulary), "
+                         f"got {int(tokens.min())} … {int(tokens.max())}; tokenize with this "
+                         "model's tokenizer (model.to_tokens)")
     return tokens.long()
 
 
@@ -166,7 +173,7 @@ def spliced_batches(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int 
     Yields:
         :class:`BatchResult` per batch of ``batch_size`` rows.
     """
-    tokens = check_tokens(tokens, min_positions=2)
+    tokens = check_tokens(tokens, min_positions=2, d_vocab=model.cfg.d_vocab)
     check_compatible(model, sae)
     hook = sae.cfg.hook_name
     device = next(model.parameters()).device
@@ -222,7 +229,7 @@ def evaluate(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
         HookNameError, ValueError: see :func:`saehooks.hooks.check_compatible`;
             TypeError/ValueError for malformed ``tokens``.
     """
-    tokens = check_tokens(tokens, min_positions=2)
+    tokens = check_tokens(tokens, min_positions=2, d_vocab=model.cfg.d_vocab)
     check_compatible(model, sae)
     hook = sae.cfg.hook_name
     mean = mean_activation(model, hook, tokens, batch_size, exclude_bos)

@@ -58,6 +58,16 @@ def check_compatible(model: nn.Module, sae: SAE) -> None:
                          "'blocks.2.hook_resid_post'")
     models.check_hook_name(model, name)
     width = models.hook_width(model, name)
+    if width is not None and width != sae.cfg.d_in and models.HEAD_HOOKS.search(name):
+        heads = f"[batch, pos, {model.cfg.n_heads}, {width}]"
+        flat = sae.cfg.d_in == model.cfg.n_heads * width
+        raise ValueError(
+            f"{name!r} holds per-head activations {heads}; "
+            + ("SAEs over the flattened heads (SAELens' hook_z reshaping) are not supported: "
+               if flat else f"an SAE on it needs d_in={width}, this one has "
+               f"d_in={sae.cfg.d_in}: ")
+            + "attach to a [batch, pos, d_model] hook such as "
+            f"'blocks.{models.block_index(name)}.hook_attn_out' instead")
     if width is not None and width != sae.cfg.d_in:
         raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the width {width} of "
                          f"{name!r} on this model; load the SAE trained for this model and hook")

@@ -216,14 +216,19 @@ _D_MODEL_HOOKS = re.compile(
     r"(hook_resid_(pre|mid|post)|hook_attn_out|hook_mlp_out|hook_embed|hook_pos_embed|"
     r"hook_in|hook_out|ln_final\.hook_normalized)$")
 _D_MLP_HOOKS = re.compile(r"mlp\.hook_(pre|post)$")
+HEAD_HOOKS = re.compile(r"attn\.hook_(q|k|v|z)$")
+"""Per-head hooks: activations ``[batch, pos, n_heads, d_head]``."""
 
 
 def hook_width(model: nn.Module, name: str) -> int | None:
     """Last-dimension width of the activation at ``name``, from the model's config.
 
-    Returns None when the width cannot be told from the name (attention internals).
+    Returns ``d_head`` for the per-head hooks ``attn.hook_q/k/v/z``, and None when the
+    width cannot be told from the name (attention patterns and scores).
     """
     cfg = model.cfg
+    if HEAD_HOOKS.search(name):
+        return getattr(cfg, "d_head", None)
     if re.match(r"^blocks\.\d+\.(attn|mlp|ln\d)\.hook_(in|out)$", name):
         return cfg.d_model
     if _D_MLP_HOOKS.search(name):

@@ -118,6 +118,8 @@ def test_bad_tokens(model):
         evaluate(model, random_sae(), torch.zeros(1, 2, 3, dtype=torch.long), progress=False)
     with pytest.raises(TypeError, match="to_tokens"):
         evaluate(model, random_sae(), "def f(): pass", progress=False)
+    with pytest.raises(ValueError, match=r"0 … 4095 \(the model's vocabulary\), got 0 … 4096"):
+        evaluate(model, random_sae(), torch.tensor([[0, 4096]]), progress=False)
 
 
 def test_feature_tools_share_the_token_checker(model):

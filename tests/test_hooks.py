@@ -174,6 +174,19 @@ def test_width_mismatch(model):
             pass
 
 
+def test_per_head_hooks_are_checked_before_the_forward(model):
+    z = "blocks.2.attn.hook_z"  # [batch, pos, 4 heads, 64]
+    with pytest.raises(ValueError, match=r"flattened heads .* not supported.*hook_attn_out"):
+        with sh.attach(model, random_sae(d_in=256, hook_name=z)):
+            pass
+    with pytest.raises(ValueError, match=r"\[batch, pos, 4, 64\]; an SAE on it needs d_in=64"):
+        with sh.attach(model, random_sae(d_in=100, hook_name=z)):
+            pass
+    tokens = sh.load_eval_tokens(1)[:, :8]
+    with sh.attach(model, random_sae(d_in=64, hook_name=z)):  # one SAE shared by the heads
+        assert model(tokens).shape == (1, 8, model.cfg.d_vocab)
+
+
 def test_device_mismatch_is_explained(model):
     sae = random_sae().to("meta")
     with pytest.raises(ValueError, match=r"sae.to\('cpu'\)"):

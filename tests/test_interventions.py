@@ -135,6 +135,12 @@ def test_effects_table_matches_a_direct_ablated_run(model, small_tokens, sae):
     top = row["top_token_effects"][0]
     assert top[2] == pytest.approx(float((ablated - clean)[top[0], top[1]]), abs=1e-5)
     assert row["kl"] >= 0 and 0 < row["frequency"] <= 1
+    # the largest rise over every token, even when the largest |changes| are falls
+    assert row["max_loss_increase"] == pytest.approx(
+        max(float((ablated - clean).max()), 0.0), abs=1e-5)
+    narrow = effects.feature_ablation_effects(model, sae, small_tokens, [f], batch_size=3,
+                                              exclude_bos=False, n_top=1)
+    assert narrow.loc[f, "max_loss_increase"] == pytest.approx(row["max_loss_increase"])
 
 
 def test_attribution_is_the_gradient_estimate_and_is_checked_against_ablation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import warnings
 
 import pytest
 import torch
@@ -64,6 +65,17 @@ def test_text_folder_source_tokenises_with_bos_rows(model, tmp_path):
     body = torch.cat([r[1:] for r in first_epoch[:n_rows]])
     assert all(r.shape == (16,) and r[0] == bos for r in first_epoch)
     assert body.tolist() == stream[: n_rows * 15]
+
+
+def test_a_token_source_says_when_it_starts_over():
+    source = TokenSource(torch.arange(6).view(2, 3))
+    rows = source.iter_rows()
+    assert [next(rows).tolist() for _ in range(2)] == [[0, 1, 2], [3, 4, 5]]
+    with pytest.warns(UserWarning, match="ran out after 2 rows and starts over"):
+        assert next(rows).tolist() == [0, 1, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per source
+        assert next(rows).tolist() == [3, 4, 5] and next(rows).tolist() == [0, 1, 2]
 
 
 def test_cache_serves_every_activation_once_per_epoch_and_resumes(model, train_tokens, tmp_path):

@@ -59,6 +59,9 @@ def resolve_path(path_or_name: str | Path) -> Path:
     """A folder, an ``hf://`` address, or the name of a shipped SAE."""
     from saehooks.reference import pretrained_sae_dir
 
+    if not str(path_or_name).strip():
+        raise ValueError("load_sae needs a folder, an hf:// address or a shipped name, got an "
+                         "empty string; see saehooks.list_pretrained_saes()")
     if hub.is_hub_url(path_or_name):
         return hub.resolve(str(path_or_name))
     path = Path(path_or_name).expanduser()
@@ -67,8 +70,13 @@ def resolve_path(path_or_name: str | Path) -> Path:
     shipped = pretrained_sae_dir() / str(path_or_name)
     if shipped.is_dir():
         return shipped
+    import difflib
+
+    names = sorted(p.parent.name for p in pretrained_sae_dir().glob("*/cfg.json"))
+    close = difflib.get_close_matches(str(path_or_name), names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     raise FileNotFoundError(
-        f"no SAE folder or shipped SAE named {str(path_or_name)!r}; pass a folder holding "
+        f"no SAE folder or shipped SAE named {str(path_or_name)!r}; {hint}pass a folder holding "
         "an SAE (SAELens, sparsify or dictionary_learning files), an address "
         "hf://<owner>/<repo>/<folder>, or one of the shipped names "
         "(saehooks.list_pretrained_saes())")

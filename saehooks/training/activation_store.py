@@ -16,6 +16,7 @@ Both stores expose ``next_batch() -> [batch_size, d_in]`` and ``state_dict`` /
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class TokenSource:
                  bos_id: int | None = None) -> None:
         self.tokenizer, self.context_size, self.bos_id = tokenizer, context_size, bos_id
         self.rows_served = 0
+        self._warned_repeat = False
         self._tensor: Tensor | None = None
         self._files: list[Path] | None = None
         self._iterable: Iterable | None = None
@@ -129,6 +131,11 @@ class TokenSource:
                 return
             if n_this_epoch == 0:
                 raise ValueError("the token source is empty")
+            if not self._warned_repeat:
+                self._warned_repeat = True
+                warnings.warn(f"the token source ran out after {n_this_epoch} rows and starts "
+                              "over: the SAE will see its tokens more than once (give more "
+                              "data or fewer total_tokens to avoid it)", stacklevel=2)
             skip %= n_this_epoch
 
 
