@@ -27,13 +27,17 @@ TOPK_TARGETS = {"fvu": (0.04, "max"), "ce_loss_score": (0.99, "min"),
                 "dead_fraction": (0.02, "max")}
 HISTORY = """\
 How the TopK numbers came about (same data, hook and size throughout): the first TopK
-SAEs (batch 4096, lr 2e-3, 20-25M tokens, AuxK decoding ReLU'd dead-latent values and
-not normalised) reached FVU 0.078 / 0.049 (blocks.2 / blocks.1), +0.081 / +0.068 nats and
-dead fractions 0.059 / 0.212: AuxK was inert, as a dead latent's pre-activation sits
-below zero and its ReLU passes no gradient. AuxK now decodes the pre-ReLU values with
-Gao et al.'s normalisation, and latents count as dead after 250k silent tokens, so it
-also revives latents too rare to fire on the held-out set: the dead fractions fell to
-0.0000 / 0.0002. Batch 1024 with lr 1e-3 (4x the optimizer steps) and 30M tokens took
+SAEs (batch 4096, lr 2e-3, 20-25M tokens, dead window 2M tokens, AuxK on ReLU'd
+dead-latent values and not normalised) reached FVU 0.078 / 0.049 (blocks.2 / blocks.1),
++0.081 / +0.068 nats and held-out dead fractions 0.059 / 0.212. That AuxK reached only
+latents silent for 2M tokens, and weakly: its un-normalised term shrinks with the main
+error, and ReLU'd values pass no gradient to latents whose pre-activations stay below
+zero. AuxK now decodes pre-ReLU values with a normalised loss, and a latent counts as
+dead after 250k silent tokens, so AuxK also revives latents too rare to fire on the
+held-out set: dead fractions fell to 0.0000 / 0.0002. `benchmarks/dead_latent_remedies.py`
+(2M tokens, window 250k) separates the parts: held-out dead fraction 0.074 without AuxK,
+0.042 with the first AuxK, 0.039 normalised, 0.033 normalised on pre-ReLU values.
+Batch 1024 with lr 1e-3 (4x the optimizer steps) and 30M tokens took
 FVU from 0.049 to 0.045 (blocks.1) and from 0.078 to 0.077 (blocks.2). At blocks.2,
 4M-token trials spanned FVU 0.086-0.101 on 100k held-out tokens (lr 7e-4 to 2e-3, batch
 512 to 4096; smaller batches and larger lr better) and both long runs levelled off near
