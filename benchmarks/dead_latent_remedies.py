@@ -7,8 +7,10 @@ fire on them), beside the trainer's own end-of-run dead fraction (no firing in t
 last ``dead_window_tokens``). Each variant switches off, or changes, one remedy of a
 baseline that has them all:
 
-- TopK (Gao et al. 2024): AuxK on pre-ReLU dead-latent values; dead window 250k
-  tokens; ``W_enc = W_decᵀ`` at init; ``b_dec`` at the geometric median.
+- TopK (Gao et al. 2024): AuxK on pre-ReLU dead-latent values, normalised; dead window
+  250k tokens; ``W_enc = W_decᵀ`` at init; ``b_dec`` at the geometric median. Two
+  variants put back this project's first AuxK (ReLU'd values; and also not normalised)
+  by patching the loss functions for the run.
 - ``l1`` / ``kl``: neuron resampling (Bricken et al. 2023) on / off.
 
 ::
@@ -30,14 +32,16 @@ import torch
 
 HOOK = "blocks.2.hook_resid_post"
 TOPK = dict(architecture="topk", k=32, lr=1e-3, batch_size=1024, dead_window_tokens=250_000)
-L1 = dict(architecture="l1", lr=1e-3, l1_coefficient=5.0, batch_size=4096,
-          dead_window_tokens=500_000, resample_every_tokens=500_000)
-KL = dict(architecture="kl", lr=1e-3, batch_size=4096, dead_window_tokens=500_000,
-          resample_every_tokens=500_000)
+# a short run needs short windows: resample every 250k tokens up to 75% of the run
+RESAMPLE = dict(batch_size=4096, dead_window_tokens=250_000, resample_every_tokens=250_000,
+                resample_stop_fraction=0.75)
+L1 = dict(architecture="l1", lr=1e-3, l1_coefficient=5.0, **RESAMPLE)
+KL = dict(architecture="kl", lr=1e-3, **RESAMPLE)
 VARIANTS = {
     "topk: all remedies": TOPK,
     "topk: no AuxK": {**TOPK, "auxk": False},
     "topk: AuxK with ReLU'd values": {**TOPK, "_relu_aux": True},
+    "topk: first AuxK (ReLU'd, not normalised)": {**TOPK, "_relu_aux": True, "_raw_aux": True},
     "topk: W_enc random (not W_dec^T)": {**TOPK, "init_encoder_as_decoder_transpose": False},
     "topk: b_dec = 0": {**TOPK, "b_dec_init": "zeros"},
     "topk: b_dec = mean": {**TOPK, "b_dec_init": "mean"},
@@ -81,25 +85,33 @@ def measure(sae, acts: torch.Tensor) -> dict[str, float]:
 
 def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> dict:
     """Train one variant from the shared cache; its held-out numbers and wall time."""
-    from saehooks.training import TrainConfig, forward, train_sae
+    from saehooks.training import TrainConfig, forward, losses, train_sae
 
     changes = dict(changes)
     relu_aux = changes.pop("_relu_aux", False)
+    raw_aux = changes.pop("_raw_aux", False)
     cfg = TrainConfig(hook_name=HOOK, d_sae=4096, total_tokens=tokens, seed=0,
                       checkpoint_every_tokens=0, progress_bar=False, out_dir=str(work / "run"),
                       cache_dir=str(work / "cache"), cache_tokens=min(tokens, 2_000_000),
                       **changes)
-    original = forward.sparse.selected_pre
+    original = forward.sparse.selected_pre, losses.auxk_loss, losses.topk_loss
     if relu_aux:  # the first implementation's AuxK: ReLU on the dead latents' values
         def selected_pre(*args, **kwargs):
-            return torch.relu(original(*args, **kwargs))
+            return torch.relu(original[0](*args, **kwargs))
         forward.sparse.selected_pre = selected_pre
+    if raw_aux:  # ... and mse(e, ê) added with α, not normalised
+        def topk_loss(x, x_hat, residual=None, aux_recons=None, aux_coefficient=1 / 32):
+            loss = losses.mse(x, x_hat)
+            if residual is not None and aux_recons is not None:
+                loss = loss + aux_coefficient * losses.mse(residual, aux_recons)
+            return loss
+        losses.auxk_loss, losses.topk_loss = losses.mse, topk_loss
     try:
         start = time.time()
         sae = train_sae(model, rows, cfg)
         seconds = time.time() - start
     finally:
-        forward.sparse.selected_pre = original
+        forward.sparse.selected_pre, losses.auxk_loss, losses.topk_loss = original
     final = sae.cfg.metadata["training"]["final_metrics"]
     return {**measure(sae, acts), "dead_train_window": final["dead_fraction"],
             "seconds": seconds}
@@ -110,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=float, default=2e6, help="training tokens per variant")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--heldout-rows", type=int, default=256, help="eval rows (x255 tokens)")
-    ap.add_argument("--only", default=None, help="variants whose name starts with this")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="variants whose name starts with one of these")
     ap.add_argument("--work", default=None, help="cache folder (default: a temp folder)")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args(argv)
@@ -128,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         for name, changes in VARIANTS.items():
-            if args.only and not name.startswith(args.only):
+            if args.only and not name.startswith(tuple(args.only)):
                 continue
             result = run_variant(model, rows, acts, changes, int(args.tokens), work / "x")
             results.append({"variant": name, **result})
