@@ -143,11 +143,18 @@ def _load_bridge(target: str, device, dtype, processing: dict, **kwargs: Any) ->
 
     _patch_bridge_kv_cache()
 
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar of every load
     try:
         model = TransformerBridge.boot_transformers(target, device=device, dtype=dtype, **kwargs)
     except OSError as exc:
         raise OSError(f"could not load model {target!r}: {exc}. Offline, pass a local "
                       "directory written by save_pretrained.") from exc
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     if processing["compatibility_mode"]:
         model.enable_compatibility_mode(
             disable_warnings=True,
