@@ -136,9 +136,8 @@ def steer_command(args: argparse.Namespace, model: nn.Module | None = None) -> i
 
     model, sae, tokens = _load(args, model)
     prompt = model.to_tokens(args.prompt)
-    # uncached: TransformerLens 4.3's bridge leaves the KV cache empty under transformers 5
     kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "stop_at_eos": False,
-              "verbose": False, "use_past_kv_cache": False}
+              "verbose": False}
     n = prompt.shape[1]
     clean = model.generate(prompt, **kwargs)
     mode = "relative" if args.relative else "absolute"

@@ -252,9 +252,10 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
         max_new_tokens: length of the greedy sample continuation.
         coefficient_mode, max_activation, positions: as in :func:`saehooks.steer`.
         batch_size: rows per forward pass on ``tokens``.
-        use_past_kv_cache: generate the sample with the KV cache. Off by default:
-            TransformerLens 4.3's bridge leaves the cache empty under transformers 5
-            (cached greedy text is then wrong even unsteered); uncached is exact.
+        use_past_kv_cache: generate the sample with the KV cache. Off by default, which
+            is exact with any model: TransformerLens 4.3's bridge leaves the cache empty
+            under transformers 5 unless it was loaded by :func:`saehooks.load_model`,
+            which repairs it (then ``True`` gives the same tokens, faster).
 
     Returns:
         DataFrame, one row per coefficient: ``coefficient``, ``added_norm`` (norm of

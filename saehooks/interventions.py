@@ -353,7 +353,8 @@ def steer(model: nn.Module, sae: SAE, feature: int, coefficient: float,
     applies to prompt and generated tokens alike, and greedy ``model.generate`` gives
     the same tokens with and without the KV cache. (TransformerLens 4.3's bridge under
     transformers 5 leaves the KV cache empty, so cached generation is wrong there even
-    unsteered; pass ``use_past_kv_cache=False`` until the model loader works around it.)
+    unsteered; :func:`saehooks.load_model` repairs it, otherwise pass
+    ``use_past_kv_cache=False``.)
 
     Args:
         model: a hooked model.

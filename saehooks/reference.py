@@ -65,7 +65,7 @@ def load_train_tokens(max_rows: int | None = None, strict: bool = False) -> torc
     runs Python, so the training split is rebuilt here rather than shipped: the same
     file list, the same hash rule that holds out the evaluation files, the shipped
     tokenizer, and rows ``[BOS, t_0 .. t_{n_ctx-2}]``. This is the default data of
-    ``saehooks train`` on the reference model. Takes ~20 s (tokenisation).
+    ``saehooks train`` on the reference model. Takes ~10 s (tokenisation).
 
     Args:
         max_rows: keep only the first ``max_rows`` rows (default: all, ~12.5k x 256: 3.2M tokens).

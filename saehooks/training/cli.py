@@ -18,8 +18,6 @@ from typing import Any
 
 from saehooks.training.config import TrainConfig, field_docs, parse_count
 
-_EXTRA = ("model", "data", "resume", "threads")
-
 
 def _flag(f: dataclasses.Field) -> str:
     return "--" + f.metadata.get("flag", f.name).replace("_", "-")

@@ -168,12 +168,11 @@ def auxk_loss(residual: Tensor, aux_recons: Tensor) -> Tensor:
     ``W_dec``, **without** ``b_dec``) an estimate ``ê`` of the residual ``e = x − x̂``.
     Like their losses it is normalised by the target's energy (here over the whole
     batch), ``L_aux = Σ‖e − ê‖² / Σ‖e‖²``, so its pull does not fade as the main error
-    shrinks. ``b_dec`` is already
-    inside ``x̂``, so a perfect dead-latent reconstruction of ``e`` gives exactly 0
-    whatever ``b_dec`` is. The residual must be detached by the caller: AuxK trains the
-    dead latents, not the live ones. The caller also passes the dead latents'
-    *pre-ReLU* values as their activations: dead latents sit below zero, where a ReLU
-    would pass no gradient.
+    shrinks. ``b_dec`` is already inside ``x̂``, so a perfect dead-latent
+    reconstruction of ``e`` gives exactly 0 whatever ``b_dec`` is. The residual must be
+    detached by the caller: AuxK trains the dead latents, not the live ones. The caller
+    also passes the dead latents' *pre-ReLU* values as their activations: dead latents
+    sit below zero, where a ReLU would pass no gradient.
 
     Args:
         residual: ``e = x − x̂`` ``[batch, d_in]`` (detached).
