@@ -136,8 +136,10 @@ def steer_command(args: argparse.Namespace, model: nn.Module | None = None) -> i
 
     model, sae, tokens = _load(args, model)
     prompt = model.to_tokens(args.prompt)
+    # uncached: the same tokens (load_model repairs the bridge's KV cache), and no
+    # transformers deprecation warning about past_key_values in the output
     kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "stop_at_eos": False,
-              "verbose": False}
+              "verbose": False, "use_past_kv_cache": False}
     n = prompt.shape[1]
     clean = model.generate(prompt, **kwargs)
     mode = "relative" if args.relative else "absolute"
