@@ -18,15 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from saehooks.errors import HookNameError  # noqa: F401  (re-exported)
+
 PROCESSING_ATTR = "saehooks_processing"
 REFERENCE_MODEL_NAME = "saehooks-reference-lm"
 
 
-class HookNameError(KeyError):
-    """A hook name the model does not have."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0])
 
 
 def tl_major_version() -> int | None:

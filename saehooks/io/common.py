@@ -11,9 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-class SAEFileError(ValueError):
-    """A file that should hold an SAE is missing, truncated, corrupt or inconsistent."""
+from saehooks.errors import SAEFileError  # noqa: F401  (re-exported: its old home)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
