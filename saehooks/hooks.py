@@ -9,15 +9,18 @@ the hooks it held before. The same semantics as SAELens' ``HookedSAETransformer`
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from saehooks import models
+from saehooks.errors import ConcurrentUseError, DeviceError, InputError, InputTypeError
 from saehooks.sae import SAE
 
 HookFn = Callable[..., Any]
@@ -35,7 +38,8 @@ def _flatten(saes: Iterable[SAE | Sequence[SAE]]) -> list[SAE]:
         elif isinstance(item, (list, tuple)):
             out.extend(_flatten(item))
         else:
-            raise TypeError(f"expected SAE objects, got {type(item).__name__}")
+            raise InputTypeError(f"expected SAE objects (or lists of them), got "
+                                 f"{type(item).__name__}; load one with saehooks.load_sae(...)")
     return out
 
 
@@ -45,36 +49,42 @@ def check_compatible(model: nn.Module, sae: SAE) -> None:
     Raises:
         HookNameError: ``sae.cfg.hook_name`` is not a hook point of the model
             (the message lists the closest valid names).
-        ValueError: the SAE's ``d_in`` differs from the hook's width, or the SAE
-            is on another device than the model.
+        InputError: the SAE has no hook name, or its ``d_in`` differs from the hook's
+            width (measured on the model, classic and canonical names alike).
+        DeviceError: the SAE is on another device than the model.
 
     Warns:
         ProcessingMismatchWarning: the SAE's metadata records a different weight
             processing (compatibility mode, folded LayerNorm, centring) than the model's.
     """
+    if not isinstance(sae, SAE):
+        raise InputTypeError(f"expected an SAE, got {type(sae).__name__}; load one with "
+                             "saehooks.load_sae(...)")
     name = sae.cfg.hook_name
     if not name:
-        raise ValueError("the SAE has no hook_name; set sae.cfg.hook_name, e.g. "
+        raise InputError("the SAE has no hook_name; set sae.cfg.hook_name, e.g. "
                          "'blocks.2.hook_resid_post'")
     models.check_hook_name(model, name)
     width = models.hook_width(model, name)
-    if width is not None and width != sae.cfg.d_in and models.HEAD_HOOKS.search(name):
-        heads = f"[batch, pos, {model.cfg.n_heads}, {width}]"
-        flat = sae.cfg.d_in == model.cfg.n_heads * width
-        raise ValueError(
+    if width is not None and width != sae.cfg.d_in and models.is_per_head(model, name):
+        n_heads = models.hook_shapes(model)[name][0]
+        heads = f"[batch, pos, {n_heads}, {width}]"
+        flat = sae.cfg.d_in == n_heads * width
+        layer = models.block_index(name)
+        raise InputError(
             f"{name!r} holds per-head activations {heads}; "
             + ("SAEs over the flattened heads (SAELens' hook_z reshaping) are not supported: "
                if flat else f"an SAE on it needs d_in={width}, this one has "
                f"d_in={sae.cfg.d_in}: ")
             + "attach to a [batch, pos, d_model] hook such as "
-            f"'blocks.{models.block_index(name)}.hook_attn_out' instead")
+            f"'blocks.{layer}.hook_attn_out' instead")
     if width is not None and width != sae.cfg.d_in:
-        raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the width {width} of "
+        raise InputError(f"SAE d_in={sae.cfg.d_in} does not match the width {width} of "
                          f"{name!r} on this model; load the SAE trained for this model and hook")
     device = models.model_device(model)
     if sae.device != device:
-        raise ValueError(f"the SAE is on {sae.device} but the model is on {device}; "
-                         f"move it first: sae.to({str(device)!r})")
+        raise DeviceError(f"the SAE is on {sae.device} but the model is on {device}; "
+                          f"move it first: sae.to({str(device)!r})")
     recorded = sae.cfg.metadata.get("model_processing") or {}
     current = models.model_processing(model)
     diffs = [f"{key}: SAE {recorded[key]} vs model {current[key]}" for key in recorded
@@ -96,6 +106,123 @@ def _adopt_hook_points(model: nn.Module, sae: SAE) -> None:
             setattr(sae, name, cls())
 
 
+# ---- one model, one thread ------------------------------------------------------------------
+_OWNER_ATTR = "_saehooks_owner"
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def exclusive_use(model: nn.Module) -> Iterator[nn.Module]:
+    """Claim ``model`` for saehooks work by this thread for the ``with`` block.
+
+    TransformerLens hooks belong to the model, not to a thread: while one thread has
+    SAEs attached (or runs :func:`saehooks.evaluate`), a forward pass from another
+    thread would run through them. So every saehooks context claims the model; the
+    claim is re-entrant within one thread, and while it is held a forward pass or a
+    saehooks context from another thread raises :class:`ConcurrentUseError`. One
+    model serves one thread at a time: give each thread its own model.
+
+    Raises:
+        ConcurrentUseError: another thread holds the model.
+    """
+    me = threading.get_ident()
+    with _LOCK:
+        state = model.__dict__.get(_OWNER_ATTR)
+        if state is not None and state["thread"] != me:
+            raise ConcurrentUseError(_concurrent_message(state))
+        if state is None:
+            state = {"thread": me, "name": threading.current_thread().name, "depth": 0}
+
+            def guard(module: nn.Module, args: Any, state: dict = state) -> None:
+                if threading.get_ident() != state["thread"]:
+                    raise ConcurrentUseError(_concurrent_message(state))
+
+            state["handle"] = model.register_forward_pre_hook(guard)
+            model.__dict__[_OWNER_ATTR] = state
+        state["depth"] += 1
+    try:
+        yield model
+    finally:
+        with _LOCK:
+            state["depth"] -= 1
+            if state["depth"] == 0:
+                state["handle"].remove()
+                model.__dict__.pop(_OWNER_ATTR, None)
+
+
+def _concurrent_message(state: dict) -> str:
+    return (f"this model is in use by saehooks in thread {state['name']!r} (SAEs attached or "
+            "an evaluation running); TransformerLens hooks are shared by every thread, so one "
+            "model serves one thread at a time: load a model per thread "
+            "(saehooks.load_model()), or run the work in that thread")
+
+
+# ---- attachments ----------------------------------------------------------------------------
+_ATTACHMENTS_ATTR = "_saehooks_attachments"
+
+
+@dataclass
+class Attachment:
+    """One SAE spliced into one hook point of one model (see :func:`attach`)."""
+
+    sae: SAE
+    """The spliced SAE."""
+    hook_name: str
+    """The name it was attached under (``sae.cfg.hook_name``)."""
+    hook_point: nn.Module
+    """The model's hook-point object (aliases of one activation share it)."""
+    use_error_term: bool
+    """The error-term setting given to :func:`attach`."""
+    previous_error_term: bool
+    """``sae.use_error_term`` before the attachment, restored when it ends."""
+    overrides: list = field(default_factory=list)
+    """``(token, bool)`` error-term overrides of enclosing blocks, newest last."""
+    handle: Any = None
+
+    def error_term(self) -> bool:
+        """The error-term setting in force: the newest override, else the attach's."""
+        return self.overrides[-1][1] if self.overrides else self.use_error_term
+
+    def sync(self) -> None:
+        self.sae.use_error_term = self.error_term()
+
+
+def attachments(model: nn.Module) -> list[Attachment]:
+    """The SAEs attached to ``model`` now, outermost first."""
+    return list(model.__dict__.get(_ATTACHMENTS_ATTR, {}).values())
+
+
+def attachment(model: nn.Module, sae: SAE) -> Attachment | None:
+    """The attachment of ``sae`` to ``model``, or None when it is not attached."""
+    return next((a for a in attachments(model) if a.sae is sae), None)
+
+
+@contextmanager
+def error_term(model: nn.Module, sae: SAE, use_error_term: bool) -> Iterator[nn.Module]:
+    """Run the attached ``sae`` with (or without) its error term for the block.
+
+    The override is undone exactly on exit, whatever the order in which nested
+    blocks exit: each block removes its own override, and when the SAE's attachment
+    ends first, the SAE gets back the setting it had before it was attached.
+
+    Raises:
+        InputError: ``sae`` is not attached to ``model``.
+    """
+    found = attachment(model, sae)
+    if found is None:
+        raise InputError(f"the SAE at {sae.cfg.hook_name!r} is not attached to this model; "
+                         "attach it first: with saehooks.attach(model, sae): ...")
+    token = object()
+    found.overrides.append((token, bool(use_error_term)))
+    found.sync()
+    try:
+        yield model
+    finally:
+        found.overrides = [o for o in found.overrides if o[0] is not token]
+        if attachment(model, sae) is found:
+            found.sync()
+
+
 def splice_hook(sae: SAE) -> HookFn:
     """The forward hook that replaces an activation by ``sae(activation)``.
 
@@ -113,58 +240,98 @@ def attach(model: nn.Module, *saes: SAE | Sequence[SAE],
            use_error_term: bool = False) -> Iterator[nn.Module]:
     """Splice SAEs into ``model`` for the duration of a ``with`` block.
 
+    At its hook point each SAE replaces the activation ``x`` by ``sae(x)``, and the
+    SAE's own hook points join the model's hook API under ``"<hook_name>.<hook>"``
+    (cached by ``run_with_cache``, hookable by ``run_with_hooks``/``hooks``). What a
+    hook that edits the SAE's tensors does to the model's activation ``out``:
+
+    * ``hook_sae_input`` (``x``, ``[batch, pos, d_in]``): the edited input goes
+      through the SAE: ``out = decode(encode(x'))`` (+ error term).
+    * ``hook_sae_acts_pre`` (pre-activations ``[batch, pos, d_sae]``): the edit goes
+      through the activation function and the decoder.
+    * ``hook_sae_acts_post`` (latents ``[batch, pos, d_sae]``): the edit is decoded;
+      zeroing latent ``j`` moves ``out`` by ``-a_j · W_dec[j]``.
+    * ``hook_sae_recons`` (``[batch, pos, d_in]``): the edit moves ``out`` by itself.
+    * ``hook_sae_error`` (with the error term only): replaces the error term.
+    * ``hook_sae_output``: replaces ``out``.
+
+    With ``use_error_term=True``, ``out = recons + stopgrad(x - decode(encode(x)))``
+    where the error is computed from the raw input with no hooks, so with no edit
+    ``out == x`` (to float rounding) and every edit above moves ``out`` by exactly
+    what it changes in ``recons``.
+
+    Hooks a user adds to the SAE's hook points inside the block are removed on exit,
+    and ``model.reset_hooks()`` inside the block keeps the splice (it is a permanent
+    hook, as SAELens keeps attached SAEs).
+
     Args:
-        model: a TransformerLens ``TransformerBridge`` (compatibility mode) or
-            ``HookedTransformer``.
+        model: a TransformerLens ``TransformerBridge`` or ``HookedTransformer``.
         *saes: SAEs (or lists of them) at distinct hook points.
         use_error_term: add the SAE's reconstruction error back, so the model's
             output is unchanged unless a hook on the SAE intervenes (SAELens semantics).
 
     Yields:
-        The model. Its SAE hook points are cached by ``run_with_cache`` as
-        ``"<hook_name>.hook_sae_acts_post"`` ``[batch, pos, d_sae]`` etc.
+        The model.
 
     Raises:
-        HookNameError, ValueError: see :func:`check_compatible`; also two SAEs at
-            one hook point, or an SAE already attached.
+        HookNameError, InputError, DeviceError: see :func:`check_compatible`; also
+            two SAEs at one hook point (aliases such as ``blocks.2.hook_resid_post``
+            and ``blocks.2.hook_out`` name one point), or an SAE already attached.
+        ConcurrentUseError: another thread is using the model with saehooks.
     """
     sae_list = _flatten(saes)
-    names = [s.cfg.hook_name for s in sae_list]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"two SAEs at the same hook point {duplicates}; attach one per hook")
-    for sae in sae_list:
-        check_compatible(model, sae)
-    registry = models.hook_dict(model)
-    for sae in sae_list:
-        taken = [f"{sae.cfg.hook_name}.{h}" for h in sae.hook_points()
-                 if f"{sae.cfg.hook_name}.{h}" in registry]
-        if taken:
-            raise ValueError(f"an SAE is already attached at {sae.cfg.hook_name!r}; exit its "
-                             "attach() block first")
-    with ExitStack() as stack:
+    if not sae_list:
+        raise InputError("attach() needs at least one SAE")
+    with exclusive_use(model):
         for sae in sae_list:
-            stack.enter_context(_spliced(model, sae, use_error_term))
-        yield model
+            check_compatible(model, sae)
+        points = [models.hook_point(model, sae.cfg.hook_name) for sae in sae_list]
+        taken = {id(a.hook_point): a for a in attachments(model)}
+        seen: dict[int, SAE] = {}
+        for sae, hp in zip(sae_list, points):
+            if any(sae is a.sae for a in taken.values()) or any(sae is s for s in seen.values()):
+                raise InputError(f"this SAE ({sae.cfg.hook_name!r}) is already attached; "
+                                 "attach each SAE once")
+            other = seen.get(id(hp)) or (taken[id(hp)].sae if id(hp) in taken else None)
+            if other is not None:
+                raise InputError(
+                    f"two SAEs at the same hook point: {other.cfg.hook_name!r} and "
+                    f"{sae.cfg.hook_name!r} name the same activation; attach one SAE per "
+                    "hook point" + (" (exit the other's attach() block first)"
+                                    if id(hp) in taken else ""))
+            seen[id(hp)] = sae
+        with ExitStack() as stack:
+            for sae, hp in zip(sae_list, points):
+                stack.enter_context(_spliced(model, sae, hp, use_error_term))
+            yield model
 
 
 @contextmanager
-def _spliced(model: nn.Module, sae: SAE, use_error_term: bool) -> Iterator[None]:
+def _spliced(model: nn.Module, sae: SAE, point: nn.Module,
+             use_error_term: bool) -> Iterator[None]:
     _adopt_hook_points(model, sae)
     prefix = sae.cfg.hook_name
+    snapshots = {name: models.hook_snapshot(hp) for name, hp in sae.hook_points().items()}
+    registry = model.__dict__.setdefault(_ATTACHMENTS_ATTR, {})
+    att = Attachment(sae, prefix, point, bool(use_error_term), sae.use_error_term)
     registered: list[str] = []
-    previous_error_term = sae.use_error_term
     try:
-        sae.use_error_term = use_error_term
+        att.sync()
         for name, hp in sae.hook_points().items():
             models.register_hook_point(model, f"{prefix}.{name}", hp)
             registered.append(f"{prefix}.{name}")
-        with model.hooks(fwd_hooks=[(prefix, splice_hook(sae))]):
-            yield
+        registry[id(point)] = att
+        att.handle = models.add_permanent_hook(point, splice_hook(sae))
+        yield
     finally:
-        sae.use_error_term = previous_error_term
+        if att.handle is not None:
+            models.remove_hook(point, att.handle)
+        registry.pop(id(point), None)
         for name in registered:
             models.unregister_hook_point(model, name)
+        for name, hp in sae.hook_points().items():
+            models.restore_hooks(hp, snapshots[name])
+        sae.use_error_term = att.previous_error_term
 
 
 def run_with_saes(model: nn.Module, tokens: Tensor | str, saes: SAE | Sequence[SAE],

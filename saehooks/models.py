@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saehooks.errors import HookNameError  # noqa: F401  (re-exported)
+from saehooks.errors import HookNameError, InputError, SAENotFoundError
 
 PROCESSING_ATTR = "saehooks_processing"
 REFERENCE_MODEL_NAME = "saehooks-reference-lm"
@@ -72,21 +72,24 @@ def load_model(
         with its processing recorded (see :func:`model_processing`).
 
     Raises:
-        FileNotFoundError: a local path that does not exist.
-        ValueError: a directory that holds no model (no ``config.json``).
+        SAENotFoundError: a local path that does not exist.
+        InputError: a directory that holds no model (no ``config.json``).
+        DeviceError: a device this machine does not have (e.g. ``"cuda"`` without a GPU).
         ImportError: TransformerLens is not installed.
     """
+    from saehooks.checks import check_device
     from saehooks.reference import reference_model_dir
 
+    device = check_device(device)
     target = str(reference_model_dir() if name_or_dir is None else name_or_dir)
     if _looks_like_path(target):
         path = Path(target).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"model directory {str(path)!r} does not exist; pass a "
+            raise SAENotFoundError(f"model directory {str(path)!r} does not exist; pass a "
                                     "folder written by save_pretrained, or a hub model name")
         if not (path / "config.json").is_file():
             found = sorted(p.name for p in path.iterdir())[:10] if path.is_dir() else "a file"
-            raise ValueError(f"{str(path)!r} is not a model directory: it has no config.json "
+            raise InputError(f"{str(path)!r} is not a model directory: it has no config.json "
                              f"(found {found}); pass a folder written by save_pretrained")
         target = str(path)
     major = tl_major_version()
@@ -218,28 +221,95 @@ def check_hook_name(model: nn.Module, name: str) -> None:
 
 _D_MODEL_HOOKS = re.compile(
     r"(hook_resid_(pre|mid|post)|hook_attn_out|hook_mlp_out|hook_embed|hook_pos_embed|"
-    r"hook_in|hook_out|ln_final\.hook_normalized)$")
+    r"ln_final\.hook_normalized)$")
 _D_MLP_HOOKS = re.compile(r"mlp\.hook_(pre|post)$")
 HEAD_HOOKS = re.compile(r"attn\.hook_(q|k|v|z)$")
-"""Per-head hooks: activations ``[batch, pos, n_heads, d_head]``."""
+"""Per-head hooks (classic names): activations ``[batch, pos, n_heads, d_head]``."""
+SHAPES_ATTR = "_saehooks_hook_shapes"
+SAE_HOOK_INFIX = ".hook_sae_"
+
+
+def hook_point(model: nn.Module, name: str) -> nn.Module:
+    """The hook-point object behind ``name`` (aliases give the same object).
+
+    Raises:
+        HookNameError: the model has no such hook (closest names suggested).
+    """
+    check_hook_name(model, name)
+    return hook_dict(model)[name]
+
+
+def hook_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Per hook name (aliases and canonical names alike): the activation's shape after
+    ``[batch, pos]``, e.g. ``(256,)`` for a residual stream, ``(8, 32)`` for per-head
+    ``attn.hook_z``.
+
+    Measured once per model by a forward pass over two tokens with a recording hook on
+    every hook point, then cached on the model; hook points that do not run in a plain
+    forward pass (backward-only or optional hooks) are absent.
+    """
+    cached = model.__dict__.get(SHAPES_ATTR)
+    names = [n for n in hook_dict(model) if SAE_HOOK_INFIX not in n]
+    if cached is not None and cached["names"].issuperset(names):
+        return cached["shapes"]
+    by_object: dict[int, list[str]] = {}
+    points: dict[int, nn.Module] = {}
+    for name in names:
+        hp = hook_dict(model)[name]
+        by_object.setdefault(id(hp), []).append(name)
+        points[id(hp)] = hp
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def recorder(key: int):
+        def record(act: Any, hook: Any = None) -> None:
+            if isinstance(act, torch.Tensor) and act.ndim >= 2:
+                for alias in by_object[key]:
+                    shapes.setdefault(alias, tuple(act.shape[2:]))
+        return record
+
+    # hooks added on the hook-point objects themselves (the shapes user hooks see, after
+    # TransformerLens 4's per-head reshaping) and removed again, whatever happens
+    added = []
+    try:
+        for key in by_object:
+            added.append((points[key], add_permanent_hook(points[key], recorder(key))))
+        tokens = torch.zeros(1, 2, dtype=torch.long, device=model_device(model))
+        with torch.no_grad():
+            model(tokens)
+    finally:
+        for hp, handle in added:
+            remove_hook(hp, handle)
+    model.__dict__[SHAPES_ATTR] = {"shapes": shapes, "names": frozenset(names)}
+    return shapes
 
 
 def hook_width(model: nn.Module, name: str) -> int | None:
-    """Last-dimension width of the activation at ``name``, from the model's config.
+    """Last-dimension width of the activation at ``name``.
 
-    Returns ``d_head`` for the per-head hooks ``attn.hook_q/k/v/z``, and None when the
-    width cannot be told from the name (attention patterns and scores).
+    Taken from one measured forward pass (:func:`hook_shapes`), so it is right for
+    classic and canonical TransformerLens 4 names alike; hooks that do not run in a
+    forward pass fall back to the model's config. Returns ``d_head`` for per-head
+    hooks, and None when the width cannot be told (attention patterns and scores).
     """
+    shape = hook_shapes(model).get(name)
+    if shape is not None:
+        return shape[-1] if shape else None
     cfg = model.cfg
     if HEAD_HOOKS.search(name):
         return getattr(cfg, "d_head", None)
-    if re.match(r"^blocks\.\d+\.(attn|mlp|ln\d)\.hook_(in|out)$", name):
-        return cfg.d_model
     if _D_MLP_HOOKS.search(name):
         return getattr(cfg, "d_mlp", None)
     if _D_MODEL_HOOKS.search(name):
         return cfg.d_model
     return None
+
+
+def is_per_head(model: nn.Module, name: str) -> bool:
+    """Whether the activation at ``name`` is ``[batch, pos, n_heads, d_head]``."""
+    shape = hook_shapes(model).get(name)
+    if shape is not None:
+        return len(shape) == 2 and shape[1] == getattr(model.cfg, "d_head", None)
+    return bool(HEAD_HOOKS.search(name))
 
 
 def block_index(hook_name: str) -> int | None:
@@ -273,6 +343,46 @@ def unregister_hook_point(model: nn.Module, name: str) -> None:
     else:
         model.hook_dict.pop(name, None)
         model.mod_dict.pop(name, None)
+
+
+def add_permanent_hook(hook_point: nn.Module, fn: Any) -> Any:
+    """Add ``fn(act, hook) -> act | None`` to ``hook_point`` as a permanent forward hook
+    (kept by ``model.reset_hooks()``); returns the handle for :func:`remove_hook`."""
+    before = list(hook_point.fwd_hooks)
+    hook_point.add_hook(fn, dir="fwd", is_permanent=True)
+    return next(h for h in hook_point.fwd_hooks if not any(h is b for b in before))
+
+
+def remove_hook(hook_point: nn.Module, handle: Any) -> None:
+    """Remove one hook added by :func:`add_permanent_hook` (or ``add_hook``)."""
+    handle.hook.remove()
+    hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if h is not handle]
+    if hasattr(hook_point, "bwd_hooks"):
+        hook_point.bwd_hooks = [h for h in hook_point.bwd_hooks if h is not handle]
+
+
+def hook_snapshot(hook_point: nn.Module) -> tuple:
+    """The hooks on ``hook_point`` now, for :func:`restore_hooks`."""
+    return (list(hook_point.fwd_hooks), list(getattr(hook_point, "bwd_hooks", [])),
+            set(hook_point._forward_hooks), set(hook_point._forward_pre_hooks),
+            set(hook_point._backward_hooks))
+
+
+def restore_hooks(hook_point: nn.Module, snapshot: tuple) -> None:
+    """Remove every hook added to ``hook_point`` since ``snapshot`` was taken
+    (TransformerLens handles, permanent ones included, and raw torch hooks)."""
+    fwd, bwd, f_keys, pre_keys, b_keys = snapshot
+    for handle in list(hook_point.fwd_hooks) + list(getattr(hook_point, "bwd_hooks", [])):
+        if not any(handle is h for h in fwd + bwd):
+            handle.hook.remove()
+    hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if any(h is k for k in fwd)]
+    if hasattr(hook_point, "bwd_hooks"):
+        hook_point.bwd_hooks = [h for h in hook_point.bwd_hooks if any(h is k for k in bwd)]
+    for hooks_dict, keys in ((hook_point._forward_hooks, f_keys),
+                             (hook_point._forward_pre_hooks, pre_keys),
+                             (hook_point._backward_hooks, b_keys)):
+        for key in [k for k in hooks_dict if k not in keys]:
+            del hooks_dict[key]
 
 
 def hook_point_class(model: nn.Module) -> type:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from saehooks import activations
+from saehooks.errors import DeviceError, InputError, InputTypeError
 
 ARCHITECTURES = ("relu", "topk", "jumprelu", "gated")
 HOOK_NAMES = (
@@ -159,11 +160,28 @@ class SAE(nn.Module):
                 f"hook_name={c.hook_name!r}, dtype={c.dtype}, device={self.device})")
 
     # ---- math ----------------------------------------------------------------
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise InputTypeError(f"the SAE takes a tensor [..., d_in={self.cfg.d_in}], got "
+                                 f"{type(x).__name__}")
+        if x.ndim == 0 or x.shape[-1] != self.cfg.d_in:
+            raise InputError(f"the SAE reads activations of width d_in={self.cfg.d_in} "
+                             f"(hook {self.cfg.hook_name!r}), got shape {tuple(x.shape)}; pass "
+                             f"[..., {self.cfg.d_in}] activations from the hook it was trained on")
+        if x.device != self.device:
+            raise DeviceError(f"the input is on {x.device} but the SAE is on {self.device}; "
+                              f"move one of them, e.g. sae.to({str(x.device)!r})")
+
     def encode_pre(self, x: Tensor) -> Tensor:
         """Pre-activations ``(x - b_dec) @ W_enc + b_enc``: ``[..., d_in] -> [..., d_sae]``.
 
         For a gated SAE this is the gate path (``b_gate`` in place of ``b_enc``).
+
+        Raises:
+            InputError: ``x`` is not ``[..., d_in]``.
+            DeviceError: ``x`` is on another device than the SAE.
         """
+        self._check_input(x)
         x = x.to(self.dtype)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
@@ -187,7 +205,11 @@ class SAE(nn.Module):
         return activations.gated(pre, centred * self.r_mag.exp() + self.b_mag)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Latent activations: ``[..., d_in] -> [..., d_sae]`` (no hooks run)."""
+        """Latent activations: ``[..., d_in] -> [..., d_sae]`` (no hooks run).
+
+        Raises:
+            InputError, DeviceError: see :meth:`encode_pre`.
+        """
         return self.activation(self.encode_pre(x))
 
     def decode(self, acts: Tensor) -> Tensor:
@@ -200,22 +222,47 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruct ``x`` through the hook points: ``[..., d_in] -> [..., d_in]``.
 
-        Hooks on ``hook_sae_acts_post`` may change the latents. With
-        ``use_error_term`` the output is ``decode(acts) + stopgrad(x - decode(clean
-        acts))``, so it equals ``x`` (to float rounding) unless a hook intervened,
-        and an intervention moves it by exactly the change in ``decode(acts)``.
+        The path runs ``hook_sae_input -> encode_pre -> hook_sae_acts_pre -> activation
+        -> hook_sae_acts_post -> decode -> hook_sae_recons``; a hook on any of them
+        changes what follows it. Without ``use_error_term`` the output is the (hooked)
+        reconstruction. With it, the output is
+
+            ``recons + stopgrad(x - decode(encode(x)))``
+
+        where ``recons`` comes from the hooked path and the error term from the raw
+        input with no hooks (SAELens' semantics). With no hook the output equals ``x``
+        to float rounding, and an edit at any hook point moves it by exactly what the
+        edit changes in ``recons``; ``hook_sae_error`` sees (and may replace) the
+        error term, ``hook_sae_output`` the final output.
+
+        Raises:
+            InputError, DeviceError: see :meth:`encode_pre`.
         """
-        x = self.hook_sae_input(x.to(self.dtype))
+        x = x.to(self.dtype)
+        raw = x
+        x = self.hook_sae_input(x)
         pre = self.hook_sae_acts_pre(self.encode_pre(x))
-        clean = self.activation(pre)
-        if self.use_error_term:  # before the hook: a hook may edit the latents in place
-            with torch.no_grad():
-                error = x - self.decode(clean)
-        acts = self.hook_sae_acts_post(clean)
+        acts = self.hook_sae_acts_post(self.activation(pre))
         recons = self.hook_sae_recons(self.decode(acts))
         if not self.use_error_term:
             return self.hook_sae_output(recons)
+        with torch.no_grad():
+            if self._path_is_hooked():
+                clean = self.decode(self.encode(raw))
+            else:  # nothing could have changed the path: its output is the clean one
+                clean = recons
+            error = raw - clean
         return self.hook_sae_output(recons + self.hook_sae_error(error))
+
+    def _path_is_hooked(self) -> bool:
+        """Whether a hook sits on the input-to-reconstruction path (then the clean
+        reconstruction must be recomputed for the error term)."""
+        for name in ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post",
+                     "hook_sae_recons"):
+            hp = getattr(self, name)
+            if hp._forward_hooks or hp._forward_pre_hooks or getattr(hp, "fwd_hooks", None):
+                return True
+        return False
 
     # ---- utilities -----------------------------------------------------------
     def hook_points(self) -> dict[str, nn.Module]:
