@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from saehooks.errors import SAEHooksError
+
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
 
 
@@ -141,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors that mean "the input was wrong", whose messages already say what to do:
-# printed as one line (set SAEHOOKS_DEBUG=1 for the traceback).
-USER_ERRORS = (FileNotFoundError, KeyError, IndexError, ValueError, TypeError)
+# Errors that mean "the input was wrong", whose messages already say what to do, are
+# printed as one line (set SAEHOOKS_DEBUG=1 for the traceback); any other exception is a
+# bug and keeps its traceback.
+USER_ERRORS = (SAEHooksError,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        message = str(exc).strip("'\"") or type(exc).__name__
+        message = str(exc) or type(exc).__name__
         print(f"saehooks {args.command}: error: {message}", file=sys.stderr)
         return 1
 

@@ -39,12 +39,18 @@ def kl_div(logits_p: Tensor, logits_q: Tensor) -> Tensor:
         logits_p: reference logits (the clean model) ``[..., d_vocab]``.
         logits_q: logits of the changed model ``[..., d_vocab]``.
 
+    Logits of ``-inf`` (a masked vocabulary) are allowed: tokens with ``p = 0`` add
+    nothing (``0 · log 0 = 0``), so the result stays finite whenever ``q > 0`` wherever
+    ``p > 0``; it is ``+inf`` where ``q`` rules out a token that ``p`` allows.
+
     Returns:
         ``[...]`` in nats, ``>= 0``; exactly 0 for identical inputs.
     """
     logp = torch.log_softmax(logits_p.float(), dim=-1)
     logq = torch.log_softmax(logits_q.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    p = logp.exp()
+    terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
+    return terms.sum(-1)
 
 
 def ce_loss_score(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float:

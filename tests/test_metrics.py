@@ -67,3 +67,20 @@ def test_pca_fvu_hand_computed():
     assert metrics.pca_fvu(x, 1) == pytest.approx(0.2)
     assert metrics.pca_fvu(x, 0) == pytest.approx(1.0)
     assert metrics.pca_fvu(x, 2) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kl_div_with_a_masked_vocabulary_is_finite_and_right():
+    """-inf logits (masked tokens) used to give NaN; the KL over the allowed tokens
+    is the KL of the two distributions restricted to them."""
+    gen = torch.Generator().manual_seed(0)
+    p, q = torch.randn(3, 10, generator=gen), torch.randn(3, 10, generator=gen)
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[1, 4, 7]] = True
+    kl = metrics.kl_div(p.masked_fill(mask, float("-inf")), q.masked_fill(mask, float("-inf")))
+    lp, lq = p[:, ~mask].log_softmax(-1).double(), q[:, ~mask].log_softmax(-1).double()
+    expected = (lp.exp() * (lp - lq)).sum(-1)
+    assert torch.isfinite(kl).all()
+    torch.testing.assert_close(kl.double(), expected, atol=1e-6, rtol=1e-5)
+    # q rules out a token p allows: the KL is infinite, not NaN
+    only_q = metrics.kl_div(p, q.masked_fill(mask, float("-inf")))
+    assert torch.isinf(only_q).all()
