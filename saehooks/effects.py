@@ -13,23 +13,29 @@ made at a position whose input is not BOS (``exclude_bos=True``, the default).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from saehooks import checks
+from saehooks.errors import InputError, InputTypeError
 from saehooks.feature_utils import (
     FeatureSpec,
     Positions,
+    check_feature,
     check_features,
-    check_tokens,
+    check_flags,
+    check_sae,
+    check_saes,
     iter_batches,
     kl_per_token,
     position_mask,
     token_losses,
 )
+from saehooks.features import feature_act_stats
 from saehooks.interventions import (
     latent_hooks,
     set_features_hook,
@@ -52,14 +58,19 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
     spliced in with its error term and no edit, so batches where the feature never
     fires contribute exactly zero change.
 
+    Every sum is float64 on the CPU, so the table does not depend on ``batch_size``
+    and the model may be on any device.
+
     Args:
         model: a hooked model.
-        sae: the SAE.
-        tokens: LongTensor ``[n_seq, pos]``.
-        features: indices to ablate, one at a time.
+        sae: the SAE (on the model's device).
+        tokens: LongTensor ``[n_seq, pos]``, ``2 <= pos <= n_ctx`` (a loss needs a
+            next token).
+        features: distinct latent ids to ablate, one at a time (ints, a NumPy array or
+            an integer tensor).
         batch_size: rows per forward pass.
         exclude_bos: leave BOS positions unablated and out of every average.
-        n_top: how many single-token effects to list per feature.
+        n_top: how many single-token effects to list per feature (>= 0).
 
     Returns:
         DataFrame indexed by ``feature`` with columns ``frequency`` (fraction of tokens
@@ -71,10 +82,17 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
         ``(sequence, position, loss change)`` with the largest ``|change|``.
 
     Raises:
-        IndexError: a feature index outside ``0 … d_sae - 1``.
+        InputTypeError: ``sae`` not an SAE; ids or sizes that are not integers;
+            malformed ``tokens``.
+        InputError: an id outside ``0 … d_sae - 1`` or repeated; rows shorter than 2
+            positions, longer than ``n_ctx`` or outside the vocabulary;
+            ``batch_size < 1``; no position predicts a token (all BOS).
     """
-    tokens = check_tokens(tokens)
+    check_flags(exclude_bos=exclude_bos)
+    (sae,) = check_saes(model, check_sae(sae))
+    tokens = checks.check_model_tokens(model, tokens, min_positions=2)
     feats = check_features(sae, features)
+    n_top = checks.check_int(n_top, "n_top", minimum=0)
     stats = {f: {"fired": 0, "act_sum": 0.0, "dloss": 0.0, "dloss_fire": 0.0, "kl": 0.0,
                  "max_up": 0.0, "top": []} for f in feats}
     n_tokens = 0
@@ -97,22 +115,26 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
             fires = active[:, :-1].cpu()
             st = stats[f]
             st["fired"] += int(fires.sum())
-            st["act_sum"] += float(store["acts"][:, :-1, f].cpu()[fires].sum())
+            st["act_sum"] += float(store["acts"][:, :-1, f].cpu()[fires].sum(
+                dtype=torch.float64))
             hook = set_features_hook([f], torch.zeros(1), where)
             with latent_hooks(model, [(sae, hook)], use_error_term=True):
                 logits = model(batch)
             dloss = (token_losses(logits, batch) - clean_loss).cpu()
-            st["dloss"] += float(dloss[scored].sum())
-            st["dloss_fire"] += float(dloss[fires].sum())
+            st["dloss"] += float(dloss[scored].sum(dtype=torch.float64))
+            st["dloss_fire"] += float(dloss[fires].sum(dtype=torch.float64))
             if scored.any():
                 st["max_up"] = max(st["max_up"], float(dloss[scored].max()))
             st["kl"] += float(kl_per_token(clean_logits[:, :-1], logits[:, :-1]).cpu()[scored]
-                              .sum())
+                              .sum(dtype=torch.float64))
             flat = torch.where(scored, dloss, torch.zeros_like(dloss)).flatten()
-            top = flat.abs().topk(min(n_top, flat.numel())).indices
+            top = flat.abs().topk(min(n_top, flat.numel())).indices if n_top else []
             st["top"] += [(start + int(i) // dloss.shape[1], int(i) % dloss.shape[1],
                            float(flat[i])) for i in top]
             st["top"] = sorted(st["top"], key=lambda t: -abs(t[2]))[:n_top]
+    if n_tokens == 0:
+        raise InputError("no position predicts a token (every position but the last holds "
+                         "BOS); pass longer sequences of real text, or exclude_bos=False")
     rows = []
     for f in feats:
         st = stats[f]
@@ -140,9 +162,9 @@ def feature_attribution(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: 
     ``-Σ_{tokens} a_k · ∂L/∂a_k``, from one forward and one backward pass per batch.
 
     Args:
-        model: a hooked model (its parameters get no gradients).
-        sae: the SAE.
-        tokens: LongTensor ``[n_seq, pos]``.
+        model: a hooked model (its parameters get no gradients), on any device.
+        sae: the SAE (on the model's device).
+        tokens: LongTensor ``[n_seq, pos]``, ``2 <= pos <= n_ctx``.
         batch_size: rows per forward/backward pass.
         exclude_bos: leave BOS positions out (not ablated, not averaged).
 
@@ -151,8 +173,14 @@ def feature_attribution(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: 
         descending, with columns ``attribution`` (estimated mean loss change from
         zero-ablation, nats/token, comparable to ``feature_ablation_effects``'s
         ``loss_change``) and ``frequency`` (fraction of tokens where it fires).
+        Sums are float64 on the CPU.
+
+    Raises:
+        As :func:`feature_ablation_effects`.
     """
-    tokens = check_tokens(tokens)
+    check_flags(exclude_bos=exclude_bos)
+    (sae,) = check_saes(model, check_sae(sae))
+    tokens = checks.check_model_tokens(model, tokens, min_positions=2)
     d_sae = sae.cfg.d_sae
     total = torch.zeros(d_sae, dtype=torch.float64)
     fired = torch.zeros(d_sae, dtype=torch.float64)
@@ -172,8 +200,11 @@ def feature_attribution(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: 
             loss = token_losses(logits, batch)[scored.to(logits.device)].sum()
             (grad,) = torch.autograd.grad(loss, store["acts"])
         acts = store["acts"].detach() * where[..., None].to(grad.device)
-        total += -(acts * grad).sum((0, 1)).double().cpu()
-        fired += (acts[:, :-1] > 0)[scored.to(acts.device)].sum(0).double().cpu()
+        total += -(acts * grad).sum((0, 1), dtype=torch.float64).cpu()
+        fired += (acts[:, :-1] > 0)[scored.to(acts.device)].sum(0, dtype=torch.float64).cpu()
+    if n_tokens == 0:
+        raise InputError("no position predicts a token (every position but the last holds "
+                         "BOS); pass longer sequences of real text, or exclude_bos=False")
     frame = pd.DataFrame({
         "feature": range(d_sae),
         "attribution": (total / max(n_tokens, 1)).numpy(),
@@ -208,7 +239,16 @@ def attribution_check(model: nn.Module, sae: SAE, tokens: Tensor, top: int = 10,
     Returns:
         :class:`AttributionCheck`; ``spearman`` near 1 means the cheap estimate ranks
         the features as the exact ablations do.
+
+    Raises:
+        InputTypeError: ``attribution`` is not a :func:`feature_attribution` table.
+        InputError: ``top < 1``; see also :func:`feature_ablation_effects`.
     """
+    top = checks.check_positive_int(top, "top")
+    if attribution is not None and not (isinstance(attribution, pd.DataFrame)
+                                        and "attribution" in attribution.columns):
+        raise InputTypeError("attribution must be the DataFrame feature_attribution returns "
+                             "(indexed by feature, with an 'attribution' column), or None")
     if attribution is None:
         attribution = feature_attribution(model, sae, tokens, batch_size)
     chosen = [int(f) for f in attribution.index[:top]]
@@ -225,11 +265,19 @@ def attribution_check(model: nn.Module, sae: SAE, tokens: Tensor, top: int = 10,
 
 
 def _prompt_tokens(model: nn.Module, prompts: str | Sequence[str] | Tensor) -> list[Tensor]:
+    """Each prompt as tokens ``[1, pos]`` (rows of a token tensor, or tokenized text)."""
     if isinstance(prompts, Tensor):
-        return [row[None] for row in check_tokens(prompts)]
+        return [row[None] for row in checks.check_model_tokens(model, prompts, name="prompts")]
     if isinstance(prompts, str):
         prompts = [prompts]
-    return [model.to_tokens(p) for p in prompts]
+    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+        raise InputTypeError("prompts must be a string, a list of strings or a token tensor "
+                             f"[n, pos], got a {type(prompts).__name__}")
+    if not prompts or not all(prompts):
+        raise InputError("prompts is empty (or holds an empty string); pass at least one "
+                         "non-empty prompt, e.g. 'def f(x):'")
+    return [checks.check_model_tokens(model, model.to_tokens(p), name="the tokenized prompt")
+            for p in prompts]
 
 
 @torch.no_grad()
@@ -242,10 +290,10 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
     """Steer along one feature at several coefficients and measure each.
 
     Args:
-        model: a hooked model.
+        model: a hooked model (any device).
         sae: the SAE defining the feature's direction.
-        feature: the feature index.
-        coefficients: values for :func:`saehooks.steer`.
+        feature: the latent id (one int).
+        coefficients: a non-empty list of finite values for :func:`saehooks.steer`.
         prompts: a string, strings, or tokens ``[n, pos]``; measured position by position.
         tokens: held-out LongTensor ``[n_seq, pos]`` for the loss column (None: NaN);
             relative mode also measures the maximum activation on it.
@@ -264,13 +312,38 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
         ``kl`` (mean ``KL(unsteered || steered)`` of next-token distributions over
         prompt positions, nats), ``loss`` (mean loss on ``tokens``, nats/token) and
         ``sample`` (greedy continuation of the first prompt, text).
+
+    Raises:
+        InputTypeError: ``coefficients`` not a list of numbers; ``prompts`` not text or
+            tokens; see also :func:`saehooks.steer`.
+        InputError: no coefficients, a NaN or infinite one, no prompts, ``tokens``
+            shorter than 2 positions, ``max_new_tokens < 1``; see :func:`saehooks.steer`.
     """
+    sae = check_sae(sae)
+    feature = check_feature(sae, feature)
+    if isinstance(coefficients, (str, bytes, Mapping)) or not isinstance(coefficients, Iterable):
+        raise InputTypeError("coefficients must be a list of numbers, e.g. [0.0, 4.0, 8.0], "
+                             f"got a {type(coefficients).__name__}")
+    coefficients = [checks.check_float(c, "each coefficient") for c in coefficients]
+    if not coefficients:
+        raise InputError("coefficients is empty; pass a list of numbers, e.g. [0.0, 4.0, 8.0]")
+    max_new_tokens = checks.check_positive_int(max_new_tokens, "max_new_tokens")
+    batch_size = checks.check_batch_size(batch_size)
+    check_flags(use_past_kv_cache=use_past_kv_cache)
+    if tokens is not None:
+        tokens = checks.check_model_tokens(model, tokens, min_positions=2)
+        if coefficient_mode == "relative" and max_activation is None:  # measured once
+            max_activation = float(feature_act_stats(model, sae, tokens)["max"][feature])
+            if max_activation <= 0:
+                raise InputError(f"feature {feature} never fires on the given tokens, so it "
+                                 "has no maximum activation; pass max_activation=... or "
+                                 "other tokens")
     device = model_device(model)
     runs = [p.to(device) for p in _prompt_tokens(model, prompts)]
     clean = [model(p) for p in runs]
     rows = []
     for c in coefficients:
-        vector = steering_vector(model, sae, feature, float(c), coefficient_mode,
+        vector = steering_vector(model, sae, feature, c, coefficient_mode,
                                  max_activation, tokens)
         acts: list[Tensor] = []
 
@@ -285,20 +358,21 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
             loss = float("nan")
             if tokens is not None:
                 total, count = 0.0, 0
-                for _, batch in iter_batches(check_tokens(tokens), batch_size, device):
+                for _, batch in iter_batches(tokens, batch_size, device):
                     scored = position_mask(model, batch)[:, :-1]
-                    total += float(token_losses(model(batch), batch)[scored].sum())
+                    total += float(token_losses(model(batch), batch)[scored].sum(
+                        dtype=torch.float64))
                     count += int(scored.sum())
                 loss = total / max(count, 1)
             out = model.generate(runs[0], max_new_tokens=max_new_tokens, do_sample=False,
                                  stop_at_eos=False, verbose=False,
                                  use_past_kv_cache=use_past_kv_cache)
         rows.append({
-            "coefficient": float(c),
+            "coefficient": c,
             "added_norm": float(vector.norm()),
             "feature_act": float(torch.cat(acts).mean()),
             "kl": float(torch.cat(kls).mean()),
             "loss": loss,
-            "sample": model.tokenizer.decode(out[0, runs[0].shape[1]:]),
+            "sample": model.tokenizer.decode(out[0, runs[0].shape[1]:].cpu().tolist()),
         })
     return pd.DataFrame(rows)

@@ -22,16 +22,21 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from saehooks import checks
+from saehooks.errors import InputError
 from saehooks.feature_utils import (
+    FeatureCounts,
     FeatureSpec,
+    check_feature,
     check_features,
-    check_tokens,
+    check_flags,
+    check_sae,
+    check_saes,
     decoder_vector,
     iter_batches,
     position_mask,
     sae_acts,
 )
-from saehooks.interventions import feature_act_stats
 from saehooks.models import model_device
 from saehooks.sae import SAE
 
@@ -103,6 +108,48 @@ EXAMPLE_COLUMNS = ["activation", "sequence", "position", "token", "token_id", "c
                    "context_tokens", "context_acts", "context_start"]
 
 
+@torch.no_grad()
+def feature_act_stats(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
+                      exclude_bos: bool = True) -> dict[str, Tensor]:
+    """Per-feature mean, maximum and firing frequency of the SAE's latents on ``tokens``.
+
+    The statistics behind :func:`feature_density`, ``ablate_features(mode="mean")``
+    (via :func:`saehooks.interventions.mean_feature_acts`) and relative steering.
+
+    Sums in float64 on the CPU (:class:`saehooks.feature_utils.FeatureCounts`), so the
+    result does not depend on ``batch_size`` and the model may be on any device.
+
+    Args:
+        model: the hooked model.
+        sae: the SAE (its ``hook_name`` says where it reads).
+        tokens: LongTensor ``[n_seq, pos]``, at most the model's ``n_ctx`` long.
+        batch_size: rows per forward pass.
+        exclude_bos: leave out positions holding the BOS token.
+
+    Returns:
+        ``{"mean": [d_sae], "max": [d_sae], "frequency": [d_sae], "n_tokens": []}`` on
+        the CPU; means include the zeros of inactive tokens; frequency is a fraction in
+        [0, 1].
+
+    Raises:
+        InputTypeError, InputError: a malformed argument (see :mod:`saehooks.checks`),
+            or every position holds BOS.
+    """
+    check_flags(exclude_bos=exclude_bos)
+    (sae,) = check_saes(model, check_sae(sae))
+    tokens = checks.check_model_tokens(model, tokens)
+    counts = FeatureCounts(sae.cfg.d_sae)
+    for _, batch in iter_batches(tokens, batch_size, model_device(model)):
+        keep = position_mask(model, batch, exclude_bos).to(sae.device)
+        counts.add(sae_acts(model, sae, batch)[keep].reshape(-1, sae.cfg.d_sae))
+    n = counts.n_tokens
+    if n == 0:
+        raise InputError("every position holds the BOS token, so there are no activations "
+                         "to measure; pass real text tokens or exclude_bos=False")
+    return {"mean": (counts.total / n).float(), "max": counts.peak.float(),
+            "frequency": counts.frequency().float(), "n_tokens": torch.tensor(n)}
+
+
 class FeatureScan(NamedTuple):
     """What one streaming pass over tokens found (see :func:`scan_features`)."""
 
@@ -125,40 +172,49 @@ def scan_features(model: nn.Module, sae: SAE, tokens: Tensor, features: FeatureS
     the earlier sequence and position), so the result equals sorting all activations
     at once while memory stays flat in the number of tokens.
 
+    The model may be on any device: only the chosen features' activations
+    ``[batch, pos, n_features]`` come to the CPU, and the densities are float64 sums
+    there (:class:`saehooks.feature_utils.FeatureCounts`).
+
     Args:
         model: a hooked model with a tokenizer.
-        sae: the SAE.
-        tokens: LongTensor ``[n_seq, pos]``.
-        features: the feature indices to collect examples for.
-        k: examples per feature (fewer if it fires on fewer tokens).
-        context: tokens shown on each side of an example token.
-        batch_size: rows per forward pass.
+        sae: the SAE (on the model's device).
+        tokens: LongTensor ``[n_seq, pos]``, at most the model's ``n_ctx`` long.
+        features: distinct latent ids to collect examples for (ints, a NumPy array or
+            an integer tensor).
+        k: examples per feature (fewer if it fires on fewer tokens), >= 1.
+        context: tokens shown on each side of an example token, >= 0.
+        batch_size: rows per forward pass, >= 1.
         exclude_bos: never pick, nor count, BOS positions.
 
     Returns:
         :class:`FeatureScan`.
 
     Raises:
-        IndexError: a feature index outside ``0 … d_sae - 1``.
-        ValueError: ``k < 1``.
+        InputTypeError: ids, ``k``, ``context`` or ``batch_size`` that are not integers;
+            malformed ``tokens``; ``sae`` not an SAE.
+        InputError: an id outside ``0 … d_sae - 1`` or repeated; ``k < 1``,
+            ``context < 0``, ``batch_size < 1``; ``tokens`` too long or outside the
+            vocabulary.
     """
-    tokens = check_tokens(tokens)
+    check_flags(exclude_bos=exclude_bos)
+    (sae,) = check_saes(model, check_sae(sae))
+    tokens = checks.check_model_tokens(model, tokens)
     feats = check_features(sae, features)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    k = checks.check_positive_int(k, "k")
+    context = checks.check_int(context, "context", minimum=0)
     tops = {f: _RunningTopK(k, context) for f in feats}
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-    n_tokens = 0
+    counts = FeatureCounts(sae.cfg.d_sae)
+    chosen = torch.tensor(feats, device=sae.device)
     for start, batch in iter_batches(tokens, batch_size, model_device(model)):
-        keep = position_mask(model, batch, exclude_bos).cpu()
-        acts = sae_acts(model, sae, batch).float().cpu()  # [b, pos, d_sae]
-        acts = acts * keep[..., None]
-        fired += (acts > 0).sum((0, 1)).double()
-        n_tokens += int(keep.sum())
-        for f, top in tops.items():
-            top.update(start, acts[..., f])
-    examples = {f: top.frame(model, tokens, f, n_tokens) for f, top in tops.items()}
-    return FeatureScan(examples, (fired / max(n_tokens, 1)).float(), n_tokens)
+        keep = position_mask(model, batch, exclude_bos).to(sae.device)
+        acts = sae_acts(model, sae, batch)  # [b, pos, d_sae]
+        counts.add(acts[keep].reshape(-1, sae.cfg.d_sae))
+        picked = (acts[..., chosen].float() * keep[..., None]).cpu()  # [b, pos, n_features]
+        for i, top in enumerate(tops.values()):
+            top.update(start, picked[..., i])
+    examples = {f: top.frame(model, tokens, f, counts.n_tokens) for f, top in tops.items()}
+    return FeatureScan(examples, counts.frequency().float(), counts.n_tokens)
 
 
 def top_activating_examples(model: nn.Module, sae: SAE, tokens: Tensor, feature: int,
@@ -173,7 +229,7 @@ def top_activating_examples(model: nn.Module, sae: SAE, tokens: Tensor, feature:
         model: a hooked model with a tokenizer.
         sae: the SAE.
         tokens: LongTensor ``[n_seq, pos]``.
-        feature: the feature index.
+        feature: the latent id (one int).
         k: number of examples (fewer if the feature fires on fewer tokens).
         context: tokens shown on each side of the example token.
         batch_size: rows per forward pass.
@@ -189,9 +245,9 @@ def top_activating_examples(model: nn.Module, sae: SAE, tokens: Tensor, feature:
         ``max_activation``.
 
     Raises:
-        IndexError: a feature index outside ``0 … d_sae - 1``.
+        InputTypeError, InputError: as :func:`scan_features`; also a list of ids.
     """
-    (f,) = check_features(sae, [feature])
+    f = check_feature(check_sae(sae), feature)
     scan = scan_features(model, sae, tokens, [f], k, context, batch_size, exclude_bos)
     return scan.examples[f]
 
@@ -208,8 +264,8 @@ def feature_logit_effects(model: nn.Module, sae: SAE, feature: int, k: int = 10)
     Args:
         model: a hooked model with ``W_U [d_model, d_vocab]`` and a tokenizer.
         sae: the SAE (``d_in`` must be ``d_model``).
-        feature: the feature index.
-        k: tokens per side.
+        feature: the latent id (one int).
+        k: tokens per side, >= 1 (at most ``d_vocab`` are listed).
 
     Returns:
         DataFrame with ``k`` rows (rank 1 = strongest): ``promoted``,
@@ -217,13 +273,15 @@ def feature_logit_effects(model: nn.Module, sae: SAE, feature: int, k: int = 10)
         ``suppressed_id``; effects are logit changes per unit of activation.
 
     Raises:
-        IndexError: a feature index outside ``0 … d_sae - 1``.
-        ValueError: the SAE's width is not the model's ``d_model``.
+        InputTypeError: ``feature`` is not one integer id, ``k`` not an integer.
+        InputError: an id outside ``0 … d_sae - 1``; ``k < 1``; the SAE's width is not
+            the model's ``d_model``.
     """
-    (f,) = check_features(sae, [feature])
+    f = check_feature(check_sae(sae), feature)
+    k = checks.check_positive_int(k, "k")
     W_U = model.W_U
     if sae.cfg.d_in != W_U.shape[0]:
-        raise ValueError(f"logit effects need an SAE on the residual stream (d_in = d_model = "
+        raise InputError(f"logit effects need an SAE on the residual stream (d_in = d_model = "
                          f"{W_U.shape[0]}); this SAE has d_in={sae.cfg.d_in}")
     direction = decoder_vector(sae, f).to(device=W_U.device, dtype=W_U.dtype)
     effects = (direction - direction.mean()) @ W_U  # [d_vocab]
@@ -250,6 +308,12 @@ def feature_density(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int 
         tokens: LongTensor ``[n_seq, pos]``.
         batch_size: rows per forward pass.
         exclude_bos: leave out BOS positions.
+
+    Returns:
+        ``[d_sae]`` float32 on the CPU.
+
+    Raises:
+        As :func:`feature_act_stats`.
     """
     return feature_act_stats(model, sae, tokens, batch_size, exclude_bos)["frequency"]
 
@@ -274,14 +338,20 @@ def feature_density_histogram(density: Tensor, path: str | Path, bins: int = 50,
 
     Raises:
         ImportError: matplotlib is not installed (``pip install 'saehooks[plots]'``).
+        InputTypeError, InputError: ``density`` not finite numbers, ``bins`` not an
+            int >= 1, ``highlight`` not an int.
     """
+    density = checks.check_finite_tensor(
+        torch.as_tensor(density).detach().float().cpu().flatten(), "density")
+    bins = checks.check_positive_int(bins, "bins")
+    if highlight is not None:
+        highlight = checks.check_int(highlight, "highlight")
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("feature_density_histogram needs matplotlib: "
                           "pip install 'saehooks[plots]'") from exc
-    density = torch.as_tensor(density).detach().float().cpu().flatten()
     alive = density[density > 0]
     dead = int((density <= 0).sum())
     fig = Figure(figsize=(6, 3.5), dpi=100)

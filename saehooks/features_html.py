@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from saehooks.feature_utils import check_feature, check_sae
 from saehooks.features import (
     NEWLINE_MARK,
     feature_density_histogram,
@@ -96,7 +97,7 @@ def feature_html(model: nn.Module, sae: SAE, tokens: Tensor, feature: int, path:
         model: a hooked model with a tokenizer.
         sae: the SAE.
         tokens: LongTensor ``[n_seq, pos]`` to find examples in.
-        feature: the feature index.
+        feature: the latent id (one int).
         path: the ``.html`` file to write (parent folders are created).
         k: number of top activating examples.
         context: tokens of context either side of each example.
@@ -112,8 +113,13 @@ def feature_html(model: nn.Module, sae: SAE, tokens: Tensor, feature: int, path:
         The path written.
 
     Raises:
-        IndexError: a feature index outside ``0 … d_sae - 1``.
+        InputTypeError: ``feature`` is not one integer id; see also
+            :func:`~saehooks.features.top_activating_examples`.
+        InputError: an id outside ``0 … d_sae - 1``; see also
+            :func:`~saehooks.features.top_activating_examples` and
+            :func:`~saehooks.features.feature_logit_effects`.
     """
+    feature = check_feature(check_sae(sae), feature)
     if examples is None:
         examples = top_activating_examples(model, sae, tokens, feature, k=k, context=context,
                                            batch_size=batch_size)

@@ -14,7 +14,11 @@ point and needs no SAE in the forward pass.
 
 Positions: ``None`` or ``"all"`` means every position of every forward pass; an int,
 a sequence of ints, a slice, or a boolean mask ``[pos]`` / ``[batch, pos]`` selects
-positions of each forward pass's input (out-of-range indices are ignored). During
+positions of each forward pass's input (out-of-range indices are ignored; per-head
+activations ``[batch, pos, n_heads, d]`` are selected by position across all heads).
+Float indices, empty lists, and a ``[batch, pos]`` mask whose batch differs from the
+forward pass's are refused (:class:`~saehooks.errors.InputTypeError` /
+:class:`~saehooks.errors.InputError`). During
 ``model.generate(..., use_past_kv_cache=True)`` each step after the first is a
 forward pass over one new token, so pick positions other than ``"all"`` only for
 plain forward passes or uncached generation.
@@ -29,33 +33,43 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from saehooks import hooks, models
+from saehooks import checks, hooks, models
+from saehooks.errors import InputError, InputTypeError
 from saehooks.feature_utils import (
     FeatureSpec,
     Positions,
+    check_feature,
     check_features,
-    check_tokens,
+    check_sae,
     decoder_vector,
-    iter_batches,
-    position_mask,
     position_selector,
-    sae_acts,
+    select_positions,
 )
+from saehooks.features import feature_act_stats as feature_act_stats  # re-exported
 from saehooks.sae import SAE
 
 
 # ---- running hooks on SAE latents -------------------------------------------------------
 def set_features_hook(features: list[int], values: Tensor, positions: Positions) -> Callable:
-    """Hook on ``hook_sae_acts_post`` setting ``acts[..., features] = values`` at positions."""
+    """Hook on ``hook_sae_acts_post`` setting ``acts[..., features] = values`` at positions.
+
+    ``acts`` is ``[batch, pos, d_sae]`` or, for an SAE on per-head activations,
+    ``[batch, pos, n_heads, d_sae]`` (positions then apply to every head).
+
+    Raises:
+        InputTypeError, InputError: malformed ``positions`` (see
+            :func:`saehooks.feature_utils.position_selector`), raised here, before any
+            forward pass.
+    """
     select = position_selector(positions)
     index = torch.tensor(features, dtype=torch.long)
 
     def hook(acts: Tensor, hook: Any = None) -> Tensor:
         idx = index.to(acts.device)
         new = values.to(device=acts.device, dtype=acts.dtype).expand(*acts.shape[:-1], len(idx))
-        mask = select(acts.shape[0], acts.shape[1], acts.device) if acts.ndim == 3 else None
+        mask = select_positions(select, acts)
         if mask is not None:
-            new = torch.where(mask[..., None], new, acts[..., idx])
+            new = torch.where(mask, new, acts[..., idx])
         acts = acts.clone()
         acts[..., idx] = new
         return acts
@@ -85,7 +99,12 @@ def latent_hooks(model: nn.Module, items: Sequence[tuple[SAE, Callable]],
 
     Yields:
         The model.
+
+    Raises:
+        InputTypeError: ``use_error_term`` is neither None nor a bool.
     """
+    if use_error_term is not None:
+        checks.check_bool(use_error_term, "use_error_term")
     saes: list[SAE] = []
     for sae, _ in items:
         if not any(s is sae for s in saes):
@@ -106,51 +125,42 @@ def latent_hooks(model: nn.Module, items: Sequence[tuple[SAE, Callable]],
 
 
 # ---- statistics needed by interventions -------------------------------------------------
-@torch.no_grad()
-def feature_act_stats(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
-                      exclude_bos: bool = True) -> dict[str, Tensor]:
-    """Per-feature mean, maximum and firing frequency of the SAE's latents on ``tokens``.
-
-    Args:
-        model: the hooked model.
-        sae: the SAE (its ``hook_name`` says where it reads).
-        tokens: LongTensor ``[n_seq, pos]``.
-        batch_size: rows per forward pass.
-        exclude_bos: leave out positions holding the BOS token.
-
-    Returns:
-        ``{"mean": [d_sae], "max": [d_sae], "frequency": [d_sae], "n_tokens": []}``;
-        means include the zeros of inactive tokens; frequency is a fraction in [0, 1].
-    """
-    tokens = check_tokens(tokens)
-    total = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-    peak = torch.zeros(sae.cfg.d_sae)
-    n = 0
-    for _, batch in iter_batches(tokens, batch_size, models.model_device(model)):
-        keep = position_mask(model, batch, exclude_bos).to(sae.device)
-        acts = sae_acts(model, sae, batch)[keep].float()  # [n_kept, d_sae]
-        total += acts.sum(0).double().cpu()
-        fired += (acts > 0).sum(0).double().cpu()
-        if acts.shape[0]:
-            peak = torch.maximum(peak, acts.max(0).values.cpu())
-        n += acts.shape[0]
-    if n == 0:
-        raise ValueError("no tokens left to measure (all BOS?); pass real text tokens")
-    return {"mean": (total / n).float(), "max": peak, "frequency": (fired / n).float(),
-            "n_tokens": torch.tensor(n)}
-
-
 def mean_feature_acts(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
                       exclude_bos: bool = True) -> Tensor:
     """Mean activation of every latent over ``tokens`` (zeros included): ``[d_sae]``.
 
-    The replacement values of ``ablate_features(..., mode="mean")``.
+    The replacement values of ``ablate_features(..., mode="mean")``. Arguments and
+    errors as in :func:`feature_act_stats`.
     """
     return feature_act_stats(model, sae, tokens, batch_size, exclude_bos)["mean"]
 
 
 # ---- ablation and clamping --------------------------------------------------------------
+def _float_vector(value: Any, name: str) -> Tensor:
+    """``value`` (a tensor, array or list of numbers) as a finite float tensor."""
+    if isinstance(value, (str, bytes)):
+        raise InputTypeError(f"{name} must be a float tensor, got a string")
+    try:
+        tensor = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputTypeError(f"{name} must be a float tensor, got a "
+                             f"{type(value).__name__}") from None
+    if tensor.dtype != torch.bool and not tensor.dtype.is_floating_point and \
+            not tensor.dtype.is_complex:
+        tensor = tensor.float()
+    return checks.check_finite_tensor(tensor, name)
+
+
+def _mean_values(mean_acts: Any, sae: SAE, idx: list[int]) -> Tensor:
+    m = _float_vector(mean_acts, "mean_acts").flatten()
+    if m.shape[0] != sae.cfg.d_sae:
+        raise InputError(f"mean_acts has {m.shape[0]} entries but the SAE at "
+                         f"{sae.cfg.hook_name!r} has d_sae={sae.cfg.d_sae}; pass one mean per "
+                         "latent, e.g. saehooks.interventions.mean_feature_acts(model, sae, "
+                         "tokens)")
+    return m.float().cpu()[idx]
+
+
 @contextmanager
 def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
                     features: FeatureSpec | Sequence[FeatureSpec],
@@ -166,11 +176,12 @@ def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
     Args:
         model: a hooked model (TransformerBridge in compatibility mode or HookedTransformer).
         sae: one SAE, or several at distinct hook points.
-        features: for one SAE an index or indices; for several SAEs one entry per SAE.
+        features: for one SAE a latent id or distinct ids (ints, a NumPy array or an
+            integer tensor); for several SAEs a list with one such entry per SAE.
         mode: ``"zero"`` sets the activations to 0; ``"mean"`` to ``mean_acts``.
         positions: where to ablate (see the module docstring); None = everywhere.
-        mean_acts: ``[d_sae]`` replacement values per SAE for ``mode="mean"``, e.g.
-            :func:`mean_feature_acts` over held-out tokens.
+        mean_acts: ``[d_sae]`` finite replacement values per SAE for ``mode="mean"``,
+            e.g. :func:`mean_feature_acts` over held-out tokens.
         use_error_term: None keeps the default (error term on, or the setting of an
             enclosing ``attach``); False ablates inside the plain reconstruction.
 
@@ -178,38 +189,40 @@ def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
         The model.
 
     Raises:
-        IndexError: a feature index outside ``0 … d_sae - 1``.
-        ValueError: an unknown mode, ``mode="mean"`` without ``mean_acts``, or a
-            features list that does not match the SAEs.
+        InputTypeError: ``sae`` is not an SAE or list of SAEs; ids that are not
+            integers; malformed ``positions``.
+        InputError: an id outside ``0 … d_sae - 1`` or repeated; an unknown mode;
+            ``mode="mean"`` without ``mean_acts`` or with non-finite / wrongly sized
+            ones; a features list that does not match the SAEs.
 
     Example:
         >>> with sh.ablate_features(model, sae, [123]):
         ...     loss = model(tokens, return_type="loss")
     """
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
+    checks.check_choice(mode, "mode", ("zero", "mean"))
     many = not isinstance(sae, SAE)
-    sae_list = list(sae) if many else [sae]
-    feature_list = list(features) if many else [features]
-    if len(feature_list) != len(sae_list):
-        raise ValueError(f"got {len(sae_list)} SAEs but {len(feature_list)} feature lists; "
-                         "pass one list of feature indices per SAE")
+    sae_list = [check_sae(s, "each SAE in the list") for s in sae] if isinstance(
+        sae, (list, tuple)) else [check_sae(sae)]
+    if many:
+        if not isinstance(features, (list, tuple)) or len(features) != len(sae_list):
+            raise InputError(f"got {len(sae_list)} SAEs, so features must be a list of "
+                             f"{len(sae_list)} feature lists, one per SAE (e.g. [[1, 2], [3]])"
+                             f", got a {type(features).__name__}")
+        feature_list = list(features)
+    else:
+        feature_list = [features]
     if mode == "mean":
         if mean_acts is None:
-            raise ValueError("mode='mean' needs the mean activations: pass mean_acts="
-                             "sh.mean_feature_acts(model, sae, tokens)")
+            raise InputError("mode='mean' needs the mean activations: pass mean_acts="
+                             "saehooks.interventions.mean_feature_acts(model, sae, tokens)")
         means = list(mean_acts) if many else [mean_acts]
+        if len(means) != len(sae_list):
+            raise InputError(f"got {len(sae_list)} SAEs but {len(means)} mean_acts; pass one "
+                             "[d_sae] tensor per SAE")
     items = []
     for i, (s, feats) in enumerate(zip(sae_list, feature_list)):
         idx = check_features(s, feats)
-        if mode == "zero":
-            values = torch.zeros(len(idx))
-        else:
-            m = torch.as_tensor(means[i]).flatten()
-            if m.shape[0] != s.cfg.d_sae:
-                raise ValueError(f"mean_acts has {m.shape[0]} entries but the SAE at "
-                                 f"{s.cfg.hook_name!r} has d_sae={s.cfg.d_sae}")
-            values = m[idx]
+        values = torch.zeros(len(idx)) if mode == "zero" else _mean_values(means[i], s, idx)
         items.append((s, set_features_hook(idx, values, positions)))
     with latent_hooks(model, items, use_error_term) as m:
         yield m
@@ -228,7 +241,7 @@ def clamp_features(model: nn.Module, sae: SAE, values: Mapping[int, float],
     Args:
         model: a hooked model.
         sae: the SAE whose latents are clamped.
-        values: ``{feature index: activation}``.
+        values: ``{latent id: activation}``, finite numbers.
         positions: where to clamp (see the module docstring); None = everywhere.
         use_error_term: as in :func:`ablate_features`.
 
@@ -236,13 +249,21 @@ def clamp_features(model: nn.Module, sae: SAE, values: Mapping[int, float],
         The model.
 
     Raises:
-        IndexError: a feature index outside ``0 … d_sae - 1``.
-        ValueError: ``values`` is empty.
+        InputTypeError: ``values`` is not a mapping, or a value is not a number
+            (e.g. ``None``).
+        InputError: ``values`` is empty, an id is out of range, or a value is NaN or
+            infinite.
     """
+    sae = check_sae(sae)
+    if not isinstance(values, Mapping):
+        raise InputTypeError(f"values must be a dict {{latent id: activation}}, got a "
+                             f"{type(values).__name__}; e.g. {{123: 5.0}}")
     if not values:
-        raise ValueError("clamp_features needs at least one {feature: value} pair")
-    idx = check_features(sae, list(values))
-    vals = torch.tensor([float(values[f]) for f in values])
+        raise InputError("clamp_features needs at least one {latent id: activation} pair, "
+                         "e.g. {123: 5.0}")
+    idx = check_features(sae, list(values), "values' latent ids")
+    vals = torch.tensor([checks.check_float(v, f"values[{k!r}] (the activation of latent {k})")
+                         for k, v in values.items()])
     with latent_hooks(model, [(sae, set_features_hook(idx, vals, positions))],
                       use_error_term) as m:
         yield m
@@ -254,10 +275,10 @@ def _add_vector_hook(vector: Tensor, positions: Positions) -> Callable:
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         add = vector.to(device=act.device, dtype=act.dtype)
-        mask = select(act.shape[0], act.shape[1], act.device) if act.ndim == 3 else None
+        mask = select_positions(select, act)
         if mask is None:
             return act + add
-        return act + mask[..., None].to(act.dtype) * add
+        return act + mask.to(act.dtype) * add
 
     return hook
 
@@ -273,9 +294,11 @@ def steer_direction(model: nn.Module, hook_name: str, vector: Tensor, coefficien
 
     Args:
         model: a hooked model.
-        hook_name: e.g. ``"blocks.2.hook_resid_post"``.
-        vector: ``[d]``, the width of the hook's activation.
-        coefficient: the added vector's norm (if ``normalize``), in the activation's units.
+        hook_name: e.g. ``"blocks.2.hook_resid_post"``; per-head hooks
+            (``attn.hook_z`` ...) take a ``[d_head]`` vector added to every head.
+        vector: ``[d]``, the width of the hook's activation; finite.
+        coefficient: the added vector's norm (if ``normalize``), in the activation's
+            units; finite.
         positions: where to add (see the module docstring); default every position,
             prompt and generated tokens alike.
         normalize: scale ``vector`` to unit norm first (False adds ``coefficient · vector``).
@@ -285,18 +308,26 @@ def steer_direction(model: nn.Module, hook_name: str, vector: Tensor, coefficien
 
     Raises:
         HookNameError: the model has no hook ``hook_name`` (the message names close ones).
-        ValueError: ``vector`` is not 1-d, has the wrong width, or is zero with ``normalize``.
+        InputTypeError: ``vector`` is not numeric, ``coefficient`` not a number,
+            ``normalize`` not a bool, malformed ``positions``.
+        InputError: ``vector`` is not 1-d, has the wrong width, holds NaN or infinities,
+            or is zero with ``normalize``; ``coefficient`` is NaN or infinite.
     """
+    if not isinstance(hook_name, str):
+        raise InputTypeError(f"hook_name must be a string such as 'blocks.2.hook_resid_post', "
+                             f"got a {type(hook_name).__name__}")
     models.check_hook_name(model, hook_name)
-    vector = torch.as_tensor(vector).detach()
+    vector = _float_vector(vector, "vector")
+    coefficient = checks.check_float(coefficient, "coefficient")
+    checks.check_bool(normalize, "normalize")
     width = models.hook_width(model, hook_name)
     if vector.ndim != 1 or (width is not None and vector.shape[0] != width):
-        raise ValueError(f"steering vector has shape {tuple(vector.shape)}; {hook_name!r} needs "
+        raise InputError(f"steering vector has shape {tuple(vector.shape)}; {hook_name!r} needs "
                          f"a 1-d vector of width {width}")
     if normalize:
         norm = vector.float().norm()
         if norm == 0:
-            raise ValueError("cannot normalize a zero steering vector; pass a nonzero vector "
+            raise InputError("cannot normalize a zero steering vector; pass a nonzero vector "
                              "or normalize=False")
         vector = vector / norm
     with model.hooks(fwd_hooks=[(hook_name, _add_vector_hook(coefficient * vector, positions))]):
@@ -307,7 +338,7 @@ def steering_vector(model: nn.Module | None, sae: SAE, feature: int, coefficient
                     coefficient_mode: Literal["absolute", "relative"] = "absolute",
                     max_activation: float | None = None,
                     tokens: Tensor | None = None) -> Tensor:
-    """The vector :func:`steer` adds: ``[d_in]``.
+    """The vector :func:`steer` adds: ``[d_in]`` on the SAE's device.
 
     ``"absolute"``: ``coefficient · W_dec[f] / ‖W_dec[f]‖``. ``"relative"``:
     ``coefficient · max_activation · W_dec[f]``, i.e. what the feature firing at
@@ -315,28 +346,34 @@ def steering_vector(model: nn.Module | None, sae: SAE, feature: int, coefficient
     ``max_activation`` is measured on ``tokens`` when not given.
 
     Raises:
-        IndexError: unknown feature. ValueError: unknown mode, or relative mode with
-        neither ``max_activation`` nor ``tokens``.
+        InputTypeError: ``feature`` is not one integer id; a non-numeric coefficient.
+        InputError: an id out of range; a NaN or infinite coefficient; an unknown
+            mode; a latent whose decoder row is zero (no direction to steer along);
+            relative mode with neither ``max_activation`` nor ``tokens``, with a
+            ``max_activation <= 0``, or with a feature that never fires on ``tokens``.
     """
-    f = check_features(sae, feature)
-    if len(f) != 1:
-        raise ValueError(f"steer one feature at a time, got {len(f)}; use steer_direction "
-                         "with a sum of decoder rows to steer several")
-    row = decoder_vector(sae, f[0])
+    sae = check_sae(sae)
+    f = check_feature(sae, feature)
+    coefficient = checks.check_float(coefficient, "coefficient")
+    checks.check_choice(coefficient_mode, "coefficient_mode", ("absolute", "relative"))
+    row = decoder_vector(sae, f)
+    norm = row.norm()
+    if norm == 0:
+        raise InputError(f"latent {f} has a zero decoder row, so it has no direction to steer "
+                         "along; pick another latent, or pass a vector to steer_direction")
     if coefficient_mode == "absolute":
-        return coefficient * row / row.norm()
-    if coefficient_mode != "relative":
-        raise ValueError(f"unknown coefficient_mode {coefficient_mode!r}; use 'absolute' or "
-                         "'relative'")
+        return coefficient * row / norm
     if max_activation is None:
         if tokens is None or model is None:
-            raise ValueError("coefficient_mode='relative' needs the feature's typical maximum "
+            raise InputError("coefficient_mode='relative' needs the feature's typical maximum "
                              "activation: pass max_activation=..., or tokens=... (e.g. "
                              "sh.load_eval_tokens(32)) to measure it")
-        max_activation = float(feature_act_stats(model, sae, tokens)["max"][f[0]])
+        max_activation = float(feature_act_stats(model, sae, tokens)["max"][f])
         if max_activation <= 0:
-            raise ValueError(f"feature {f[0]} never fires on the given tokens, so it has no "
+            raise InputError(f"feature {f} never fires on the given tokens, so it has no "
                              "maximum activation; pass max_activation=... or other tokens")
+    max_activation = checks.check_float(max_activation, "max_activation", minimum=0.0,
+                                        exclusive_minimum=True)
     return coefficient * max_activation * row
 
 
@@ -359,20 +396,20 @@ def steer(model: nn.Module, sae: SAE, feature: int, coefficient: float,
     Args:
         model: a hooked model.
         sae: the SAE that defines the direction (it is not spliced in).
-        feature: the feature index.
+        feature: the latent id (one int).
         coefficient: ``"absolute"``: norm of the added vector (residual-stream units);
-            ``"relative"``: multiple of the feature's maximum activation.
+            ``"relative"``: multiple of the feature's maximum activation. Finite.
         positions: where to add (see the module docstring).
         coefficient_mode: ``"absolute"`` or ``"relative"``.
-        max_activation: the feature's typical maximum activation (relative mode).
+        max_activation: the feature's typical maximum activation (relative mode), > 0.
         tokens: ``[n_seq, pos]`` to measure it on when ``max_activation`` is None.
 
     Yields:
         The model.
 
     Raises:
-        IndexError: a feature index outside ``0 … d_sae - 1``.
-        ValueError: see :func:`steering_vector`.
+        InputTypeError, InputError: see :func:`steering_vector` and
+            :func:`steer_direction`.
 
     Example:
         >>> with sh.steer(model, sae, feature=123, coefficient=8.0):

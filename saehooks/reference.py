@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from saehooks.checks import check_bool, check_int
+from saehooks.errors import SAENotFoundError
+
 
 def pretrained_dir() -> Path:
     """The folder holding the reference model and SAEs."""
@@ -38,20 +41,23 @@ def load_eval_tokens(n_seq: int | None = None) -> torch.Tensor:
     """Held-out evaluation tokens of the reference model.
 
     Args:
-        n_seq: keep the first ``n_seq`` rows (default: all).
+        n_seq: keep the first ``n_seq`` rows, an int >= 1 (default: all).
 
     Returns:
-        LongTensor ``[n_seq, n_ctx]``; position 0 of each row is BOS
+        LongTensor ``[n_seq, n_ctx]`` on the CPU; position 0 of each row is BOS
         (``<|endoftext|>``), documents are separated by the same token.
 
     Raises:
-        FileNotFoundError: the shipped file is missing.
+        InputTypeError, InputError: ``n_seq`` is not an int >= 1.
+        SAENotFoundError: the shipped file is missing (a ``FileNotFoundError``).
     """
     from safetensors.torch import load_file
 
+    if n_seq is not None:
+        n_seq = check_int(n_seq, "n_seq", minimum=1)
     path = reference_model_dir() / "eval_tokens.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; rebuild it with "
+        raise SAENotFoundError(f"{path} is missing; rebuild it with "
                                 "python pretrained/build_reference_model.py")
     tokens = load_file(str(path))["tokens"].long()
     return tokens if n_seq is None else tokens[:n_seq]
@@ -77,8 +83,9 @@ def load_train_tokens(max_rows: int | None = None, strict: bool = False) -> torc
         LongTensor ``[n_rows, n_ctx]``, BOS (``<|endoftext|>``) at position 0.
 
     Raises:
-        FileNotFoundError: ``pretrained/build_reference_model.py`` or the tokenizer
-            is missing.
+        InputTypeError, InputError: ``max_rows`` is not an int >= 1, ``strict`` not a bool.
+        SAENotFoundError: ``pretrained/build_reference_model.py`` is missing (a
+            ``FileNotFoundError``).
         RuntimeError: ``strict`` and the file count differs from the card.
     """
     import importlib.util
@@ -87,9 +94,12 @@ def load_train_tokens(max_rows: int | None = None, strict: bool = False) -> torc
 
     from tokenizers import Tokenizer
 
+    if max_rows is not None:
+        max_rows = check_int(max_rows, "max_rows", minimum=1)
+    check_bool(strict, "strict")
     script = pretrained_dir() / "build_reference_model.py"
     if not script.is_file():
-        raise FileNotFoundError(f"{script} is missing; the reference training split is "
+        raise SAENotFoundError(f"{script} is missing; the reference training split is "
                                 "rebuilt with its helpers (set SAEHOOKS_PRETRAINED?)")
     spec = importlib.util.spec_from_file_location("saehooks_build_reference_model", script)
     brm = importlib.util.module_from_spec(spec)

@@ -7,6 +7,7 @@ from test_hooks import identity_sae
 
 import saehooks as sh
 from saehooks import metrics
+from saehooks.errors import InputError, InputTypeError
 from saehooks.evaluation import evaluate, loss_increase_per_token
 
 HOOK = "blocks.1.hook_resid_post"
@@ -110,21 +111,25 @@ def test_loss_increase_per_token(model, tokens):
 
 
 def test_bad_tokens(model):
-    with pytest.raises(TypeError, match="integer tensor"):
+    with pytest.raises(InputTypeError, match="integer tensor"):
         evaluate(model, random_sae(), torch.randn(2, 5), progress=False)
-    with pytest.raises(ValueError, match=r"pos >= 2\], got \(5, 1\)"):
+    with pytest.raises(InputError, match=r"pos >= 2\], got \(5, 1\)"):
         evaluate(model, random_sae(), torch.zeros(5, 1, dtype=torch.long), progress=False)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(InputError, match="shape"):
         evaluate(model, random_sae(), torch.zeros(1, 2, 3, dtype=torch.long), progress=False)
-    with pytest.raises(TypeError, match="to_tokens"):
+    with pytest.raises(InputTypeError, match="to_tokens"):
         evaluate(model, random_sae(), "def f(): pass", progress=False)
-    with pytest.raises(ValueError, match=r"0 … 4095 \(the model's vocabulary\), got 0 … 4096"):
+    with pytest.raises(InputError, match=r"ids \[4096\] outside the model's vocabulary "
+                                         r"0 … 4095; tokenize with this model's tokenizer"):
         evaluate(model, random_sae(), torch.tensor([[0, 4096]]), progress=False)
+    # longer than the context window: a named error, not the embedding's IndexError
+    with pytest.raises(InputError, match=r"n_ctx=256; cut them, e.g. tokens\[:, :256\]"):
+        evaluate(model, random_sae(), torch.ones(1, 257, dtype=torch.long), progress=False)
 
 
 def test_feature_tools_share_the_token_checker(model):
     sae = random_sae()
-    with pytest.raises(TypeError, match="integer tensor"):
+    with pytest.raises(InputTypeError, match="integer tensor"):
         sh.feature_ablation_effects(model, sae, torch.zeros(1, 4), [0])
     one_row = sh.load_eval_tokens(1)[0, :16]
     assert torch.equal(sh.feature_utils.check_tokens(one_row), one_row[None])

@@ -10,6 +10,7 @@ import torch
 from conftest import random_sae
 
 from saehooks import cli_features, features
+from saehooks.errors import InputError
 from saehooks.feature_utils import sae_acts
 from saehooks.features_html import feature_html
 from saehooks.models import hook_state
@@ -98,7 +99,8 @@ def test_logit_effects_are_the_decoder_row_through_the_unembedding(model, sae):
     assert table["promoted_effect"].is_monotonic_decreasing
     assert (table["suppressed_effect"] < 0).all()
     assert table.index.tolist() == [1, 2, 3, 4, 5]
-    with pytest.raises(IndexError, match="0 … 511"):
+    with pytest.raises(InputError, match=r"feature=-1 is out of range: this SAE has d_sae=512 "
+                                         r"latents \(ids 0 … 511\)"):
         features.feature_logit_effects(model, sae, -1)
 
 

@@ -8,6 +8,7 @@ from conftest import random_sae
 
 import saehooks as sh
 from saehooks import effects, interventions
+from saehooks.errors import InputError
 from saehooks.feature_utils import sae_acts, token_losses
 from saehooks.models import hook_state
 
@@ -238,13 +239,14 @@ def test_relative_coefficients(model, small_tokens, sae):
 
 
 def test_errors_name_the_problem_and_the_fix(model, sae):
-    with pytest.raises(IndexError, match=r"512 features, 0 … 511"):
+    with pytest.raises(InputError, match=r"\[512\] out of range: this SAE has d_sae=512 "
+                                         r"latents \(ids 0 … 511\)"):
         with interventions.ablate_features(model, sae, [512]):
             pass
-    with pytest.raises(ValueError, match="mean_acts"):
+    with pytest.raises(InputError, match=r"mean_acts=saehooks.interventions.mean_feature_acts"):
         with interventions.ablate_features(model, sae, [1], mode="mean"):
             pass
-    with pytest.raises(ValueError, match="width 256"):
+    with pytest.raises(InputError, match="width 256"):
         with interventions.steer_direction(model, "blocks.0.hook_resid_post", torch.ones(3), 1.0):
             pass
     with pytest.raises(KeyError, match="blocks.3"):
