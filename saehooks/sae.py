@@ -39,16 +39,38 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
-    """``torch.bfloat16`` / ``"torch.bfloat16"`` / ``"bfloat16"`` -> ``"bfloat16"``."""
+    """``torch.bfloat16`` / ``"torch.bfloat16"`` / ``"bfloat16"`` -> ``"bfloat16"``.
+
+    Raises:
+        InputTypeError: ``dtype`` is neither a ``torch.dtype`` nor a string.
+        InputError: a dtype an SAE cannot hold (the message lists those it can).
+    """
+    if not isinstance(dtype, (str, torch.dtype)):
+        raise InputTypeError(f"an SAE dtype is a torch.dtype or its name, got {dtype!r}; "
+                             f"use one of {sorted(DTYPES)}")
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
-        raise ValueError(f"unsupported SAE dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        raise InputError(f"unsupported SAE dtype {dtype!r}; use one of {sorted(DTYPES)}")
     return name
 
 
 @dataclass
 class SAEConfig:
-    """What an SAE is and where it belongs. Serialised as SAELens' v6 ``cfg.json``."""
+    """What an SAE is and where it belongs. Serialised as SAELens' v6 ``cfg.json``.
+
+    Every field is checked at construction (also by :meth:`replace`), so a config
+    either means one SAE or is refused: sizes are ``int`` (not ``bool``, float or
+    string), flags are ``bool``, and options that an architecture would ignore or that
+    no file format can store (``k`` or ``rescale_acts_by_decoder_norm`` on a non-top-k
+    SAE) are errors rather than silently different SAEs after a save and load.
+
+    Raises:
+        InputTypeError: a field of the wrong type (the message names the field).
+        InputError: a value out of range, an unknown architecture or dtype, or an
+            option the architecture does not have.
+        DeviceError: ``device`` does not exist on this machine (e.g. ``"cuda"`` without
+            a GPU); the message lists the devices there are.
+    """
 
     d_in: int
     """Width of the activation the SAE reads and writes (the hook's last dimension)."""
@@ -58,14 +80,16 @@ class SAEConfig:
     """Inference activation: ``"relu"``, ``"topk"``, ``"jumprelu"`` or ``"gated"``.
     A BatchTopK SAE trains as batch top-k and runs as ``"jumprelu"``."""
     k: int | None = None
-    """Latents kept per token (``"topk"`` only)."""
+    """Latents kept per token, ``1 <= k <= d_sae`` (``"topk"`` only; None otherwise)."""
     hook_name: str = ""
     """TransformerLens hook point the SAE attaches to, e.g. ``blocks.2.hook_resid_post``."""
     apply_b_dec_to_input: bool = True
     """Subtract ``b_dec`` from the input before encoding (SAELens' default)."""
     rescale_acts_by_decoder_norm: bool = False
-    """TopK only (SAELens): multiply pre-activations by ``‖W_dec[j]‖`` before the
-    top-k and divide activations by it before decoding."""
+    """TopK only (SAELens' ``TopKSAEConfig``): multiply pre-activations by
+    ``‖W_dec[j]‖`` before the top-k and divide activations by it before decoding.
+    Other architectures get the same effect exactly by folding the norms into the
+    weights (:func:`saehooks.io.fold_W_dec_norm`)."""
     dtype: str = "float32"
     """Dtype of the parameters; the SAE computes in it."""
     device: str = "cpu"
@@ -75,19 +99,42 @@ class SAEConfig:
     LayerNorm, centred weights), ``context_size``, ``prepend_bos``, ``training`` ..."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown SAE architecture {self.architecture!r}; "
-                             f"expected one of {ARCHITECTURES}")
-        if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
+        from saehooks import checks
+
+        self.architecture = checks.check_choice(self.architecture, "SAEConfig.architecture",
+                                                ARCHITECTURES)
+        self.d_in = checks.check_positive_int(self.d_in, "SAEConfig.d_in")
+        self.d_sae = checks.check_positive_int(self.d_sae, "SAEConfig.d_sae")
         if self.architecture == "topk":
-            if self.k is None or not 1 <= self.k <= self.d_sae:
-                raise ValueError(f"a topk SAE needs 1 <= k <= d_sae={self.d_sae}, got k={self.k}")
+            if self.k is None:
+                raise InputError(f"a topk SAE needs k (latents kept per token), 1 <= k <= "
+                                 f"d_sae={self.d_sae}; pass e.g. k=32")
+            self.k = checks.check_int(self.k, "SAEConfig.k", minimum=1, maximum=self.d_sae)
+        elif self.k is not None:
+            raise InputError(f"SAEConfig.k={self.k!r} is only used by architecture='topk', "
+                             f"and this SAE is {self.architecture!r}; drop k, or pass "
+                             "architecture='topk'")
+        if not isinstance(self.hook_name, str):
+            raise InputTypeError(f"SAEConfig.hook_name must be a string such as "
+                                 f"'blocks.2.hook_resid_post', got {self.hook_name!r}")
+        self.apply_b_dec_to_input = checks.check_bool(self.apply_b_dec_to_input,
+                                                      "SAEConfig.apply_b_dec_to_input")
+        self.rescale_acts_by_decoder_norm = checks.check_bool(
+            self.rescale_acts_by_decoder_norm, "SAEConfig.rescale_acts_by_decoder_norm")
+        if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
+            raise InputError(
+                f"rescale_acts_by_decoder_norm=True is a top-k option (SAELens stores it for "
+                f"topk SAEs only), and this SAE is {self.architecture!r}; for a "
+                f"{self.architecture} SAE fold the decoder norms into the weights instead "
+                "(saehooks.io.fold_W_dec_norm), which computes the same reconstruction")
         self.dtype = dtype_name(self.dtype)
-        self.device = str(self.device)
+        self.device = str(checks.check_device(self.device, "SAEConfig.device"))
+        if not isinstance(self.metadata, dict):
+            raise InputTypeError(f"SAEConfig.metadata must be a dict of provenance, got "
+                                 f"{type(self.metadata).__name__}")
 
     def replace(self, **changes: Any) -> SAEConfig:
-        """A copy with some fields changed."""
+        """A copy with some fields changed (checked as at construction)."""
         return dataclasses.replace(self, **changes)
 
 

@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import saehooks as sh
+from saehooks.errors import InputError
 from saehooks.io import SAEFileError, detect_format, fold_W_dec_norm, save_sae
+from saehooks.io.sparsify import to_sparsify_form
 
 ARCHS = ("relu", "topk", "jumprelu", "gated")
 D_IN, D_SAE, K = 16, 48, 5
@@ -87,9 +89,20 @@ def test_sparsify_round_trip_is_exact(tmp_path, dtype):
     assert torch.equal(back(x), sae(x))
 
 
-def test_sparsify_save_folds_rescaling_and_input_bias(tmp_path):
+@pytest.mark.parametrize("kw", [{"rescale_acts_by_decoder_norm": True},
+                                {"apply_b_dec_to_input": False},
+                                {"rescale_acts_by_decoder_norm": True,
+                                 "apply_b_dec_to_input": False}])
+def test_sparsify_refuses_options_it_cannot_express_and_writes_nothing(tmp_path, kw):
+    sae = rich_sae("topk", **kw)
+    with pytest.raises(InputError, match="to_sparsify_form"):
+        save_sae(sae, tmp_path / "layers.1", format="sparsify")
+    assert not (tmp_path / "layers.1").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_to_sparsify_form_folds_rescaling_and_input_bias(tmp_path):
     sae = rich_sae("topk", rescale_acts_by_decoder_norm=True, apply_b_dec_to_input=False)
-    save_sae(sae, tmp_path, format="sparsify")
+    save_sae(to_sparsify_form(sae), tmp_path, format="sparsify")
     back = sh.load_sae(tmp_path)
     x = inputs()
     assert not back.cfg.rescale_acts_by_decoder_norm and back.cfg.apply_b_dec_to_input

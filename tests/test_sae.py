@@ -119,7 +119,8 @@ def test_bf16_sae_computes_in_its_dtype():
     (dict(architecture="topk", k=None), "k"),
     (dict(architecture="topk", k=99), "k"),
     (dict(dtype="int8"), "dtype"),
-    (dict(d_sae=0), "positive"),
+    (dict(d_sae=0), r"d_sae must be >= 1, got 0"),
+    (dict(d_in=-3), r"d_in must be >= 1, got -3"),
 ])
 def test_config_validation(bad, match):
     kw = dict(d_in=4, d_sae=8, architecture="relu") | bad

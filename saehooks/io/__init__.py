@@ -7,17 +7,23 @@
 * ``dictionary_learning``: saprmarks/dictionary_learning (``ae.pt`` + ``config.json``).
 
 ``save_sae`` writes SAELens' v6 layout by default, so saehooks files are SAELens
-files; ``format="sparsify"`` writes a sparsify hook-point folder (top-k SAEs).
+files; ``format="sparsify"`` writes a sparsify hook-point folder (top-k SAEs). A save
+replaces the whole folder at once (:mod:`saehooks.io.atomic`): after a crash at any
+moment the folder loads as the old SAE or the new one, never a mix, and no file of
+the previous SAE survives into the new one.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-from saehooks.io import dictionary_learning, hub, saelens, sparsify
+from saehooks import checks
+from saehooks.errors import InputError, InputTypeError, SAENotFoundError
+from saehooks.io import atomic, dictionary_learning, hub, saelens, sparsify
 from saehooks.io.common import SAEFileError, check_tensors
 from saehooks.io.folding import fold_W_dec_norm
 from saehooks.sae import SAE, SAEConfig, dtype_name
@@ -27,7 +33,9 @@ FORMATS: dict[str, ModuleType] = {
     "sparsify": sparsify,
     "dictionary_learning": dictionary_learning,
 }
-"""Format name -> module with ``is_format(path)`` and ``load(path)``; detection order."""
+"""Format name -> module with ``is_format(path)`` and ``load(path)``, in detection order.
+The writable ones (:data:`SAVE_FORMATS`) also have ``check_writable(sae)``,
+``save(sae, folder)`` and ``FILES`` (every file ``save`` may write)."""
 SAVE_FORMATS = ("saelens", "sparsify")
 FORMAT_FILES = {
     "saelens": "cfg.json + sae_weights.safetensors",
@@ -56,17 +64,32 @@ def build_sae(cfg: SAEConfig, tensors: dict, where: str, device=None, dtype=None
 
 
 def resolve_path(path_or_name: str | Path) -> Path:
-    """A folder, an ``hf://`` address, or the name of a shipped SAE."""
+    """A folder, an ``hf://`` address, or the name of a shipped SAE.
+
+    Raises:
+        InputError: an empty string.
+        SAENotFoundError: a file instead of its folder (the message names the folder
+            to pass), or nothing of that name (with close shipped names).
+    """
     from saehooks.reference import pretrained_sae_dir
 
     if not str(path_or_name).strip():
-        raise ValueError("load_sae needs a folder, an hf:// address or a shipped name, got an "
+        raise InputError("load_sae needs a folder, an hf:// address or a shipped name, got an "
                          "empty string; see saehooks.list_pretrained_saes()")
     if hub.is_hub_url(path_or_name):
         return hub.resolve(str(path_or_name))
     path = Path(path_or_name).expanduser()
-    if path.is_dir():
+    if not path.exists():
+        atomic.tidy(path)  # a save killed half-way: its complete folder, or nothing
+    if path.is_dir() or (not path.exists() and atomic.current(path) is not None):
         return path
+    if path.is_file():
+        parent = path.parent
+        what = ("the SAE folder that holds it" if any(m.is_format(parent)
+                                                      for m in FORMATS.values())
+                else "the folder of an SAE")
+        raise SAENotFoundError(f"{path} is a file; load_sae takes {what}: pass the folder, "
+                               f"e.g. load_sae({str(parent)!r})")
     shipped = pretrained_sae_dir() / str(path_or_name)
     if shipped.is_dir():
         return shipped
@@ -75,7 +98,7 @@ def resolve_path(path_or_name: str | Path) -> Path:
     names = sorted(p.parent.name for p in pretrained_sae_dir().glob("*/cfg.json"))
     close = difflib.get_close_matches(str(path_or_name), names, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-    raise FileNotFoundError(
+    raise SAENotFoundError(
         f"no SAE folder or shipped SAE named {str(path_or_name)!r}; {hint}pass a folder holding "
         "an SAE (SAELens, sparsify or dictionary_learning files), an address "
         "hf://<owner>/<repo>/<folder>, or one of the shipped names "
@@ -107,6 +130,11 @@ def load_sae(path_or_name: str | Path, device: str | torch.device | None = None,
              dtype: str | torch.dtype | None = None) -> SAE:
     """Load an SAE from a folder, an ``hf://`` address or a shipped name, detecting the format.
 
+    The folder is read under a shared lock, so a save running at the same time is
+    seen whole or not at all; a save that was killed half-way is settled first (see
+    :mod:`saehooks.io.atomic`). Config files are read strictly: a field of the wrong
+    JSON type or an ambiguous config is an error naming the file and the field.
+
     Args:
         path_or_name: a folder in SAELens, sparsify or dictionary_learning layout;
             ``hf://<owner>/<repo>[@<revision>]/<folder>`` (downloaded when online,
@@ -120,41 +148,104 @@ def load_sae(path_or_name: str | Path, device: str | torch.device | None = None,
         (SAELens' ``sparsity.safetensors``), else None.
 
     Raises:
-        FileNotFoundError: no such folder or shipped name; a hub SAE that is neither
-            cached nor downloadable (the message says what to download).
+        SAENotFoundError: no such folder or shipped name, or a file passed instead of
+            its folder; a hub SAE that is neither cached nor downloadable (the message
+            says what to download).
         SAEFileError: missing, truncated or corrupt files; tensors missing,
-            unexpected or of the wrong shape for the config (named); a pickle that
-            ``torch.load(weights_only=True)`` refuses.
-        ValueError: an unsupported architecture, activation or dtype.
+            unexpected or of the wrong shape for the config (named); a config field of
+            the wrong type, an ambiguous or unsupported config (file and field named);
+            a pickle that ``torch.load(weights_only=True)`` refuses.
+        InputError: an unsupported ``dtype``.
+        DeviceError: a ``device`` this machine does not have (e.g. ``"cuda"`` without
+            a GPU); the message lists the devices there are.
     """
     if dtype is not None:
-        dtype_name(dtype)  # fail on a bad dtype before reading anything
+        dtype_name(dtype)  # fail on a bad dtype or device before reading anything
+    if device is not None:
+        device = checks.check_device(device, "device")
     path = resolve_path(path_or_name)
-    fmt = detect_format(path)
-    cfg, tensors, extras = FORMATS[fmt].load(path)
+    with atomic.reading(path) as folder:
+        fmt = detect_format(folder)
+        cfg, tensors, extras = FORMATS[fmt].load(folder)
     sae = build_sae(cfg, tensors, str(path), device=device, dtype=dtype)
     density = extras.get("feature_density")
     sae.feature_density = density.to(sae.device) if density is not None else None
     return sae.eval()
 
 
-def save_sae(sae: SAE, path: str | Path, format: str = "saelens") -> None:
-    """Write ``sae`` to the folder ``path``.
+def _check_target(path: Path, format: str, overwrite: bool) -> None:
+    """Refuse to replace what ``path`` holds unless it is an SAE of ``format``, alone."""
+    if not path.is_dir():
+        raise InputError(f"{path} exists and is not a folder; save_sae writes a folder of "
+                         "files: pass a new or existing SAE folder path")
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return
+    found = next((name for name, m in FORMATS.items() if m.is_format(path)), None)
+    if found == format:
+        foreign = [e for e in entries if e not in FORMATS[format].FILES]
+        if not foreign or overwrite:
+            return
+        raise InputError(f"{path} holds a {format} SAE and also {foreign[:10]}, which saving "
+                         "replaces with the new SAE's files only (they would be deleted); "
+                         "move them out, or pass overwrite=True to replace the whole folder")
+    if overwrite:
+        return
+    if found is not None:
+        raise InputError(f"{path} holds a {found} SAE ({FORMAT_FILES[found]}); saving "
+                         f"format={format!r} there would replace it: pass overwrite=True to "
+                         "replace the folder, or save into another folder")
+    shown = entries[:10] + (["..."] if len(entries) > 10 else [])
+    raise InputError(f"{path} is not empty and holds no SAE (found {shown}); saving replaces "
+                     "the whole folder, which would delete them: pass a new or empty folder, "
+                     "or overwrite=True")
+
+
+def save_sae(sae: SAE, path: str | Path, format: str = "saelens",
+             overwrite: bool = False) -> None:
+    """Write ``sae`` to the folder ``path``, replacing the folder whole.
+
+    The files are written into a temporary sibling folder and swapped in with renames
+    (:mod:`saehooks.io.atomic`): killed at any moment, ``path`` loads as the previous
+    SAE or as this one, complete, and no file of the previous SAE (e.g. its
+    ``sparsity.safetensors``) is left beside the new one.
 
     Args:
-        sae: the SAE.
-        path: the folder (created if needed; files in it are replaced atomically).
+        sae: the SAE. Its config must be one the format stores exactly; a setting the
+            format cannot express is refused, never dropped.
+        path: the folder (created if needed, with its parents).
         format: ``"saelens"`` (default; SAELens 6 loads it as the same SAE) or
-            ``"sparsify"`` (one sparsify hook-point folder; top-k SAEs only).
+            ``"sparsify"`` (one sparsify hook-point folder; plain top-k SAEs only).
+        overwrite: also replace a folder that holds an SAE of another format, or other
+            files (they are deleted). Without it such a folder is refused; re-saving an
+            SAE of the same format over itself needs no flag.
 
     Raises:
-        ValueError: an unknown format, or an SAE the format cannot hold.
+        InputTypeError: ``sae`` is not an SAE, or ``overwrite`` not a bool.
+        InputError: an unknown or read-only format; an SAE the format cannot hold
+            (named setting); ``path`` is a file, is (or holds) the current working
+            directory, or holds another format or other files and ``overwrite`` is
+            False.
     """
+    if not isinstance(sae, SAE):
+        raise InputTypeError(f"save_sae saves a saehooks SAE, got {type(sae).__name__}")
     if format not in SAVE_FORMATS:
         readable = f" ({format} is read-only)" if format in FORMATS else ""
-        raise ValueError(f"cannot save in format {format!r}{readable}; choose one of "
+        raise InputError(f"cannot save in format {format!r}{readable}; choose one of "
                          f"{list(SAVE_FORMATS)}")
-    FORMATS[format].save(sae, Path(path))
+    overwrite = checks.check_bool(overwrite, "overwrite")
+    writer = FORMATS[format]
+    writer.check_writable(sae)
+    target = Path(os.path.abspath(Path(path).expanduser()))
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        cwd = None
+    if cwd is not None and (target.resolve() == cwd or target.resolve() in cwd.parents):
+        raise InputError(f"save_sae replaces the whole folder {str(path)!r}, which is (or holds) "
+                         "the current working directory; pass a sub-folder, e.g. './sae'")
+    atomic.replace_folder(target, lambda folder: writer.save(sae, folder),
+                          check=lambda existing: _check_target(existing, format, overwrite))
 
 
 __all__ = ["FORMATS", "SAEFileError", "detect_format", "fold_W_dec_norm", "load_sae",

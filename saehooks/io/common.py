@@ -1,4 +1,10 @@
-"""File helpers shared by the formats: atomic writes, checked reads."""
+"""File helpers shared by the formats: atomic writes, checked reads, strict config fields.
+
+A config file is read field by field with :func:`cfg_int`, :func:`cfg_bool`,
+:func:`cfg_str` and :func:`cfg_dict`: a field of the wrong JSON type is an error that
+names the file and the field (``"false"`` in quotes is a string, not a boolean;
+``4096.9`` is not a size), never a value coerced into another meaning.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saehooks.errors import SAEFileError  # noqa: F401  (re-exported: its old home)
+from saehooks.errors import InputError, InputTypeError, SAEFileError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -81,3 +87,135 @@ def check_tensors(expected: dict[str, torch.Size], found: dict[str, Tensor], whe
         if tuple(found[name].shape) != tuple(shape):
             raise SAEFileError(f"{where}: tensor {name} has shape {tuple(found[name].shape)}, "
                                f"expected {tuple(shape)} from the config")
+
+
+_REQUIRED: Any = object()
+"""Default of the ``cfg_*`` readers: the field must be present."""
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _field(raw: dict[str, Any], key: str, where: str, default: Any) -> Any:
+    if key in raw:
+        return raw[key]
+    if default is _REQUIRED:
+        raise SAEFileError(f"{where}: missing required field {key!r}")
+    return default
+
+
+def cfg_int(raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED,
+            minimum: int | None = None) -> Any:
+    """The integer field ``key`` of the config ``raw`` read from ``where``.
+
+    A JSON integer, or a float with an integral value (``4096.0``); ``null`` only when
+    ``default`` is None.
+
+    Raises:
+        SAEFileError: the field is missing (without a default), a string, a boolean,
+            a number with a fraction (``4096.9``), or below ``minimum``.
+    """
+    value = _field(raw, key, where, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        what = (f"{value!r}, which is not a whole number" if isinstance(value, float)
+                else f"{json.dumps(value)} ({_json_kind(value)})")
+        raise SAEFileError(f"{where}: field {key!r} must be an integer, found {what}; write "
+                           f"it as a JSON integer, e.g. \"{key}\": 4096")
+    if minimum is not None and value < minimum:
+        raise SAEFileError(f"{where}: field {key!r} must be >= {minimum}, found {value}")
+    return value
+
+
+def cfg_bool(raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED) -> bool:
+    """The boolean field ``key``: JSON ``true`` / ``false`` only.
+
+    Raises:
+        SAEFileError: missing (without a default), or any other JSON value; the string
+            ``"false"`` is refused (``bool("false")`` would be True).
+    """
+    value = _field(raw, key, where, default)
+    if isinstance(value, bool):
+        return value
+    hint = (f"; write it without quotes: \"{key}\": {value.strip().lower()}"
+            if isinstance(value, str) and value.strip().lower() in ("true", "false")
+            else f"; write \"{key}\": true or false")
+    raise SAEFileError(f"{where}: field {key!r} must be a JSON boolean (true or false), found "
+                       f"{json.dumps(value)} ({_json_kind(value)}){hint}")
+
+
+def cfg_str(raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED) -> Any:
+    """The string field ``key`` (``null`` only when ``default`` is None).
+
+    Raises:
+        SAEFileError: missing (without a default), or not a JSON string.
+    """
+    value = _field(raw, key, where, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str):
+        raise SAEFileError(f"{where}: field {key!r} must be a string, found "
+                           f"{json.dumps(value)} ({_json_kind(value)})")
+    return value
+
+
+def cfg_dict(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """The object field ``key`` as a new dict; ``{}`` when missing or ``null``.
+
+    Raises:
+        SAEFileError: present but not a JSON object.
+    """
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SAEFileError(f"{where}: field {key!r} must be a JSON object, found "
+                           f"{_json_kind(value)}")
+    return dict(value)
+
+
+def make_config(where: str, **fields: Any):
+    """``SAEConfig(**fields)``, with a refusal reported as an error in the file ``where``.
+
+    Raises:
+        SAEFileError: the fields do not make a valid config (the message names the
+            file and the field).
+    """
+    from saehooks.sae import SAEConfig
+
+    try:
+        return SAEConfig(**fields)
+    except (InputError, InputTypeError) as exc:
+        raise SAEFileError(f"{where}: {exc}") from None
+
+
+def check_json_metadata(metadata: dict[str, Any]) -> str:
+    """``metadata`` as JSON text, or an error naming the entry that JSON cannot hold.
+
+    Raises:
+        InputError: an entry JSON cannot write (e.g. a tensor or a set): storing its
+            ``repr`` instead would change the SAE's config after a save and load.
+    """
+    try:
+        return json.dumps(metadata)
+    except (TypeError, ValueError):
+        for key, value in metadata.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"cfg.metadata[{key!r}] cannot be written as JSON ({exc}); "
+                                 "keep metadata to strings, numbers, booleans, lists and "
+                                 "dicts, e.g. convert a tensor with .tolist()") from None
+        raise

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saehooks.io.common import SAEFileError, read_json
+from saehooks.io.common import SAEFileError, cfg_dict, cfg_int, cfg_str, make_config, read_json
 from saehooks.sae import SAEConfig
 
 WEIGHTS_FILE = "ae.pt"
@@ -97,7 +97,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
 def _detect_class(tensor_names: set[str], config_class: str | None, where: str) -> str:
     if config_class is not None:
         if config_class not in LAYOUTS:
-            raise ValueError(f"{where}: dictionary class {config_class!r} is not supported; "
+            raise SAEFileError(f"{where}: dictionary class {config_class!r} is not supported; "
                              f"supported: {sorted(LAYOUTS)}")
         return config_class
     matches = [name for name, keys in LAYOUTS.items() if keys == tensor_names]
@@ -113,14 +113,15 @@ def _detect_class(tensor_names: set[str], config_class: str | None, where: str) 
         f"unexpected {sorted(tensor_names - LAYOUTS[closest])}")
 
 
-def _hook_name(trainer: dict[str, Any]) -> str:
+def _hook_name(trainer: dict[str, Any], where: str) -> str:
     """TransformerLens hook for the trainer's ``layer`` / ``submodule_name``."""
-    if trainer.get("hook_name"):
-        return str(trainer["hook_name"])
-    layer = trainer.get("layer")
+    hook_name = cfg_str(trainer, "hook_name", where, None)
+    if hook_name:
+        return hook_name
+    layer = cfg_int(trainer, "layer", where, None, minimum=0)
     if layer is None:
         return ""
-    sub = str(trainer.get("submodule_name") or "").lower()
+    sub = (cfg_str(trainer, "submodule_name", where, None) or "").lower()
     if re.search(r"mlp", sub):
         return f"blocks.{layer}.hook_mlp_out"
     if re.search(r"attn|attention", sub):
@@ -181,15 +182,19 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
     Raises:
         SAEFileError: an unreadable or refused ``ae.pt``; tensors that fit no class
             (named); a class whose tensors disagree with ``config.json``.
-        ValueError: an unsupported ``dict_class``.
+            An unsupported ``dict_class``; a ``config.json`` field of the wrong type
+            (``trainer.layer`` not an integer, ...).
     """
     where = str(path / WEIGHTS_FILE)
     state = read_state_dict(path / WEIGHTS_FILE)
     non_tensors = {k: v for k, v in state.items() if not isinstance(v, Tensor)}
     sd = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    config_where = str(path / CONFIG_FILE)
     config = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
-    trainer = config.get("trainer") or {}
-    dict_class = _detect_class(set(sd), trainer.get("dict_class"), where)
+    trainer = cfg_dict(config, "trainer", config_where)
+    trainer_where = f"{config_where} (trainer)"
+    dict_class = _detect_class(set(sd), cfg_str(trainer, "dict_class", trainer_where, None),
+                               where)
     expected = LAYOUTS[dict_class]
     if set(sd) != expected:
         raise SAEFileError(f"{where}: {dict_class} holds {sorted(expected)}; missing "
@@ -212,6 +217,7 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
             metadata["batch_topk_k"] = int(sd["k"])
     if "group_sizes" in sd:
         metadata["group_sizes"] = sd["group_sizes"].tolist()
-    cfg = SAEConfig(d_in=int(d_in), d_sae=int(d_sae), hook_name=_hook_name(trainer),
-                    dtype=str(tensors["W_enc"].dtype), metadata=metadata, **fields)
+    cfg = make_config(where, d_in=int(d_in), d_sae=int(d_sae),
+                      hook_name=_hook_name(trainer, trainer_where),
+                      dtype=str(tensors["W_enc"].dtype), metadata=metadata, **fields)
     return cfg, tensors, {}

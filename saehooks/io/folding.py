@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from saehooks.errors import InputError
 from saehooks.sae import SAE
 
 
@@ -34,19 +35,19 @@ def fold_W_dec_norm(sae: SAE) -> SAE:  # noqa: N802 (SAELens' name)
         ``sae``, for chaining.
 
     Raises:
-        ValueError: a top-k SAE without ``rescale_acts_by_decoder_norm`` (rescaling
+        InputError: a top-k SAE without ``rescale_acts_by_decoder_norm`` (rescaling
             pre-activations per latent would change which ``k`` win), or a decoder row
             of norm 0.
     """
     cfg = sae.cfg
     if cfg.architecture == "topk" and not cfg.rescale_acts_by_decoder_norm:
-        raise ValueError("folding decoder norms would change which latents a top-k SAE "
+        raise InputError("folding decoder norms would change which latents a top-k SAE "
                          "keeps; only a top-k SAE with rescale_acts_by_decoder_norm=True "
                          "can be folded")
     norms = sae.W_dec.norm(dim=-1)
     if torch.any(norms == 0):
         dead = torch.nonzero(norms == 0).flatten()[:10].tolist()
-        raise ValueError(f"decoder rows {dead} have norm 0 and cannot be normalised")
+        raise InputError(f"decoder rows {dead} have norm 0 and cannot be normalised")
     sae.W_dec.div_(norms[:, None])
     sae.W_enc.mul_(norms)
     if cfg.architecture == "gated":

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from saehooks.errors import InputError, SAENotFoundError
+
 PREFIX = "hf://"
 _TRUE = ("1", "true", "yes", "on")
 
@@ -38,11 +40,11 @@ def parse(url: str) -> HubLocation:
     """Split ``hf://owner/repo@rev/some/folder`` into its parts.
 
     Raises:
-        ValueError: not of the form ``hf://<owner>/<repo>[/<folder>]``.
+        InputError: not of the form ``hf://<owner>/<repo>[/<folder>]``.
     """
     parts = [p for p in url.removeprefix(PREFIX).split("/") if p]
     if not is_hub_url(url) or len(parts) < 2:
-        raise ValueError(f"{url!r} is not a hub address; write hf://<owner>/<repo>/<folder>, "
+        raise InputError(f"{url!r} is not a hub address; write hf://<owner>/<repo>/<folder>, "
                          "e.g. hf://jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre")
     name, _, revision = parts[1].partition("@")
     return HubLocation(f"{parts[0]}/{name}", revision or None, "/".join(parts[2:]))
@@ -86,9 +88,9 @@ def resolve(url: str) -> Path:
         The folder inside the hub cache's snapshot.
 
     Raises:
-        ValueError: a malformed address.
+        InputError: a malformed address.
         ImportError: ``huggingface_hub`` is not installed.
-        FileNotFoundError: not cached and cannot be downloaded (offline, no
+        SAENotFoundError: not cached and cannot be downloaded (offline, no
             connection, no such repository or folder); the message says what to
             download.
     """
@@ -112,10 +114,10 @@ def resolve(url: str) -> Path:
     except Exception as exc:  # huggingface_hub's own error types vary between versions
         reason = ("HF_HUB_OFFLINE is set" if is_offline
                   else f"the Hub could not be used ({type(exc).__name__}: {exc})")
-        raise FileNotFoundError(f"{url}: not in {where} and {reason}; "
+        raise SAENotFoundError(f"{url}: not in {where} and {reason}; "
                                 f"{_download_hint(loc)}") from exc
     folder = Path(root) / loc.folder
     if not folder.is_dir() or not any(folder.iterdir()):
-        raise FileNotFoundError(f"{url}: the cached snapshot {root} has no folder "
+        raise SAENotFoundError(f"{url}: the cached snapshot {root} has no folder "
                                 f"{loc.folder!r}; {_download_hint(loc)}")
     return folder

@@ -23,9 +23,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saehooks.errors import InputError
 from saehooks.io.common import (
     SAEFileError,
     atomic_write_text,
+    cfg_bool,
+    cfg_dict,
+    cfg_int,
+    cfg_str,
+    check_json_metadata,
+    make_config,
     read_json,
     read_safetensors,
     write_safetensors,
@@ -36,6 +43,8 @@ from saehooks.sae import SAE, SAEConfig
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
+FILES = (CFG_FILE, WEIGHTS_FILE, SPARSITY_FILE)
+"""Every file a SAELens folder written by :func:`save` may hold."""
 TO_SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 FROM_SAELENS_ARCH = {v: k for k, v in TO_SAELENS_ARCH.items()} | {"relu": "relu"}
 SAELENS_FORMAT_VERSION = "6.0.0"
@@ -63,8 +72,20 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
 
     Returns:
         A JSON-ready dict that SAELens 6's ``SAE.load_from_disk`` parses as the same
-        architecture, sizes, dtype, input handling and hook.
+        architecture, sizes, dtype, input handling and hook. ``k`` and
+        ``rescale_acts_by_decoder_norm`` are written for top-k SAEs only, as SAELens
+        does; :class:`~saehooks.sae.SAEConfig` refuses them on other architectures, so
+        nothing is dropped.
+
+    Raises:
+        InputError: ``cfg.metadata`` holds a ``hook_name`` (the file keeps the hook
+            there, so it would be lost) or an entry JSON cannot hold.
     """
+    if "hook_name" in cfg.metadata:
+        raise InputError("cfg.metadata has a 'hook_name' entry, which the SAELens file keeps "
+                         "in the same place as cfg.hook_name; move it to cfg.hook_name or "
+                         "rename the metadata entry")
+    check_json_metadata(cfg.metadata)
     out: dict[str, Any] = {
         "architecture": TO_SAELENS_ARCH[cfg.architecture],
         "d_in": cfg.d_in,
@@ -89,24 +110,31 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
 
 def _check_runtime_transforms(raw: dict[str, Any], where: str) -> None:
     """Refuse settings that change the forward pass in ways this SAE class cannot run."""
-    norm = raw.get("normalize_activations") or "none"
+    norm = cfg_str(raw, "normalize_activations", where, None) or "none"
     if norm == "expected_average_only_in":
-        raise ValueError(f"{where}: normalize_activations='expected_average_only_in' needs a "
+        raise SAEFileError(f"{where}: normalize_activations='expected_average_only_in' needs a "
                          "dataset scaling factor that this file does not carry; fold it into "
                          "the weights (SAELens: sae.fold_activation_norm_scaling_factor(s)) and "
                          "save again")
     if norm != "none":
-        raise ValueError(f"{where}: normalize_activations={norm!r} normalises every input "
+        raise SAEFileError(f"{where}: normalize_activations={norm!r} normalises every input "
                          "token at run time, which saehooks does not implement; only 'none' "
                          "is supported")
-    reshape = raw.get("reshape_activations") or "none"
+    reshape = cfg_str(raw, "reshape_activations", where, None) or "none"
     if reshape != "none":
-        raise ValueError(f"{where}: reshape_activations={reshape!r} (an SAE on attention "
+        raise SAEFileError(f"{where}: reshape_activations={reshape!r} (an SAE on attention "
                          "heads' hook_z) is not supported; only 'none' is")
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "cfg.json") -> SAEConfig:
-    """Parse a SAELens ``cfg.json`` object, v6 or pre-v6.
+    """Parse a SAELens ``cfg.json`` object, v6 or pre-v6, strictly.
+
+    Every field is read with its JSON type checked (:mod:`saehooks.io.common`):
+    booleans are JSON booleans (``"false"`` in quotes is refused, not read as True),
+    sizes are integers (``4096.9`` and ``"abc"`` are refused), and a config that could
+    mean two SAEs is refused with the fix: ``k`` without ``"architecture": "topk"``
+    (it would load as ReLU and ignore ``k``). A ``jumprelu`` config from a BatchTopK
+    run may carry the training ``k``; it is kept as ``metadata["batch_topk_k"]``.
 
     Args:
         raw: the parsed JSON object.
@@ -116,36 +144,63 @@ def config_from_dict(raw: dict[str, Any], where: str = "cfg.json") -> SAEConfig:
         The :class:`~saehooks.sae.SAEConfig` it describes (on CPU).
 
     Raises:
-        ValueError: unknown architecture or activation function, missing field, or a
+        SAEFileError: a field of the wrong type or missing (file and field named); an
+            unknown architecture or activation function; an ambiguous ``k``; a
             run-time normalisation / reshape this library does not apply.
     """
+    for key in ("metadata", "meta"):
+        cfg_dict(raw, key, where)  # an array here is neither v6 nor pre-v6
     if is_legacy_config(raw):
         raw = legacy_to_v6(raw, where)
-    arch = raw.get("architecture", "standard")
+    arch = cfg_str(raw, "architecture", where, None)
+    if arch is None:
+        if raw.get("k") is not None:
+            raise SAEFileError(f"{where}: the config sets k={raw['k']!r} but no architecture, so "
+                               "it would load as a ReLU SAE that ignores k; add "
+                               "\"architecture\": \"topk\" if this is a top-k SAE, or remove k")
+        arch = "standard"
     if arch not in FROM_SAELENS_ARCH:
-        raise ValueError(f"{where}: architecture {arch!r} is not supported; "
-                         f"supported: {sorted(FROM_SAELENS_ARCH)}")
+        raise SAEFileError(f"{where}: architecture {arch!r} is not supported; "
+                           f"supported: {sorted(FROM_SAELENS_ARCH)}")
+    architecture = FROM_SAELENS_ARCH[arch]
     _check_runtime_transforms(raw, where)
-    for key in ("d_in", "d_sae"):
-        if key not in raw:
-            raise ValueError(f"{where}: missing required field {key!r}")
-    metadata = dict(raw.get("metadata") or raw.get("meta") or {})
-    hook_name = metadata.pop("hook_name", None) or raw.get("hook_name") or ""
+    metadata = cfg_dict(raw, "metadata" if "metadata" in raw else "meta", where)
+    k = cfg_int(raw, "k", where, None, minimum=1)
+    if k is not None and architecture != "topk":
+        if architecture != "jumprelu":
+            raise SAEFileError(f"{where}: the config sets k={k} with architecture {arch!r}, "
+                               "which keeps no fixed number of latents; set \"architecture\": "
+                               "\"topk\" if this is a top-k SAE, or remove k")
+        metadata.setdefault("batch_topk_k", k)  # a BatchTopK run's training budget
+        k = None
+    hook_name = metadata.pop("hook_name", None)
+    if hook_name is None:
+        hook_name = raw.get("hook_name")
+    if hook_name is not None and not isinstance(hook_name, str):
+        raise SAEFileError(f"{where}: field 'hook_name' must be a string such as "
+                           f"'blocks.2.hook_resid_post', found {hook_name!r}")
     if all(metadata.get(key) == SAELENS_FORMAT_VERSION for key in VERSION_KEYS):
         for key in VERSION_KEYS:  # the marker config_to_dict adds, not provenance
             del metadata[key]
     if metadata.get("hook_head_index") is not None:
-        raise ValueError(f"{where}: the SAE reads one attention head (hook_head_index="
-                         f"{metadata['hook_head_index']}), which saehooks cannot attach")
-    return SAEConfig(
-        d_in=int(raw["d_in"]),
-        d_sae=int(raw["d_sae"]),
-        architecture=FROM_SAELENS_ARCH[arch],
-        k=int(raw["k"]) if raw.get("k") is not None else None,
-        hook_name=hook_name,
-        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
-        rescale_acts_by_decoder_norm=bool(raw.get("rescale_acts_by_decoder_norm", False)),
-        dtype=raw.get("dtype", "float32"),
+        raise SAEFileError(f"{where}: the SAE reads one attention head (hook_head_index="
+                           f"{metadata['hook_head_index']}), which saehooks cannot attach")
+    rescale = cfg_bool(raw, "rescale_acts_by_decoder_norm", where, False)
+    if rescale and architecture != "topk":
+        raise SAEFileError(f"{where}: rescale_acts_by_decoder_norm=true is a top-k option, "
+                           f"but the architecture is {arch!r} (SAELens ignores it there); "
+                           "remove the field, or fold the norms into the weights")
+    dtype = cfg_str(raw, "dtype", where, "float32")
+    return make_config(
+        where,
+        d_in=cfg_int(raw, "d_in", where, minimum=1),
+        d_sae=cfg_int(raw, "d_sae", where, minimum=1),
+        architecture=architecture,
+        k=k,
+        hook_name=hook_name or "",
+        apply_b_dec_to_input=cfg_bool(raw, "apply_b_dec_to_input", where, True),
+        rescale_acts_by_decoder_norm=rescale,
+        dtype=dtype,
         device="cpu",
         metadata=metadata,
     )
@@ -198,17 +253,34 @@ def from_saelens_tensors(cfg: SAEConfig, tensors: dict[str, Tensor], where: str,
     return out
 
 
+def check_writable(sae: SAE) -> None:
+    """Refuse, before anything is written, an SAE whose config the file cannot hold.
+
+    Raises:
+        InputError: see :func:`config_to_dict`.
+    """
+    config_to_dict(sae.cfg)
+
+
 def save(sae: SAE, path: Path) -> None:
     """Write ``cfg.json``, ``sae_weights.safetensors`` and, when the SAE carries a
-    ``feature_density [d_sae]``, ``sparsity.safetensors`` (log10 density) into ``path``.
+    ``feature_density [d_sae]``, ``sparsity.safetensors`` (log10 density) into the
+    folder ``path``.
+
+    Use :func:`saehooks.io.save_sae`, which writes into a fresh folder and swaps it in
+    whole; this function only writes the files.
+
+    Raises:
+        InputError: see :func:`config_to_dict`.
     """
+    text = json.dumps(config_to_dict(sae.cfg), indent=2) + "\n"
     path.mkdir(parents=True, exist_ok=True)
     write_safetensors(path / WEIGHTS_FILE, to_saelens_tensors(sae))
     density = getattr(sae, "feature_density", None)
     if density is not None:
         write_safetensors(path / SPARSITY_FILE,
                           {"sparsity": torch.as_tensor(density).float().log10()})
-    atomic_write_text(path / CFG_FILE, json.dumps(config_to_dict(sae.cfg), indent=2) + "\n")
+    atomic_write_text(path / CFG_FILE, text)
 
 
 def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
@@ -223,13 +295,13 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
         (``feature_density [d_sae]`` from an optional ``sparsity.safetensors``).
 
     Raises:
-        SAEFileError: missing, truncated or corrupt files.
-        ValueError: see :func:`config_from_dict`.
+        SAEFileError: missing, truncated or corrupt files; see also
+            :func:`config_from_dict`.
     """
     raw = read_json(path / CFG_FILE)
     cfg = config_from_dict(raw, where=str(path / CFG_FILE))
     tensors = read_safetensors(path / WEIGHTS_FILE)
-    fold_scale = bool(raw.get("finetuning_scaling_factor"))
+    fold_scale = cfg_bool(raw, "finetuning_scaling_factor", str(path / CFG_FILE), False)
     if fold_scale and "scaling_factor" not in tensors:
         raise SAEFileError(f"{path / CFG_FILE}: finetuning_scaling_factor=True but "
                            f"{WEIGHTS_FILE} holds no 'scaling_factor' tensor")

@@ -8,13 +8,16 @@ and no ``metadata`` object. SAELens 6 maps these keys onto the v6 shape
 (``handle_pre_6_0_config``) and so does this module. In particular a config whose
 activation is ``"topk"`` (even under architecture ``"standard"``) loads as a top-k SAE
 with ``k`` from ``activation_fn_kwargs``, never as a plain ReLU SAE, and a top-k
-config without ``k`` is refused.
+config without ``k`` is refused, as is a ``k`` in a config that does not say it is top-k
+(it would load as ReLU and ignore ``k``). Field types are checked as in v6 files.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from saehooks.io.common import SAEFileError, cfg_bool, cfg_dict, cfg_int, cfg_str
 
 RENAMED_KEYS = {
     "hook_point": "hook_name",
@@ -55,26 +58,39 @@ def is_legacy_config(raw: dict[str, Any]) -> bool:
 
 
 def _architecture_and_k(cfg: dict[str, Any], where: str) -> tuple[str, int | None]:
-    arch = cfg.get("architecture") or "standard"
-    act = cfg.get("activation_fn") or "relu"
-    kwargs = cfg.get("activation_fn_kwargs") or {}
+    given = cfg_str(cfg, "architecture", where, None)
+    arch = given or "standard"
+    act = cfg_str(cfg, "activation_fn", where, None) or "relu"
+    kwargs = cfg_dict(cfg, "activation_fn_kwargs", where)
+    kwargs_where = f"{where} (activation_fn_kwargs)"
+    k = cfg_int(kwargs, "k", kwargs_where, None, minimum=1)
+    if k is None:
+        k = cfg_int(cfg, "k", where, None, minimum=1)
     if act == "topk" or arch == "topk":
         if arch not in ("standard", "topk"):
-            raise ValueError(f"{where}: architecture {arch!r} with activation 'topk' is not a "
-                             "known SAELens combination")
-        k = kwargs.get("k", cfg.get("k"))
+            raise SAEFileError(f"{where}: architecture {arch!r} with activation 'topk' is not "
+                               "a known SAELens combination")
         if k is None:
-            raise ValueError(f"{where}: a top-k config without k (expected "
-                             "activation_fn_kwargs.k); refusing to load it as another "
-                             "architecture")
-        if kwargs.get("signed"):
-            raise ValueError(f"{where}: signed top-k (activation_fn_kwargs.signed=true) is "
-                             "not supported")
-        return "topk", int(k)
+            raise SAEFileError(f"{where}: a top-k config without k (expected "
+                               "activation_fn_kwargs.k); refusing to load it as another "
+                               "architecture")
+        if cfg_bool(kwargs, "signed", kwargs_where, False):
+            raise SAEFileError(f"{where}: signed top-k (activation_fn_kwargs.signed=true) is "
+                               "not supported")
+        return "topk", k
     if act != "relu":
-        raise ValueError(f"{where}: activation function {act!r} is not supported; "
-                         "supported: 'relu', 'topk' (and the jumprelu / gated architectures)")
-    return arch, None
+        raise SAEFileError(f"{where}: activation function {act!r} is not supported; "
+                           "supported: 'relu', 'topk' (and the jumprelu / gated architectures)")
+    if k is not None and arch != "jumprelu":
+        if given is None:
+            raise SAEFileError(f"{where}: the config sets k={k} but no architecture and "
+                               f"activation {act!r}, so it would load as a ReLU SAE that "
+                               "ignores k; add \"architecture\": \"topk\" if this is a top-k "
+                               "SAE, or remove k")
+        raise SAEFileError(f"{where}: the config sets k={k} with architecture {arch!r}, which "
+                           "keeps no fixed number of latents; set \"architecture\": \"topk\" "
+                           "if this is a top-k SAE, or remove k")
+    return arch, k  # a jumprelu k (BatchTopK's training budget) is kept as metadata
 
 
 def legacy_to_v6(raw: dict[str, Any], where: str = "cfg.json") -> dict[str, Any]:
@@ -90,22 +106,25 @@ def legacy_to_v6(raw: dict[str, Any], where: str = "cfg.json") -> dict[str, Any]
         other training keys under ``legacy_config``), and ``finetuning_scaling_factor``.
 
     Raises:
-        ValueError: a missing size, an unsupported activation function, or a top-k
-            config without ``k``.
+        SAEFileError: a missing size, a field of the wrong type, an unsupported
+            activation function, a top-k config without ``k``, or a ``k`` in a config
+            that is not top-k.
     """
     cfg = {RENAMED_KEYS.get(key, key): value for key, value in raw.items()}
     arch, k = _architecture_and_k(cfg, where)
-    if "d_in" not in cfg:
-        raise ValueError(f"{where}: missing required field 'd_in'")
-    d_sae = cfg.get("d_sae")
+    d_in = cfg_int(cfg, "d_in", where, minimum=1)
+    d_sae = cfg_int(cfg, "d_sae", where, None, minimum=1)
     if d_sae is None:
-        if cfg.get("expansion_factor") is None:
-            raise ValueError(f"{where}: neither 'd_sae' nor 'expansion_factor' is set")
-        d_sae = int(cfg["d_in"]) * int(cfg["expansion_factor"])
+        factor = cfg_int(cfg, "expansion_factor", where, None, minimum=1)
+        if factor is None:
+            raise SAEFileError(f"{where}: neither 'd_sae' nor 'expansion_factor' is set")
+        d_sae = d_in * factor
     normalize = cfg.get("normalize_activations")
     if isinstance(normalize, bool):  # the earliest configs stored a flag
         normalize = "expected_average_only_in" if normalize else "none"
-    hook_name = cfg.get("hook_name") or ""
+    elif normalize is not None:
+        normalize = cfg_str(cfg, "normalize_activations", where)
+    hook_name = cfg_str(cfg, "hook_name", where, None) or ""
     metadata = {key: cfg[key] for key in METADATA_KEYS if key in cfg}
     if cfg.get("sae_lens_version") is not None:
         metadata["converted_from_sae_lens_version"] = cfg["sae_lens_version"]
@@ -115,18 +134,19 @@ def legacy_to_v6(raw: dict[str, Any], where: str = "cfg.json") -> dict[str, Any]
         metadata["legacy_config"] = rest
     out: dict[str, Any] = {
         "architecture": arch,
-        "d_in": cfg["d_in"],
+        "d_in": d_in,
         "d_sae": d_sae,
         "dtype": cfg.get("dtype") or "float32",
         "apply_b_dec_to_input": cfg.get("apply_b_dec_to_input", True),
         "normalize_activations": normalize or "none",
         "reshape_activations": cfg.get("reshape_activations")
         or ("hook_z" if "hook_z" in hook_name else "none"),
-        "finetuning_scaling_factor": bool(cfg.get("finetuning_scaling_factor", False)),
+        "finetuning_scaling_factor": cfg_bool(cfg, "finetuning_scaling_factor", where, False),
         "metadata": metadata,
     }
     if k is not None:
         out["k"] = k
-        out["rescale_acts_by_decoder_norm"] = bool(cfg.get("rescale_acts_by_decoder_norm",
-                                                           False))
+    if arch == "topk":
+        out["rescale_acts_by_decoder_norm"] = cfg_bool(cfg, "rescale_acts_by_decoder_norm",
+                                                       where, False)
     return out

@@ -13,6 +13,11 @@ The folder is named after the Hugging Face module whose output it reads
 (``layers.3``, ``h.3``, ``layers.3.mlp``); :func:`hook_name_from_module` maps that to
 a TransformerLens hook name. saehooks also writes ``hook_name`` and ``metadata`` into
 ``cfg.json``; sparsify ignores keys it does not know.
+
+sparsify's forward pass has no ``rescale_acts_by_decoder_norm`` and always subtracts
+``b_dec`` from its input, so :func:`save` refuses a top-k SAE with either setting
+rather than store a different SAE; :func:`to_sparsify_form` converts one explicitly
+(same outputs up to float rounding).
 """
 
 from __future__ import annotations
@@ -25,9 +30,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saehooks.errors import InputError
 from saehooks.io.common import (
     SAEFileError,
     atomic_write_text,
+    cfg_bool,
+    cfg_dict,
+    cfg_int,
+    cfg_str,
+    check_json_metadata,
+    make_config,
     read_json,
     read_safetensors,
     write_safetensors,
@@ -37,6 +49,8 @@ from saehooks.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
+FILES = (CFG_FILE, WEIGHTS_FILE)
+"""Every file a sparsify folder written by :func:`save` holds."""
 TENSOR_NAMES = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 CONFIG_KEYS = ("activation", "expansion_factor", "normalize_decoder", "num_latents", "k",
                "multi_topk", "skip_connection", "transcode", "d_in")
@@ -78,7 +92,7 @@ def is_format(path: Path) -> bool:
 
 def config_from_dict(raw: dict[str, Any], folder_name: str, dtype: torch.dtype,
                      where: str) -> SAEConfig:
-    """Parse a sparsify ``cfg.json``.
+    """Parse a sparsify ``cfg.json`` strictly (field types checked, file and field named).
 
     Args:
         raw: the parsed JSON object.
@@ -87,33 +101,43 @@ def config_from_dict(raw: dict[str, Any], folder_name: str, dtype: torch.dtype,
         dtype: dtype of the stored tensors (sparsify records none in the config).
         where: the file name, for error messages.
 
+    Returns:
+        The config. A file written by sparsify itself (no ``metadata`` object) keeps
+        its sparse-coder settings in ``metadata["sparsify_config"]``; a file written by
+        saehooks carries its ``metadata`` and gets it back unchanged.
+
     Raises:
-        ValueError: a sparse coder that is not a plain top-k SAE (``groupmax``
-            activation, transcoder, skip connection) or a missing field.
+        SAEFileError: a sparse coder that is not a plain top-k SAE (``groupmax``
+            activation, transcoder, skip connection), a missing field, or a field of
+            the wrong type (``"false"`` for a boolean, ``4096.9`` for a size).
     """
-    activation = raw.get("activation", "topk")
+    activation = cfg_str(raw, "activation", where, "topk")
     if activation != "topk":
-        raise ValueError(f"{where}: activation {activation!r} is not supported; only "
-                         "sparsify's 'topk' sparse coders load")
-    if raw.get("transcode"):
-        raise ValueError(f"{where}: this is a transcoder (transcode=true), which maps one "
-                         "hook to another; saehooks loads autoencoders only")
-    if raw.get("skip_connection"):
-        raise ValueError(f"{where}: skip_connection=true (a W_skip term) is not supported")
-    for key in ("d_in", "k"):
-        if key not in raw:
-            raise ValueError(f"{where}: missing required field {key!r}")
-    d_in = int(raw["d_in"])
-    d_sae = int(raw.get("num_latents") or 0) or d_in * int(raw.get("expansion_factor", 32))
-    metadata = dict(raw.get("metadata") or {})
-    extra = {key: raw[key] for key in CONFIG_KEYS if key in raw}
-    metadata.setdefault("sparsify_config", extra)
-    return SAEConfig(
+        raise SAEFileError(f"{where}: activation {activation!r} is not supported; only "
+                           "sparsify's 'topk' sparse coders load")
+    if cfg_bool(raw, "transcode", where, False):
+        raise SAEFileError(f"{where}: this is a transcoder (transcode=true), which maps one "
+                           "hook to another; saehooks loads autoencoders only")
+    if cfg_bool(raw, "skip_connection", where, False):
+        raise SAEFileError(f"{where}: skip_connection=true (a W_skip term) is not supported")
+    for key in ("multi_topk", "normalize_decoder"):
+        cfg_bool(raw, key, where, False)  # not used at inference, but checked
+    d_in = cfg_int(raw, "d_in", where, minimum=1)
+    k = cfg_int(raw, "k", where, minimum=1)
+    d_sae = cfg_int(raw, "num_latents", where, 0, minimum=0) or \
+        d_in * cfg_int(raw, "expansion_factor", where, 32, minimum=1)
+    hook_name = cfg_str(raw, "hook_name", where, None) or hook_name_from_module(folder_name)
+    if "metadata" in raw:  # written by saehooks: the SAE's own provenance, as it was
+        metadata = cfg_dict(raw, "metadata", where)
+    else:
+        metadata = {"sparsify_config": {key: raw[key] for key in CONFIG_KEYS if key in raw}}
+    return make_config(
+        where,
         d_in=d_in,
         d_sae=d_sae,
         architecture="topk",
-        k=int(raw["k"]),
-        hook_name=raw.get("hook_name") or hook_name_from_module(folder_name),
+        k=k,
+        hook_name=hook_name,
         apply_b_dec_to_input=True,
         dtype=str(dtype),
         metadata=metadata,
@@ -132,8 +156,7 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
 
     Raises:
         SAEFileError: missing, truncated or corrupt files; missing or unexpected
-            tensors (named).
-        ValueError: see :func:`config_from_dict`.
+            tensors (named); see also :func:`config_from_dict`.
     """
     raw = read_json(path / CFG_FILE)
     stored = read_safetensors(path / WEIGHTS_FILE)
@@ -154,15 +177,27 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
     return cfg, tensors, {}
 
 
-def _sparsify_equivalent(sae: SAE) -> SAE:
-    """A copy of ``sae`` that sparsify's forward pass computes exactly as ``sae`` does.
+def to_sparsify_form(sae: SAE) -> SAE:
+    """A plain top-k copy of ``sae`` that sparsify can store and runs as ``sae`` does.
 
-    Folds ``rescale_acts_by_decoder_norm`` into the weights and, when the SAE does not
-    subtract ``b_dec`` from its input, moves that term into ``b_enc``.
+    Folds ``rescale_acts_by_decoder_norm`` into the weights
+    (:func:`~saehooks.io.folding.fold_W_dec_norm`) and, when the SAE does not subtract
+    ``b_dec`` from its input, moves that term into ``b_enc``
+    (``x @ W + b == (x - b_dec) @ W + (b + b_dec @ W)``). Outputs agree up to float
+    rounding, not bit for bit, which is why :func:`save` does not do this by itself.
+
+    Args:
+        sae: a top-k SAE (left unchanged).
+
+    Returns:
+        ``sae`` itself when it is already plain, else a converted copy.
+
+    Raises:
+        InputError: the SAE is not top-k.
     """
     cfg = sae.cfg
     if cfg.architecture != "topk":
-        raise ValueError(f"sparsify stores top-k SAEs only, this one is {cfg.architecture!r}; "
+        raise InputError(f"sparsify stores top-k SAEs only, this one is {cfg.architecture!r}; "
                          "save it with format='saelens'")
     if not cfg.rescale_acts_by_decoder_norm and cfg.apply_b_dec_to_input:
         return sae
@@ -177,18 +212,42 @@ def _sparsify_equivalent(sae: SAE) -> SAE:
     return twin
 
 
+def check_writable(sae: SAE) -> None:
+    """Refuse, before anything is written, an SAE that sparsify's files cannot hold
+    exactly.
+
+    Raises:
+        InputError: not top-k; ``rescale_acts_by_decoder_norm=True`` or
+            ``apply_b_dec_to_input=False`` (sparsify has neither option: convert with
+            :func:`to_sparsify_form` first); metadata JSON cannot hold.
+    """
+    cfg = sae.cfg
+    if cfg.architecture != "topk":
+        raise InputError(f"sparsify stores top-k SAEs only, this one is {cfg.architecture!r}; "
+                         "save it with format='saelens'")
+    options = [name for name, value in (("rescale_acts_by_decoder_norm=True",
+                                         cfg.rescale_acts_by_decoder_norm),
+                                        ("apply_b_dec_to_input=False",
+                                         not cfg.apply_b_dec_to_input)) if value]
+    if options:
+        raise InputError(f"sparsify's files cannot express {' and '.join(options)}, so the "
+                         "SAE would load as a different one; save with format='saelens', or "
+                         "convert it first with saehooks.io.sparsify.to_sparsify_form(sae) "
+                         "(equal outputs up to float rounding) and save that")
+    check_json_metadata(cfg.metadata)
+
+
 def save(sae: SAE, path: Path) -> None:
     """Write ``sae`` as a sparsify hook-point folder (``cfg.json`` + ``sae.safetensors``).
 
     sparsify keeps one folder per hook point inside a run folder; pass that hook-point
-    folder (e.g. ``run / "layers.3"``). A top-k SAE with ``rescale_acts_by_decoder_norm``
-    or without ``apply_b_dec_to_input`` is converted to the equivalent plain form first
-    (same outputs up to float rounding).
+    folder (e.g. ``run / "layers.3"``). Use :func:`saehooks.io.save_sae`, which writes
+    into a fresh folder and swaps it in whole; this function only writes the files.
 
     Raises:
-        ValueError: the SAE is not top-k.
+        InputError: see :func:`check_writable`.
     """
-    sae = _sparsify_equivalent(sae)
+    check_writable(sae)
     cfg = sae.cfg
     path.mkdir(parents=True, exist_ok=True)
     norms = sae.W_dec.detach().float().norm(dim=-1)
@@ -210,6 +269,6 @@ def save(sae: SAE, path: Path) -> None:
         "transcode": False,
         "d_in": cfg.d_in,
         "hook_name": cfg.hook_name,
-        "metadata": {k: v for k, v in cfg.metadata.items() if k != "sparsify_config"},
+        "metadata": cfg.metadata,
     }
     atomic_write_text(path / CFG_FILE, json.dumps(config, indent=2) + "\n")
