@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(render_card(card))
-    print(f"saved to {out} in {time.time() - t_start:.0f}s", flush=True)
+    shown = os.path.relpath(out)  # relative: logs are shipped and must not name this machine
+    print(f"saved to {shown} in {time.time() - t_start:.0f}s", flush=True)
 
 
 def render_card(card: dict) -> str:

@@ -322,8 +322,9 @@ class SAE(nn.Module):
         self.cfg.device = str(self.W_enc.device)
         return out
 
-    def save(self, path: str, format: str = "saelens") -> None:
-        """Write the SAE to the folder ``path`` (see :func:`saehooks.io.save_sae`)."""
+    def save(self, path: str, format: str = "saelens", overwrite: bool = False) -> None:
+        """Write the SAE to the folder ``path``, replacing it whole or not at all (see
+        :func:`saehooks.io.save_sae`, which also says what ``overwrite`` allows)."""
         from saehooks.io import save_sae
 
-        save_sae(self, path, format=format)
+        save_sae(self, path, format=format, overwrite=overwrite)

@@ -10,7 +10,7 @@
 
 An SAE already saved is skipped; a run killed midway resumes from its checkpoint::
 
-    nohup python pretrained/saes/build_saes.py > /tmp/logs/saes.log 2>&1 &
+    nohup python pretrained/saes/build_saes.py > saes.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def data_summary(cache_dir: Path, rows: torch.Tensor) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE))
-    ap.add_argument("--work", default="/tmp/saehooks_sae_runs",
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "saehooks_sae_runs"),
                     help="activation caches and run folders (checkpoints)")
     ap.add_argument("--only", nargs="*", default=None, help="names to build (default: all)")
     ap.add_argument("--tokens", type=float, default=None, help="override total tokens")
