@@ -77,9 +77,10 @@ class EvalReport:
     ce_loss_score: float
     """``(ce_zero − ce_spliced) / (ce_zero − ce_clean)`` (fraction; SAELens' "CE loss
     score"). By default the zero-ablation run keeps BOS positions clean, while SAELens
-    zeroes every position, BOS included; the two differ slightly (e.g. 0.9946 here vs
-    0.9955 SAELens-style on the same SAE). Pass ``evaluate(..., ablate_bos=True)`` for
-    SAELens' definition, to compare with published SAELens numbers."""
+    zeroes every position, BOS included, which raises its baseline loss and so its score
+    (shipped TopK SAE at blocks.2, 48 held-out rows: 0.9931 here, 0.9942 SAELens-style).
+    Pass ``evaluate(..., ablate_bos=True)`` for SAELens' definition, to compare with
+    published SAELens numbers."""
     ce_loss_score_mean_ablation: float
     """The same with the mean-ablation baseline (stricter; fraction)."""
     kl_div: float

@@ -287,3 +287,49 @@ def test_hooks_never_leak(model, small_tokens, sae, sae2):
     effects.feature_attribution(model, sae, small_tokens[:1, :16])
     effects.steering_sweep(model, sae, 1, [1.0], "x = 1", max_new_tokens=2)
     assert hook_state(model) == before
+
+
+def test_positions_apply_to_per_head_activations(model, small_tokens):
+    """Per-head hooks give [batch, pos, n_heads, d_head]: positions select across heads
+    (they used to be ignored there, steering every position)."""
+    hook = "blocks.0.attn.hook_z"
+    rows = small_tokens[:2, :10]
+    vector = torch.randn(64, generator=torch.Generator().manual_seed(0))
+
+    def z():
+        _, cache = model.run_with_cache(rows, names_filter=hook)
+        return cache[hook]
+
+    clean = z()
+    with interventions.steer_direction(model, hook, vector, 3.0, positions=[2, 7]):
+        diff = z() - clean
+    assert diff.shape == (2, 10, 4, 64)
+    added = (3.0 * vector / vector.norm()).expand(2, 2, 4, 64)
+    torch.testing.assert_close(diff[:, [2, 7]], added, atol=1e-5, rtol=0)
+    others = [p for p in range(10) if p not in (2, 7)]
+    assert diff[:, others].abs().max() == 0
+
+    # an SAE on one head's width: ablation at a position changes only that position
+    sae = random_sae(d_in=64, d_sae=128, k=8, hook_name=hook, seed=5)
+    x, clean_out = _with_sae(model, sae, rows)
+    acts = sae.encode(x)  # [2, 10, 4, 128]
+    f = int((acts[:, 3] > 0).sum((0, 1)).argmax())
+    assert (acts[:, 3, :, f] > 0).any()
+    with interventions.ablate_features(model, sae, [f], positions=[3]):
+        (out,) = _cache(model, sae, rows, ("hook_sae_output",))
+    expected = torch.zeros_like(out)
+    expected[:, 3] = -acts[:, 3, :, f, None] * sae.W_dec[f].detach()
+    torch.testing.assert_close(out - clean_out, expected, atol=1e-5, rtol=0)
+
+
+def test_a_mask_per_row_selects_per_row(model, small_tokens, sae):
+    rows = small_tokens[:2, :12]
+    f = int(_frequencies(model, sae, rows).argmax())
+    x, clean_out = _with_sae(model, sae, rows)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, 4], mask[1, 9] = True, True
+    with interventions.ablate_features(model, sae, [f], positions=mask):
+        (out,) = _cache(model, sae, rows, ("hook_sae_output",))
+    a = sae.encode(x)[..., f]
+    expected = torch.where(mask[..., None], -a[..., None] * sae.W_dec[f].detach(), 0.0)
+    torch.testing.assert_close(out - clean_out, expected, atol=1e-5, rtol=0)

@@ -183,3 +183,18 @@ def test_running_top_k_equals_a_full_sort(data, n_seq, n_pos, k, context, seed, 
     for seq, pos, window in top.items:
         lo = max(0, pos - context)
         assert torch.equal(window, acts[seq, lo:pos + context + 1])
+
+
+def test_accumulators_live_on_the_cpu_in_float64():
+    """Inputs of any device and dtype are reduced there and added as ``.cpu()`` float64
+    values (on a GPU the per-batch sums come over; the running totals never leave)."""
+    sums = ReconstructionSums(3, 4)
+    sums.add(torch.randn(5, 3, dtype=torch.float16).float(), torch.randn(5, 3),
+             torch.rand(5, 4))
+    counts, tokens = FeatureCounts(4), TokenSums("a")
+    counts.add(torch.rand(5, 4, dtype=torch.bfloat16))
+    tokens.add(a=torch.rand(5, dtype=torch.float16))
+    held = [sums.mean, sums.comoment, sums.sse, sums.l0, sums.l1, sums.fired, counts.total,
+            counts.fired, counts.peak, tokens.sums["a"]]
+    assert all(t.device.type == "cpu" and t.dtype == torch.float64 for t in held)
+    assert sums.result()["feature_density"].device.type == "cpu"
