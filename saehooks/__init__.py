@@ -15,14 +15,38 @@ from saehooks.effects import (
     steering_sweep,
 )
 from saehooks.evaluation import EvalReport, evaluate, loss_increase_per_token
+from saehooks.errors import (
+    ConcurrentUseError,
+    DeviceError,
+    InputError,
+    InputTypeError,
+    SAEHooksError,
+    SAENotFoundError,
+)
 from saehooks.features import (
+    FeatureScan,
+    feature_act_stats,
     feature_density,
     feature_density_histogram,
     feature_logit_effects,
+    scan_features,
     top_activating_examples,
 )
-from saehooks.hooks import attach, run_with_cache_with_saes, run_with_saes
-from saehooks.interventions import ablate_features, clamp_features, steer, steer_direction
+from saehooks.hooks import (
+    ProcessingMismatchWarning,
+    attach,
+    attached_saes,
+    run_with_cache_with_saes,
+    run_with_saes,
+)
+from saehooks.interventions import (
+    ablate_features,
+    clamp_features,
+    latent_hooks,
+    mean_feature_acts,
+    steer,
+    steer_direction,
+)
 from saehooks.io import SAEFileError, load_sae, save_sae
 from saehooks.models import HookNameError, load_model
 from saehooks.reference import list_pretrained_saes, load_eval_tokens
@@ -32,11 +56,14 @@ from saehooks.training import TrainConfig, train_sae
 __version__ = "0.1.0"
 
 __all__ = [
-    "SAE", "EvalReport", "HookNameError", "SAEConfig", "SAEFileError", "TrainConfig",
-    "ablate_features", "attach", "attribution_check", "clamp_features", "evaluate",
-    "feature_ablation_effects", "feature_attribution", "feature_density",
-    "feature_density_histogram", "feature_logit_effects", "list_pretrained_saes",
-    "load_eval_tokens", "load_model", "load_sae", "loss_increase_per_token",
-    "run_with_cache_with_saes", "run_with_saes", "save_sae", "steer", "steer_direction",
+    "SAE", "ConcurrentUseError", "DeviceError", "EvalReport", "FeatureScan", "HookNameError",
+    "InputError", "InputTypeError", "ProcessingMismatchWarning", "SAEConfig", "SAEFileError",
+    "SAEHooksError", "SAENotFoundError", "TrainConfig",
+    "ablate_features", "attach", "attached_saes", "attribution_check", "clamp_features",
+    "evaluate", "feature_ablation_effects", "feature_act_stats", "feature_attribution",
+    "feature_density", "feature_density_histogram", "feature_logit_effects", "latent_hooks",
+    "list_pretrained_saes", "load_eval_tokens", "load_model", "load_sae",
+    "loss_increase_per_token", "mean_feature_acts", "run_with_cache_with_saes",
+    "run_with_saes", "save_sae", "scan_features", "steer", "steer_direction",
     "steering_sweep", "top_activating_examples", "train_sae",
 ]

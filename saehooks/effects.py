@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from saehooks import checks
+from saehooks import checks, hooks
 from saehooks.errors import InputError, InputTypeError
 from saehooks.feature_utils import (
     FeatureSpec,
@@ -47,6 +47,7 @@ from saehooks.sae import SAE
 
 
 @torch.no_grad()
+@hooks.uses_model
 def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
                              features: FeatureSpec, batch_size: int = 8,
                              exclude_bos: bool = True, n_top: int = 3) -> pd.DataFrame:
@@ -152,6 +153,7 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
     return pd.DataFrame(rows).set_index("feature")
 
 
+@hooks.uses_model
 def feature_attribution(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
                         exclude_bos: bool = True) -> pd.DataFrame:
     """Linear estimate of every feature's zero-ablation effect on the loss, all at once.
@@ -226,6 +228,7 @@ class AttributionCheck(NamedTuple):
     """Fraction of checked features where estimate and exact change share a sign."""
 
 
+@hooks.uses_model
 def attribution_check(model: nn.Module, sae: SAE, tokens: Tensor, top: int = 10,
                       attribution: pd.DataFrame | None = None,
                       batch_size: int = 8) -> AttributionCheck:
@@ -281,6 +284,7 @@ def _prompt_tokens(model: nn.Module, prompts: str | Sequence[str] | Tensor) -> l
 
 
 @torch.no_grad()
+@hooks.uses_model
 def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Sequence[float],
                    prompts: str | Sequence[str] | Tensor, tokens: Tensor | None = None,
                    max_new_tokens: int = 20,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saehooks import checks, metrics
+from saehooks import checks, hooks, metrics
 from saehooks.errors import InputError
 from saehooks.feature_utils import (
     ReconstructionSums,
@@ -247,6 +247,7 @@ def spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
 
 
 @torch.no_grad()
+@hooks.uses_model
 def mean_activations(model: nn.Module, hook_names: Sequence[str], tokens: Tensor,
                      batch_size: int = 8, exclude_bos: bool = True) -> dict[str, Tensor]:
     """Mean clean activation at each hook over the (non-BOS) positions of ``tokens``.
@@ -289,6 +290,7 @@ def mean_activation(model: nn.Module, hook_name: str, tokens: Tensor, batch_size
     return mean_activations(model, [hook_name], tokens, batch_size, exclude_bos)[hook_name]
 
 
+@hooks.uses_model
 def evaluate(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
              batch_size: int = 8, exclude_bos: bool = True, progress: bool = True,
              ablate_bos: bool = False) -> EvalReport | dict[str, EvalReport]:
@@ -376,6 +378,7 @@ def evaluate(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
     return reports[names[0]] if isinstance(sae, SAE) else reports
 
 
+@hooks.uses_model
 def loss_increase_per_token(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
                             batch_size: int = 8, exclude_bos: bool = True,
                             progress: bool = True) -> pd.DataFrame:

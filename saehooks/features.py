@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from saehooks import checks
+from saehooks import checks, hooks
 from saehooks.errors import InputError
 from saehooks.feature_utils import (
     FeatureCounts,
@@ -109,12 +109,13 @@ EXAMPLE_COLUMNS = ["activation", "sequence", "position", "token", "token_id", "c
 
 
 @torch.no_grad()
+@hooks.uses_model
 def feature_act_stats(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
                       exclude_bos: bool = True) -> dict[str, Tensor]:
     """Per-feature mean, maximum and firing frequency of the SAE's latents on ``tokens``.
 
     The statistics behind :func:`feature_density`, ``ablate_features(mode="mean")``
-    (via :func:`saehooks.interventions.mean_feature_acts`) and relative steering.
+    (via :func:`saehooks.mean_feature_acts`) and relative steering.
 
     Sums in float64 on the CPU (:class:`saehooks.feature_utils.FeatureCounts`), so the
     result does not depend on ``batch_size`` and the model may be on any device.
@@ -163,6 +164,7 @@ class FeatureScan(NamedTuple):
 
 
 @torch.no_grad()
+@hooks.uses_model
 def scan_features(model: nn.Module, sae: SAE, tokens: Tensor, features: FeatureSpec,
                   k: int = 20, context: int = 10, batch_size: int = 8,
                   exclude_bos: bool = True) -> FeatureScan:

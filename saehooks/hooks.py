@@ -9,6 +9,7 @@ the hooks it held before. The same semantics as SAELens' ``HookedSAETransformer`
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -150,6 +151,17 @@ def exclusive_use(model: nn.Module) -> Iterator[nn.Module]:
                 model.__dict__.pop(_OWNER_ATTR, None)
 
 
+def uses_model(fn: Callable) -> Callable:
+    """Decorator: run ``fn(model, ...)`` under :func:`exclusive_use` of its model."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with exclusive_use(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
 def _concurrent_message(state: dict) -> str:
     return (f"this model is in use by saehooks in thread {state['name']!r} (SAEs attached or "
             "an evaluation running); TransformerLens hooks are shared by every thread, so one "
@@ -190,6 +202,11 @@ class Attachment:
 def attachments(model: nn.Module) -> list[Attachment]:
     """The SAEs attached to ``model`` now, outermost first."""
     return list(model.__dict__.get(_ATTACHMENTS_ATTR, {}).values())
+
+
+def attached_saes(model: nn.Module) -> list[SAE]:
+    """The SAEs spliced into ``model`` now (by :func:`attach` blocks), outermost first."""
+    return [a.sae for a in attachments(model)]
 
 
 def attachment(model: nn.Module, sae: SAE) -> Attachment | None:

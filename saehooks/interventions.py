@@ -77,11 +77,6 @@ def set_features_hook(features: list[int], values: Tensor, positions: Positions)
     return hook
 
 
-def _attached(model: nn.Module, sae: SAE) -> bool:
-    registry = models.hook_dict(model)
-    return registry.get(f"{sae.cfg.hook_name}.hook_sae_acts_post") is sae.hook_sae_acts_post
-
-
 @contextmanager
 def latent_hooks(model: nn.Module, items: Sequence[tuple[SAE, Callable]],
                  use_error_term: bool | None = None) -> Iterator[nn.Module]:
@@ -110,12 +105,12 @@ def latent_hooks(model: nn.Module, items: Sequence[tuple[SAE, Callable]],
         if not any(s is sae for s in saes):
             saes.append(sae)
     with ExitStack() as stack:
-        fresh = [s for s in saes if not _attached(model, s)]
+        stack.enter_context(hooks.exclusive_use(model))
+        fresh = [s for s in saes if hooks.attachment(model, s) is None]
         for sae in saes:
             if sae in fresh or use_error_term is None:
                 continue
-            stack.callback(setattr, sae, "use_error_term", sae.use_error_term)
-            sae.use_error_term = use_error_term
+            stack.enter_context(hooks.error_term(model, sae, use_error_term))
         if fresh:
             stack.enter_context(hooks.attach(
                 model, *fresh, use_error_term=True if use_error_term is None else use_error_term))
@@ -156,7 +151,7 @@ def _mean_values(mean_acts: Any, sae: SAE, idx: list[int]) -> Tensor:
     if m.shape[0] != sae.cfg.d_sae:
         raise InputError(f"mean_acts has {m.shape[0]} entries but the SAE at "
                          f"{sae.cfg.hook_name!r} has d_sae={sae.cfg.d_sae}; pass one mean per "
-                         "latent, e.g. saehooks.interventions.mean_feature_acts(model, sae, "
+                         "latent, e.g. saehooks.mean_feature_acts(model, sae, "
                          "tokens)")
     return m.float().cpu()[idx]
 
@@ -214,7 +209,7 @@ def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
     if mode == "mean":
         if mean_acts is None:
             raise InputError("mode='mean' needs the mean activations: pass mean_acts="
-                             "saehooks.interventions.mean_feature_acts(model, sae, tokens)")
+                             "saehooks.mean_feature_acts(model, sae, tokens)")
         means = list(mean_acts) if many else [mean_acts]
         if len(means) != len(sae_list):
             raise InputError(f"got {len(sae_list)} SAEs but {len(means)} mean_acts; pass one "
@@ -330,7 +325,8 @@ def steer_direction(model: nn.Module, hook_name: str, vector: Tensor, coefficien
             raise InputError("cannot normalize a zero steering vector; pass a nonzero vector "
                              "or normalize=False")
         vector = vector / norm
-    with model.hooks(fwd_hooks=[(hook_name, _add_vector_hook(coefficient * vector, positions))]):
+    with hooks.exclusive_use(model), \
+            model.hooks(fwd_hooks=[(hook_name, _add_vector_hook(coefficient * vector, positions))]):
         yield model
 
 

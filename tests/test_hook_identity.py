@@ -194,3 +194,32 @@ def test_sae_encode_on_the_wrong_width_says_which_width():
     sae = random_sae(d_in=32, d_sae=64, hook_name=HOOK)
     with pytest.raises(InputError, match=r"d_in=32.*got shape \(3, 31\)"):
         sae.encode(torch.zeros(3, 31))
+
+
+def test_evaluate_from_a_second_thread_while_one_runs_raises(model):
+    """Two threads evaluating on one model gave a silently wrong report; now the second
+    is refused while the first holds the model, and the first's report is right."""
+    sae = random_sae(hook_name=HOOK)
+    tokens = sh.load_eval_tokens(2)[:, :32]
+    expected = sh.evaluate(model, sae, tokens)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_read(act, hook):
+        started.set()
+        release.wait(timeout=60)
+
+    def first():
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", slow_read)]):
+            return sh.evaluate(model, sae, tokens)
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("report", first()))
+    thread.start()
+    started.wait(timeout=60)
+    try:
+        with pytest.raises(ConcurrentUseError):
+            sh.evaluate(model, sae, tokens)
+    finally:
+        release.set()
+        thread.join(timeout=120)
+    assert box["report"].ce_loss_spliced == pytest.approx(expected.ce_loss_spliced, rel=1e-6)

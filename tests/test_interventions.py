@@ -243,7 +243,7 @@ def test_errors_name_the_problem_and_the_fix(model, sae):
                                          r"latents \(ids 0 … 511\)"):
         with interventions.ablate_features(model, sae, [512]):
             pass
-    with pytest.raises(InputError, match=r"mean_acts=saehooks.interventions.mean_feature_acts"):
+    with pytest.raises(InputError, match=r"mean_acts=saehooks.mean_feature_acts"):
         with interventions.ablate_features(model, sae, [1], mode="mean"):
             pass
     with pytest.raises(InputError, match="width 256"):
