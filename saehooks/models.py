@@ -201,12 +201,37 @@ def hook_dict(model: nn.Module) -> dict[str, nn.Module]:
     return dict(model.hook_dict)
 
 
+def architecture_name(model: nn.Module) -> str:
+    """The model's Hugging Face architecture, e.g. ``"LlamaForCausalLM"`` (TL 4 bridge:
+    ``cfg.architecture``; TL 3: ``cfg.original_architecture``), else its class name."""
+    cfg = getattr(model, "cfg", None)
+    for key in ("architecture", "original_architecture"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
+
+
+def _missing_hook_reason(model: nn.Module, name: str) -> str:
+    """Why TransformerLens has no hook ``name`` on this architecture, where known."""
+    if name.endswith("hook_resid_mid") and getattr(model.cfg, "parallel_attn_mlp", False):
+        return ("; attention and MLP read the same residual stream in parallel there, so "
+                "TransformerLens has no hook_resid_mid (use hook_resid_pre, hook_attn_out or "
+                "hook_mlp_out)")
+    return ""
+
+
 def check_hook_name(model: nn.Module, name: str) -> None:
-    """Raise :class:`HookNameError` with the closest valid names if ``name`` is unknown."""
+    """Raise :class:`HookNameError` if ``name`` is not a hook of ``model``.
+
+    The message names the model's architecture and the hook, says why TransformerLens
+    lacks it where that is known (e.g. ``hook_resid_mid`` on parallel-attention models
+    such as GPT-NeoX / Pythia), and lists the closest valid names.
+    """
     names = list(hook_dict(model))
     if name in names:
         return
-    hint = ""
+    hint = _missing_hook_reason(model, name)
     layer = re.match(r"blocks\.(\d+)\.", name)
     n_layers = getattr(model.cfg, "n_layers", None)
     if layer and n_layers is not None and int(layer.group(1)) >= n_layers:
@@ -216,7 +241,8 @@ def check_hook_name(model: nn.Module, name: str) -> None:
     else:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     suggestion = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise HookNameError(f"hook {name!r} not found{hint}{suggestion}")
+    raise HookNameError(f"hook {name!r} not found on this {architecture_name(model)} "
+                        f"model{hint}{suggestion}")
 
 
 _D_MODEL_HOOKS = re.compile(
@@ -237,6 +263,68 @@ def hook_point(model: nn.Module, name: str) -> nn.Module:
     """
     check_hook_name(model, name)
     return hook_dict(model)[name]
+
+
+CLASSIC_HOOK = re.compile(
+    r"^(hook_embed|hook_pos_embed|ln_final\.hook_(scale|normalized)"
+    r"|blocks\.\d+\.(hook_(resid_pre|resid_mid|resid_post|attn_in|q_input|k_input|v_input"
+    r"|mlp_in|attn_out|mlp_out)"
+    r"|ln\d(_post)?\.hook_(scale|normalized)"
+    r"|attn\.hook_(q|k|v|z|attn_scores|pattern|result|rot_q|rot_k)"
+    r"|mlp\.hook_(pre|pre_linear|post)))$")
+"""Hook names of TransformerLens 3's ``HookedTransformer``, the form SAELens files use
+(``blocks.3.hook_resid_post``, ``blocks.3.attn.hook_z``); TransformerLens 4 bridges offer
+them as aliases of their canonical names (``blocks.3.hook_out``, ``blocks.3.attn.o.hook_in``)."""
+
+
+def hook_aliases(model: nn.Module, name: str) -> list[str]:
+    """Every name of the hook point ``name`` names (itself included), in the model's
+    ``hook_dict`` order: on a TransformerLens 4 bridge the canonical module path and its
+    aliases (``blocks.0.hook_out``, ``blocks.0.hook_resid_post``).
+
+    Raises:
+        HookNameError: the model has no such hook (closest names suggested).
+    """
+    point = hook_point(model, name)
+    return [n for n, hp in hook_dict(model).items() if hp is point]
+
+
+def classic_hook_name(model: nn.Module, name: str) -> str:
+    """The classic (HookedTransformer / SAELens) name of the hook point ``name`` names.
+
+    ``blocks.3.hook_out`` -> ``blocks.3.hook_resid_post``, ``blocks.0.attn.o.hook_in``
+    -> ``blocks.0.attn.hook_z``, ``blocks.0.mlp.out.hook_in`` -> ``blocks.0.mlp.hook_post``
+    (which canonical name a classic one stands for depends on the architecture, e.g.
+    ``mlp.hook_pre`` is ``mlp.gate.hook_out`` on gated MLPs, so the mapping is read from
+    the model's own aliases: names of one hook-point object). A classic name is returned
+    as is; a hook point with no classic name (``blocks.0.attn.q.hook_in``,
+    ``hook_unembed``) gets its canonical name (:func:`canonical_hook_name`), so the
+    result depends only on the hook point, not on which of its names was passed.
+    SAE metadata stores this form so that an SAE moves between bridges booted with and
+    without ``enable_compatibility_mode()`` and SAELens.
+
+    Raises:
+        HookNameError: the model has no such hook.
+    """
+    if CLASSIC_HOOK.match(name):
+        check_hook_name(model, name)
+        return name
+    classic = next((n for n in hook_aliases(model, name) if CLASSIC_HOOK.match(n)), None)
+    return classic or canonical_hook_name(model, name)
+
+
+def canonical_hook_name(model: nn.Module, name: str) -> str:
+    """The TransformerLens 4 canonical name of the hook point ``name`` names: its module
+    path (``blocks.3.hook_resid_post`` -> ``blocks.3.hook_out``, ``hook_unembed`` ->
+    ``unembed.hook_out``); on a TransformerLens 3 ``HookedTransformer``, which has only
+    classic names, ``name`` itself.
+
+    Raises:
+        HookNameError: the model has no such hook.
+    """
+    names = [n for n in hook_aliases(model, name) if not CLASSIC_HOOK.match(n)]
+    structural = {n for n, _ in model.named_modules()}  # real paths, not alias attributes
+    return next((n for n in names if n in structural), names[0] if names else name)
 
 
 def hook_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
