@@ -120,15 +120,28 @@ def load_train_tokens(max_rows: int | None = None, strict: bool = False) -> torc
     return rows if max_rows is None else rows[:max_rows]
 
 
-def list_pretrained_saes():
+def list_pretrained_saes(include_releases: bool = False):
     """The shipped SAEs and their held-out metrics, as a DataFrame indexed by name.
 
     Columns: ``architecture``, ``k``, ``hook_name``, ``d_in``, ``d_sae``, every scalar
     :class:`~saehooks.evaluation.EvalReport` field, ``training_tokens`` and
     ``training_seconds``. Load one with ``saehooks.load_sae(name)``. Shipped SAEs
     not yet evaluated (no row in ``index.json``) appear with their config only.
+
+    Args:
+        include_releases: also list every SAE of SAELens' pretrained releases (the
+            registry shipped with saehooks, :mod:`saehooks.io.registry`), indexed by
+            ``"<release>/<sae_id>"``, with ``source``, ``release``, ``sae_id``,
+            ``model``, ``hook_name``, ``d_sae`` and ``architecture`` (where the names
+            tell), ``loadable`` (False for kinds saehooks does not run), ``repo_id``,
+            ``neuronpedia_id``.
+
+    Raises:
+        InputTypeError: ``include_releases`` is not a bool.
     """
     import pandas as pd
+
+    include_releases = check_bool(include_releases, "include_releases")
 
     folder = pretrained_sae_dir()
     index = folder / "index.json"
@@ -145,4 +158,9 @@ def list_pretrained_saes():
         row["training_tokens"] = training.get("tokens")
         row["training_seconds"] = training.get("wall_seconds")
     empty = ["name", "architecture", "k", "hook_name", "d_in", "d_sae"]
-    return pd.DataFrame(rows, columns=None if rows else empty).set_index("name")
+    frame = pd.DataFrame(rows, columns=None if rows else empty).set_index("name")
+    if include_releases:
+        from saehooks.io.registry import with_releases
+
+        return with_releases(frame)
+    return frame

@@ -1,6 +1,8 @@
 """Saving and loading SAEs in the formats researchers use.
 
-``load_sae`` detects the format of a folder (or fetches an ``hf://`` address):
+``load_sae`` detects the format of a folder (or fetches an ``hf://`` address, or a
+SAELens pretrained release by name: :mod:`saehooks.io.registry`,
+:mod:`saehooks.io.releases`):
 
 * ``saelens``: SAELens v6 and pre-v6 (``cfg.json`` + ``sae_weights.safetensors``);
 * ``sparsify``: EleutherAI sparsify (``cfg.json`` + ``sae.safetensors``);
@@ -23,7 +25,7 @@ import torch
 
 from saehooks import checks
 from saehooks.errors import InputError, InputTypeError, SAENotFoundError
-from saehooks.io import atomic, dictionary_learning, hub, saelens, sparsify
+from saehooks.io import atomic, dictionary_learning, hub, registry, releases, saelens, sparsify
 from saehooks.io.common import SAEFileError, check_tensors
 from saehooks.io.folding import fold_W_dec_norm
 from saehooks.sae import SAE, SAEConfig, dtype_name
@@ -97,12 +99,27 @@ def resolve_path(path_or_name: str | Path) -> Path:
 
     names = sorted(p.parent.name for p in pretrained_sae_dir().glob("*/cfg.json"))
     close = difflib.get_close_matches(str(path_or_name), names, n=3, cutoff=0.6)
+    close += [f"{name}/..." for name in registry.close_releases(str(path_or_name))]
     hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     raise SAENotFoundError(
-        f"no SAE folder or shipped SAE named {str(path_or_name)!r}; {hint}pass a folder holding "
-        "an SAE (SAELens, sparsify or dictionary_learning files), an address "
-        "hf://<owner>/<repo>/<folder>, or one of the shipped names "
-        "(saehooks.list_pretrained_saes())")
+        f"no SAE folder, shipped SAE or SAELens release named {str(path_or_name)!r}; {hint}pass "
+        "a folder holding an SAE (SAELens, sparsify or dictionary_learning files), an address "
+        "hf://<owner>/<repo>/<folder>, one of the shipped names, or a SAELens release as "
+        "'<release>/<sae_id>' (saehooks.list_pretrained_saes(include_releases=True))")
+
+
+def release_name(path_or_name: object) -> tuple[str, str] | None:
+    """``(release, sae_id)`` when ``path_or_name`` is the string ``"<release>/<sae_id>"`` of
+    a SAELens release and names no existing folder or shipped SAE; None otherwise."""
+    if not isinstance(path_or_name, str) or hub.is_hub_url(path_or_name):
+        return None
+    from saehooks.reference import pretrained_sae_dir
+
+    path = Path(path_or_name).expanduser()
+    if path.exists() or atomic.current(path) is not None \
+            or (pretrained_sae_dir() / path_or_name).is_dir():
+        return None
+    return registry.split_name(path_or_name)
 
 
 def detect_format(path: Path) -> str:
@@ -126,9 +143,11 @@ def detect_format(path: Path) -> str:
     raise SAEFileError(f"{path}: no known SAE format here (found {listing}); expected {expected}")
 
 
-def load_sae(path_or_name: str | Path, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None) -> SAE:
-    """Load an SAE from a folder, an ``hf://`` address or a shipped name, detecting the format.
+def load_sae(path_or_name: str | Path | None = None, device: str | torch.device | None = None,
+             dtype: str | torch.dtype | None = None, *, release: str | None = None,
+             sae_id: str | None = None) -> SAE:
+    """Load an SAE from a folder, an ``hf://`` address, a shipped name or a SAELens
+    release, detecting the format.
 
     The folder is read under a shared lock, so a save running at the same time is
     seen whole or not at all; a save that was killed half-way is settled first (see
@@ -138,31 +157,60 @@ def load_sae(path_or_name: str | Path, device: str | torch.device | None = None,
     Args:
         path_or_name: a folder in SAELens, sparsify or dictionary_learning layout;
             ``hf://<owner>/<repo>[@<revision>]/<folder>`` (downloaded when online,
-            from the local hub cache when offline); or the name of an SAE in
-            ``pretrained/saes``.
+            from the local hub cache when offline); the name of an SAE in
+            ``pretrained/saes``; or ``"<release>/<sae_id>"``, a SAELens pretrained
+            release (e.g. ``"gpt2-small-res-jb/blocks.8.hook_resid_pre"``).
         device: where to put the parameters (default: CPU), over the file's value.
-        dtype: parameter dtype (default: the file's), e.g. ``torch.bfloat16``.
+        dtype: parameter dtype (default: the file's; float32 for a SAELens release, as
+            SAELens' ``SAE.from_pretrained``), e.g. ``torch.bfloat16``.
+        release: a SAELens release name (with ``sae_id``, instead of ``path_or_name``),
+            resolved through SAELens' registry (:mod:`saehooks.io.registry`), its files
+            fetched with ``huggingface_hub`` (cache first; ``HF_HUB_OFFLINE`` honoured)
+            and converted with the release's conventions (:mod:`saehooks.io.releases`):
+            the SAE encodes as SAELens' does, and ``cfg.metadata`` holds ``release``,
+            ``sae_id``, ``neuronpedia_id`` and ``model_name``.
+        sae_id: the SAE's id in ``release``.
 
     Returns:
         The SAE, in eval mode; ``sae.feature_density [d_sae]`` when the files carry it
         (SAELens' ``sparsity.safetensors``), else None.
 
     Raises:
-        SAENotFoundError: no such folder or shipped name, or a file passed instead of
-            its folder; a hub SAE that is neither cached nor downloadable (the message
-            says what to download).
+        SAENotFoundError: no such folder, shipped name or release (close names
+            suggested), or a file passed instead of its folder; a hub SAE that is
+            neither cached nor downloadable (the message names the repository and file
+            and says how to fetch them).
         SAEFileError: missing, truncated or corrupt files; tensors missing,
             unexpected or of the wrong shape for the config (named); a config field of
             the wrong type, an ambiguous or unsupported config (file and field named);
             a pickle that ``torch.load(weights_only=True)`` refuses.
-        InputError: an unsupported ``dtype``.
+            A release of a kind saehooks does not run (transcoders, SAEs over
+            ``hook_z``, run-time input normalisation): the reason named.
+        InputError: an unsupported ``dtype``; ``release`` / ``sae_id`` mixed with
+            ``path_or_name``, or one of them without the other.
         DeviceError: a ``device`` this machine does not have (e.g. ``"cuda"`` without
             a GPU); the message lists the devices there are.
     """
+    registry.check_name_arguments(path_or_name, release, sae_id)
     if dtype is not None:
         dtype_name(dtype)  # fail on a bad dtype or device before reading anything
     if device is not None:
         device = checks.check_device(device, "device")
+    if release is None:
+        if path_or_name is None:
+            raise InputError("load_sae needs a folder, an hf:// address, a shipped name or a "
+                             "SAELens release: pass path_or_name, or release= and sae_id=")
+        named = release_name(path_or_name)
+        if named is not None:
+            release, sae_id = named
+    if release is not None:
+        entry = registry.lookup(release, sae_id)
+        cfg, tensors, extras = releases.load(entry)
+        sae = build_sae(cfg, tensors, f"{release}/{sae_id}", device=device,
+                        dtype=dtype if dtype is not None else torch.float32)
+        density = extras.get("feature_density")
+        sae.feature_density = density.to(sae.device) if density is not None else None
+        return sae.eval()
     path = resolve_path(path_or_name)
     with atomic.reading(path) as folder:
         fmt = detect_format(folder)

@@ -1,11 +1,17 @@
-"""SAEs on the Hugging Face Hub: ``hf://<owner>/<repo>[@<revision>]/<folder>``.
+"""The one home of Hugging Face Hub access: ``hf://`` addresses and single files.
 
-Source: ``huggingface_hub.snapshot_download`` and its local cache layout
-(``<cache>/models--<owner>--<repo>/snapshots/<commit>/...``). Online, the folder is
-downloaded (or refreshed) into the cache; offline -- ``HF_HUB_OFFLINE=1``, or no
-connection -- the cached copy is used, and when there is none the error says what to
-download. The cache is ``HF_HUB_CACHE`` (or ``$HF_HOME/hub``) as set when the call
-is made.
+Two entry points, both over ``huggingface_hub``'s local cache layout
+(``<cache>/models--<owner>--<repo>/snapshots/<commit>/...``, ``refs/<branch>``):
+
+* :func:`resolve` fetches the folder of ``hf://<owner>/<repo>[@<revision>]/<folder>``
+  (``snapshot_download``);
+* :func:`download` fetches one file (``hf_hub_download``), as the SAELens release
+  loader (:mod:`saehooks.io.releases`) does for each file a release needs.
+
+Online, files are downloaded (or refreshed) into the cache; offline --
+``HF_HUB_OFFLINE=1``, or no connection -- the cached copy is used, and when there is
+none the error names the repository and file and says how to fetch them. The cache is
+``HF_HUB_CACHE`` (or ``$HF_HOME/hub``) as set when the call is made.
 """
 
 from __future__ import annotations
@@ -121,3 +127,66 @@ def resolve(url: str) -> Path:
         raise SAENotFoundError(f"{url}: the cached snapshot {root} has no folder "
                                 f"{loc.folder!r}; {_download_hint(loc)}")
     return folder
+
+
+def _file_hint(repo_id: str, filename: str, revision: str | None) -> str:
+    rev = f" --revision {revision}" if revision else ""
+    return (f"fetch it where the Hub is reachable with `hf download {repo_id} {filename}{rev}` "
+            "(or huggingface_hub.hf_hub_download) and copy that cache here, or point "
+            "HF_HUB_CACHE at a cache that has it")
+
+
+def download(repo_id: str, filename: str, revision: str | None = None,
+             required: bool = True) -> Path | None:
+    """The local path of one file of a Hub repository, downloading it when online.
+
+    Source: ``huggingface_hub.hf_hub_download`` (``local_files_only`` when
+    :func:`offline`; cache from :func:`cache_dir`).
+
+    Args:
+        repo_id: ``"<owner>/<repo>"``.
+        filename: path of the file inside the repository, e.g.
+            ``"blocks.8.hook_resid_pre/cfg.json"``.
+        revision: branch, tag or commit (default: the default branch).
+        required: when False, a file that cannot be had gives None instead of an
+            error (an optional file such as SAELens' ``sparsity.safetensors``; offline,
+            a file that was never cached counts as absent).
+
+    Returns:
+        The path of the file in the hub cache's snapshot, or None (see ``required``).
+
+    Raises:
+        ImportError: ``huggingface_hub`` is not installed.
+        SAENotFoundError: ``required`` and the file is not cached and cannot be
+            downloaded (offline, no connection, no such repository, revision or file);
+            the message names the repository and the file and says how to fetch them.
+    """
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    except ImportError as exc:
+        raise ImportError(f"downloading {filename} from {repo_id} needs huggingface_hub: "
+                          "pip install huggingface_hub") from exc
+    is_offline = offline()
+    cache = cache_dir()
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
+                                    local_files_only=is_offline))
+    except Exception as exc:  # huggingface_hub's own error types vary between versions
+        if not required:
+            return None
+        where = cache or "the default Hugging Face cache"
+        missing = (isinstance(exc, EntryNotFoundError)
+                   and not isinstance(exc, LocalEntryNotFoundError))
+        if missing:
+            raise SAENotFoundError(f"the Hub repository {repo_id} has no file {filename!r}"
+                                   f"{f' at revision {revision}' if revision else ''}; check "
+                                   "the name (or, for a SAELens release, whether the "
+                                   "registry is out of date)") from exc
+        if is_offline:
+            reason = f"it is not in {where} and HF_HUB_OFFLINE is set"
+        else:
+            reason = (f"it is not in {where} and the Hub could not be used "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        raise SAENotFoundError(f"needed file {filename!r} of the Hub repository {repo_id}: "
+                               f"{reason}; {_file_hint(repo_id, filename, revision)}") from exc
