@@ -200,7 +200,7 @@ def list_releases(release: str | None = None):
     """
     import pandas as pd
 
-    from saehooks.io.releases import describe
+    from saehooks.io.release_names import describe
 
     if release is not None and not isinstance(release, str):
         raise InputTypeError(f"release must be a string or None, got {type(release).__name__}")
