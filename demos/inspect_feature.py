@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 import saehooks as sh
-from saehooks.cli_features import print_examples, print_logit_effects
+from saehooks.cli.cmd_inspect import print_examples, print_logit_effects
 from saehooks.features import feature_density_histogram, feature_logit_effects, scan_features
 from saehooks.features_html import feature_html
 

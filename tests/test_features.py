@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import pytest
 import torch
 from conftest import random_sae
 
-from saehooks import cli_features, features
+from saehooks import cli, features
 from saehooks.errors import InputError
 from saehooks.feature_utils import sae_acts
 from saehooks.features_html import feature_html
@@ -133,21 +132,20 @@ def test_feature_html_is_self_contained(model, sae, tokens, tmp_path):
 def test_cli_commands(model, sae, tmp_path, capsys):
     folder = tmp_path / "sae"
     sae.save(str(folder))
-    parser = argparse.ArgumentParser(prog="saehooks")
-    cli_features.add_commands(parser.add_subparsers(dest="command"))
+    parser = cli.build_parser()
     common = ["--sae", str(folder), "--n-seq", "2"]
     args = parser.parse_args(["inspect", "--feature", "5", "--k", "3", "--html",
                               str(tmp_path / "p.html"), *common])
-    assert args.func(args, model=model) == 0
+    assert cli.run(args, model=model) == 0
     out = capsys.readouterr().out
     assert "feature 5" in out and "logit effects" in out and (tmp_path / "p.html").is_file()
     args = parser.parse_args(["ablate", "--feature", "5", "6", *common])
-    assert args.func(args, model=model) == 0
+    assert cli.run(args, model=model) == 0
     out = capsys.readouterr().out
     assert "loss_change" in out and "kl" in out
     args = parser.parse_args(["steer", "--feature", "5", "--coefficient", "50", "--prompt",
                               "def f(", "--max-new-tokens", "3", *common])
-    assert args.func(args, model=model) == 0
+    assert cli.run(args, model=model) == 0
     out = capsys.readouterr().out
     assert "clean continuation" in out and "steered continuation" in out
-    assert parser.parse_args(["ablate", "--feature", "1"]).sae == cli_features.DEFAULT_SAE
+    assert parser.parse_args(["ablate", "--feature", "1"]).sae == cli.DEFAULT_SAE
