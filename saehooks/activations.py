@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saehooks.errors import InputError
+
 
 def relu(pre: Tensor) -> Tensor:
     """ReLU latents (Bricken et al. 2023, "Towards Monosemanticity").
@@ -37,10 +39,11 @@ def topk(pre: Tensor, k: int) -> Tensor:
         Sparse activations ``[..., d_sae]``.
 
     Raises:
-        ValueError: if ``k`` is outside ``[1, d_sae]``.
+        InputError: if ``k`` is outside ``[1, d_sae]``.
     """
     if not 1 <= k <= pre.shape[-1]:
-        raise ValueError(f"topk needs 1 <= k <= d_sae={pre.shape[-1]}, got k={k}")
+        raise InputError(f"topk needs 1 <= k <= d_sae={pre.shape[-1]}, got k={k}; pass a k "
+                         f"between 1 and {pre.shape[-1]}")
     values, indices = pre.topk(k, dim=-1, sorted=False)
     return torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
 
@@ -58,7 +61,12 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
 
     Returns:
         Sparse activations ``[..., d_sae]``.
+
+    Raises:
+        InputError: if ``k < 1``.
     """
+    if k < 1:
+        raise InputError(f"batch_topk needs k >= 1 (mean latents kept per row), got k={k}")
     flat = torch.relu(pre).flatten()
     n_keep = min(k * (pre.numel() // pre.shape[-1]), flat.numel())
     values, indices = flat.topk(n_keep, sorted=False)

@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from saehooks import activations
+from saehooks.errors import InputError
 from saehooks.sae import SAE, SAEConfig
 from saehooks.training import forward, init, losses, sparse
 from saehooks.training.config import TrainConfig, field_docs, parse_count
@@ -55,8 +57,19 @@ def test_firing_probability_and_kl_penalty():
     loss = losses.kl_loss(torch.zeros(2, 2), torch.ones(2, 2), acts, rho, beta=0.5)
     expected = 2.0 + 0.5 * losses.kl_sparsity_penalty(rho_hat, rho).item()
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    with pytest.raises(ValueError, match="rho"):
+    with pytest.raises(InputError, match="rho"):
         losses.kl_sparsity_penalty(torch.tensor([0.5]), 0.0)
+
+
+def test_activation_functions_reject_bad_k_with_input_error():
+    pre = torch.tensor([[1.0, -2.0, 3.0]])
+    for k in (0, 4):
+        with pytest.raises(InputError, match="pass a k between 1 and 3"):
+            activations.topk(pre, k)
+    with pytest.raises(InputError, match="k >= 1"):
+        activations.batch_topk(pre, 0)
+    assert torch.equal(activations.topk(pre, 2), torch.tensor([[1.0, 0.0, 3.0]]))
+    assert torch.equal(activations.batch_topk(pre, 1), torch.tensor([[0.0, 0.0, 3.0]]))
 
 
 def test_auxk_loss_and_topk_loss_hand_values():

@@ -48,10 +48,10 @@ def _code_step(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, vals: Tensor
                                           offsets, bags))
     x_hat = sparse.sparse_decode(acts, rows, cols, offsets, sae.W_dec, bags) + sae.b_dec
     active = acts.detach() > 0
-    fired = torch.zeros(d_sae, dtype=torch.bool)
+    fired = torch.zeros(d_sae, dtype=torch.bool, device=x.device)
     fired[cols[active]] = True
     residual = aux_recons = None
-    aux = torch.zeros(())
+    aux = x.new_zeros(())
     n_dead = int(dead.sum())
     if cfg.auxk and n_dead:
         k_aux = min(cfg.aux_k or _default_aux_k(x.shape[1]), n_dead)
@@ -111,7 +111,7 @@ def topk_dense_forward(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> F
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
         x_hat = (acts @ sae.W_dec).to(x.dtype) + sae.b_dec
     residual = aux_recons = None
-    aux = torch.zeros(())
+    aux = x.new_zeros(())
     n_dead = int(dead.sum())
     if cfg.auxk and n_dead:
         k_aux = min(cfg.aux_k or _default_aux_k(x.shape[1]), n_dead)
@@ -129,52 +129,86 @@ def topk_dense_forward(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> F
 
 def batchtopk_forward(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> ForwardOutput:
     """BatchTopK step (Bussmann et al. 2024): the ``k · batch`` largest positive
-    pre-activations of the whole batch, plus AuxK. Arguments as :func:`topk_forward`."""
+    pre-activations of the whole batch, plus AuxK. Arguments as :func:`topk_forward`.
+
+    The selection is :func:`batchtopk_code`: exact, equal to
+    ``saehooks.activations.batch_topk`` on the same pre-activations.
+    """
     x_c = x - sae.b_dec
     pre = sparse.encoder_pre(x_c.detach(), sae.W_enc, sae.b_enc, _matmul_dtype(cfg))
+    vals, rows, cols = batchtopk_code(pre, cfg.k)
+    return _code_step(sae, x, cfg, dead, vals, rows, cols, sparse.row_offsets(rows, pre.shape[0]),
+                      x_c, pre)
+
+
+def batchtopk_code(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The positive entries among the ``k · batch`` largest pre-activations of a batch.
+
+    Source: Bussmann et al. 2024, "BatchTopK Sparse Autoencoders". Exact, and cheaper
+    than a top-k over all ``batch · d_sae`` entries: each row first keeps its ``4k``
+    largest entries (its candidates) and the batch's top ``k · batch`` is taken among
+    those, with cut value ``t``. An entry outside the candidates is at most its row's
+    smallest candidate ``c_r``; so it can only be a winner in a row whose candidates
+    were all kept (``c_r > 0`` and ``c_r >= t``), whatever the other rows hold.
+    Such rows, if any, enter the final top-k in full. With ties at the cut, the kept
+    set may differ from another exact implementation; the kept values (as a
+    multiset), their number and their minimum do not.
+
+    Args:
+        pre: pre-activations ``[batch, d_sae]``.
+        k: mean latents kept per row, ``1 <= k <= d_sae``.
+
+    Returns:
+        ``(vals, rows, cols)``, each ``[nnz]``, sorted by row (stable): the kept
+        pre-activations (all > 0) and their coordinates; ``nnz <= k · batch``.
+    """
     n, d_sae = pre.shape
-    # candidates: each row's top (4k) -- exact unless one row holds more than 4k winners
-    per_row = min(d_sae, 4 * cfg.k)
+    m = min(k * n, pre.numel())
+    per_row = min(d_sae, 4 * k)
     cand_vals, cand_idx = pre.topk(per_row, dim=-1, sorted=False)
-    flat_vals, flat_pos = cand_vals.flatten().topk(min(cfg.k * n, cand_vals.numel()),
-                                                   sorted=False)
-    if bool((flat_vals > 0).all()) and per_row < d_sae:
-        counts = torch.bincount(flat_pos // per_row, minlength=n)
-        if int(counts.max()) == per_row:  # a row may hold more winners: do it exactly
-            return _batchtopk_exact(sae, x, cfg, dead, x_c, pre)
-    keep = flat_vals > 0
-    flat_vals, flat_pos = flat_vals[keep], flat_pos[keep]
-    rows = flat_pos // per_row
-    cols = cand_idx.flatten()[flat_pos]
-    order = torch.argsort(rows, stable=True)
-    rows, cols, vals = rows[order], cols[order], flat_vals[order]
-    return _code_step(sae, x, cfg, dead, vals, rows, cols, sparse.row_offsets(rows, n), x_c, pre)
-
-
-def _batchtopk_exact(sae, x, cfg, dead, x_c, pre) -> ForwardOutput:
-    n, d_sae = pre.shape
-    vals, pos = pre.flatten().topk(cfg.k * n, sorted=False)
+    vals, pos = cand_vals.flatten().topk(m, sorted=False)
+    rows, cols = pos // per_row, cand_idx.flatten()[pos]
+    if per_row < d_sae:
+        row_min = cand_vals.min(-1).values
+        full = (row_min > 0) & (row_min >= vals.min())
+        if bool(full.any()):  # these rows may hold winners beyond their candidates
+            part = ~full
+            full_rows, part_rows = full.nonzero().squeeze(1), part.nonzero().squeeze(1)
+            u_vals = torch.cat([cand_vals[part].flatten(), pre[full_rows].flatten()])
+            u_rows = torch.cat([part_rows.repeat_interleave(per_row),
+                                full_rows.repeat_interleave(d_sae)])
+            u_cols = torch.cat([cand_idx[part].flatten(),
+                                torch.arange(d_sae, device=pre.device).repeat(len(full_rows))])
+            vals, pos = u_vals.topk(m, sorted=False)
+            rows, cols = u_rows[pos], u_cols[pos]
     keep = vals > 0
-    vals, pos = vals[keep], pos[keep]
-    rows, cols = pos // d_sae, pos % d_sae
+    vals, rows, cols = vals[keep], rows[keep], cols[keep]
     order = torch.argsort(rows, stable=True)
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    return _code_step(sae, x, cfg, dead, vals, rows, cols, sparse.row_offsets(rows, n), x_c, pre)
+    return vals[order], rows[order], cols[order]
 
 
-def relu_forward(sae: SAE, x: Tensor, cfg: TrainConfig, coefficient: float) -> ForwardOutput:
+def relu_forward(sae: SAE, x: Tensor, cfg: TrainConfig, coefficient: float,
+                 kl_running: Tensor | None = None, tokens_seen: int = 0) -> ForwardOutput:
     """ReLU SAE step with the ``l1`` or ``kl`` penalty.
 
     With ``cfg.sparse_kernels`` and a code at most 1/16 dense, the active entries go
-    through the sparse kernels (same loss as :func:`losses.l1_loss` /
-    :func:`losses.kl_loss`, computed on the non-zeros); denser codes (early in
-    training) run the dense autograd path under bf16 autocast if asked.
+    through the sparse kernels (same loss as the dense path, computed on the
+    non-zeros); denser codes (early in training) run the dense autograd path under
+    bf16 autocast if asked.
+
+    ``kl``: with ``kl_running`` the penalty's value is taken on the running firing
+    estimate (:func:`losses.kl_penalty_running`, :func:`losses.running_firing_rate`),
+    so it does not depend on the batch size; its gradient is the batch penalty's either
+    way. Without it, the batch-only penalty of :func:`losses.kl_loss`.
 
     Args:
         sae: training-space SAE.
         x: normalised activations ``[batch, d_in]``.
         cfg: the training config (``architecture``, ``kl_rho``, ``kl_scale``).
         coefficient: λ (``l1``, after warm-up) or β (``kl``) at this step.
+        kl_running: ``[d_sae]`` running firing estimate of the ``kl`` objective before
+            this batch; **updated in place** to include it. Ignored by ``l1``.
+        tokens_seen: tokens of the batches before this one (the estimate's warm-up).
     """
     n, d_sae = x.shape[0], sae.W_dec.shape[0]
     if cfg.sparse_kernels:
@@ -194,7 +228,7 @@ def relu_forward(sae: SAE, x: Tensor, cfg: TrainConfig, coefficient: float) -> F
             else:  # = losses.firing_probability on the dense code
                 fired = losses.soft_firing(acts, cfg.kl_scale)
                 rho_hat = x.new_zeros(d_sae).index_add(0, cols, fired) / n
-                aux = losses.kl_sparsity_penalty(rho_hat, cfg.kl_rho)
+                aux = _kl_penalty(rho_hat, cfg, kl_running, n, tokens_seen)
             return ForwardOutput(mse + coefficient * aux, x_hat.detach(), mse.detach(),
                                  aux.detach(), bags.counts > 0, nnz / n, 0.0)
     enabled = cfg.matmul_dtype == "bfloat16"
@@ -207,8 +241,19 @@ def relu_forward(sae: SAE, x: Tensor, cfg: TrainConfig, coefficient: float) -> F
     if cfg.architecture == "l1":
         aux = losses.l1_penalty(acts, sae.W_dec)
     else:
-        aux = losses.kl_sparsity_penalty(losses.firing_probability(acts, cfg.kl_scale),
-                                         cfg.kl_rho)
+        aux = _kl_penalty(losses.firing_probability(acts, cfg.kl_scale), cfg, kl_running, n,
+                          tokens_seen)
     active = acts.detach() > 0
     return ForwardOutput(mse + coefficient * aux, x_hat.detach(), mse.detach(), aux.detach(),
                          active.any(0), float(active.sum()) / n, 0.0)
+
+
+def _kl_penalty(rho_batch: Tensor, cfg: TrainConfig, kl_running: Tensor | None, n: int,
+                tokens_seen: int) -> Tensor:
+    """``Σ_j KL(ρ ‖ ρ̂_j)`` of the batch's ``rho_batch [d_sae]`` (``n`` tokens), valued on
+    the running estimate if given (which is updated in place)."""
+    if kl_running is None:
+        return losses.kl_sparsity_penalty(rho_batch, cfg.kl_rho)
+    with torch.no_grad():
+        kl_running.copy_(losses.running_firing_rate(rho_batch, kl_running, n, tokens_seen))
+    return losses.kl_penalty_running(rho_batch, kl_running, cfg.kl_rho)
