@@ -17,7 +17,8 @@ class ModelOptions:
     """Options of every command that runs a model with an SAE."""
 
     sae: str = DEFAULT_SAE
-    """shipped SAE name, SAE folder, hf:// path or SAELens release/sae_id"""
+    """shipped SAE name, SAE folder, hf://owner/repo/folder, or a SAELens release as
+    release/sae_id (e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre)"""
     model: str | None = None
     """model directory or name (default: the shipped reference LM)"""
     threads: int = 0
