@@ -7,9 +7,11 @@ encoder matmul) it times optimizer steps of :class:`saehooks.training.Trainer` a
 prints tokens/s, the dense-equivalent GFLOP/s (``10 · d_in · d_sae`` FLOPs per token:
 encoder and decoder forward, decoder input- and weight-gradients, encoder
 weight-gradient) and that as a fraction of the measured fp32 matmul GFLOP/s.
-Sparse kernels skip most of that work, so their fraction can exceed 1.
+Sparse kernels skip most of that work, so their fraction can exceed 1. It also prints
+what ``matmul_dtype="auto"`` (the default) chooses here, with the probe's timings.
 
     python benchmarks/train_throughput.py [--steps 10] [--threads 2] [--sizes small]
+        [--dtypes float32 bfloat16 auto]
 """
 
 from __future__ import annotations
@@ -76,13 +78,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--sizes", choices=["small", "all"], default="all")
+    ap.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "auto"],
+                    default=["float32", "bfloat16"], help="matmul dtypes to time")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from saehooks.training.config import resolve_matmul_dtype
+
+    start = time.perf_counter()
+    auto = resolve_matmul_dtype("auto", "cpu")
+    probe_s = time.perf_counter() - start
     fp32 = matmul_gflops(torch.float32)
     bf16 = matmul_gflops(torch.bfloat16)
     print(f"threads {torch.get_num_threads()}; measured matmul: fp32 {fp32:.0f} GFLOP/s, "
-          f"bf16 {bf16:.0f} GFLOP/s")
+          f"bf16 {bf16:.1f} GFLOP/s")
+    print(f"matmul_dtype='auto' chooses {auto.dtype} (probe {probe_s * 1e3:.0f} ms: one "
+          f"product takes {auto.float32_ms} ms in fp32, {auto.bfloat16_ms} ms in bf16)")
     sizes = [(256, 4096)] + ([(768, 16384)] if args.sizes == "all" else [])
     header = (f"{'d_in':>5} {'d_sae':>6} {'kernels':>7} {'matmul':>8} {'tok/s':>9} "
               f"{'dense-eq GFLOP/s':>17} {'of fp32 peak':>12}")
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for d_in, d_sae in sizes:
         for sparse in (False, True):
-            for dtype in ("float32", "bfloat16"):
+            for dtype in args.dtypes:
                 rate = tokens_per_second(d_in, d_sae, 32, args.batch_size, sparse, dtype,
                                          args.steps)
                 gflops = rate * 10 * d_in * d_sae / 1e9

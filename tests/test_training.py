@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
 import warnings
 
 import pytest
 import torch
 
 import saehooks as sh
+from saehooks.errors import InputError
 from saehooks.training import (
     ActivationStore,
     CachedActivationStore,
@@ -29,6 +32,7 @@ except ImportError:  # pytest's rootdir-relative import mode
     import conftest_training as _fixtures
 
 tiny_config = _fixtures.tiny_config
+FakeStore, fake_config = _fixtures.FakeStore, _fixtures.fake_config
 train_tokens = _fixtures.train_tokens
 heldout_acts = _fixtures.heldout_acts
 
@@ -113,6 +117,11 @@ def test_short_topk_run_lowers_fvu_and_keeps_l0(model, train_tokens, heldout_act
     assert meta["model_processing"] == sh.models.model_processing(model)
     assert meta["context_size"] == 128 and meta["prepend_bos"] is True
     assert meta["training"]["tokens"] == 60 * 512 and meta["training"]["config"]["k"] == 16
+    # no path of this machine in what a shipped SAE carries (issue #11 part 2)
+    assert str(tmp_path) not in json.dumps(meta)
+    assert not {"out_dir", "cache_dir", "device"} & set(meta["training"]["config"])
+    assert meta["training"]["device_type"] == "cpu"
+    assert meta["training"]["matmul_dtype_resolved"] == "float32"
     loaded = sh.load_sae(tmp_path / "sae")
     assert torch.equal(loaded.W_enc, sae.W_enc)
     import pandas as pd
@@ -257,5 +266,87 @@ def test_cli_trains_on_the_reference_split_by_default(model, train_tokens, tmp_p
                               "--no-progress-bar"])
     assert run_train(args) == 0 and calls == [None]
     args = parser.parse_args(["--model", "gpt2", "--out", str(tmp_path / "run2")])
-    with pytest.raises(SystemExit, match="--data is required with --model"):
+    with pytest.raises(InputError, match="--data is required with --model"):
         run_train(args)
+
+
+# ---- devices (issue #10 part 6) ---------------------------------------------------------
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_the_training_device_is_the_configs_else_the_models_else_the_cpu(model, tmp_path):
+    from saehooks.training.trainer import training_device
+
+    cfg = fake_config(tmp_path)
+    assert cfg.device is None
+    assert training_device(model, cfg) == sh.models.model_device(model) == torch.device("cpu")
+    assert training_device(None, cfg) == torch.device("cpu")
+    assert training_device(model, dataclasses.replace(cfg, device="cpu")) == torch.device("cpu")
+
+
+def test_everything_the_trainer_makes_lives_on_its_device(tmp_path):
+    cfg = fake_config(tmp_path, device="cpu", architecture="l1", d_sae=64,
+                      resample_every_tokens=4 * 64)
+    trainer = Trainer(None, FakeStore(), cfg)
+    trainer.run(max_steps=6)
+    dev = torch.device("cpu")
+    assert trainer.device == dev and trainer.generator.device == dev
+    assert trainer.tracker.since_fired.device == dev
+    assert all(p.device == dev for p in trainer.sae.parameters())
+    assert all(v.device == dev for s in trainer.optimizer.state.values() for k, v in s.items()
+               if k != "step")
+    assert trainer.folded_sae().device == dev
+
+
+def test_a_run_without_a_model_records_no_machine_paths(tmp_path):
+    cfg = fake_config(tmp_path / "run", cache_dir=str(tmp_path / "cache"), device="cpu")
+    sae = Trainer(None, FakeStore(), cfg).run()
+    meta = sae.cfg.metadata
+    assert str(tmp_path) not in json.dumps(meta)
+    saved = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())
+    assert str(tmp_path) not in json.dumps(saved)
+    assert meta["training"]["config"]["d_sae"] == 64
+
+
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "l1", "kl"])
+def test_a_50_step_run_on_cuda(arch, tmp_path):
+    cfg = fake_config(tmp_path, architecture=arch, device="cuda", total_tokens=50 * 64,
+                      checkpoint_every_tokens=20 * 64, resample_every_tokens=10 * 64,
+                      matmul_dtype="auto", l1_coefficient=0.3, kl_beta=0.3, kl_rho=4 / 64)
+    trainer = Trainer(None, FakeStore(), cfg)
+    assert trainer.matmul.dtype in ("bfloat16", "float32") and trainer.matmul.source == "cuda"
+    sae = trainer.run()
+    assert sae.device.type == "cuda"
+    assert all(p.device.type == "cuda" for p in trainer.sae.parameters())
+    log = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert int(log[-1]["step"]) == 50 and float(log[-1]["fvu"]) < float(log[0]["fvu"])
+    loaded = sh.load_sae(tmp_path / "sae")
+    x = FakeStore(seed=9).next_batch()
+    assert torch.allclose(loaded(x), sae.cpu()(x), atol=1e-5)
+
+
+@pytest.mark.cuda
+@CUDA
+def test_a_50_step_run_of_a_model_on_cuda_resumes_exactly(train_tokens, tmp_path):
+    gpu_model = sh.load_model(device="cuda")
+    cfg_a = tiny_config(tmp_path / "a", total_tokens=50 * 256)
+    sae = train_sae(gpu_model, train_tokens, cfg_a)
+    assert sae.device.type == "cuda"
+    assert sae.cfg.metadata["training"]["device_type"] == "cuda"
+    cfg_b = tiny_config(tmp_path / "b", total_tokens=50 * 256)
+    Trainer(gpu_model, make_store(gpu_model, train_tokens, cfg_b), cfg_b).run(max_steps=13)
+    resumed = train_sae(gpu_model, train_tokens, cfg_b, resume_from=tmp_path / "b")
+    assert torch.equal(resumed.W_dec, sae.W_dec)
+
+
+@pytest.mark.cuda
+@CUDA
+def test_a_cpu_model_feeds_a_cuda_sae(model, train_tokens, tmp_path):
+    cfg = tiny_config(tmp_path, device="cuda", total_tokens=50 * 256)
+    store = make_store(model, train_tokens, cfg)
+    assert store.next_batch().device.type == "cuda"  # moved once, as captured
+    sae = train_sae(model, train_tokens, cfg)
+    assert sae.device.type == "cuda"

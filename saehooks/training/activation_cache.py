@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from saehooks import models
+from saehooks.checks import check_int, check_positive_int
+from saehooks.errors import InputError, SAENotFoundError
 from saehooks.io.common import atomic_write_text, read_safetensors, write_safetensors
 from saehooks.training.activation_store import ActivationStore
 
@@ -45,9 +47,15 @@ def write_activation_cache(store: ActivationStore, cache_dir: str | Path, n_toke
 
     Returns:
         ``cache_dir`` as a Path.
+
+    Raises:
+        InputError: ``n_tokens=None`` with a source of unknown length.
     """
     from tqdm.auto import tqdm
 
+    shard_tokens = check_positive_int(shard_tokens, "shard_tokens")
+    if n_tokens is not None:
+        n_tokens = check_positive_int(n_tokens, "n_tokens")
     out = Path(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CACHE_INFO).unlink(missing_ok=True)
@@ -57,10 +65,11 @@ def write_activation_cache(store: ActivationStore, cache_dir: str | Path, n_toke
     if n_tokens is None:
         row_limit = store.source.finite_rows
         if row_limit is None:
-            raise ValueError("pass n_tokens for a token source of unknown length")
+            raise InputError("pass n_tokens for a token source of unknown length (an "
+                             "iterable or a text folder): how many activations to cache")
         row_limit += store.source.rows_served
     target = n_tokens if n_tokens is not None else -1
-    pool = torch.empty(0, store.d_in)
+    pool = torch.empty(0, store.d_in, device=getattr(store, "device", "cpu"))
     written, n_shards, source_done = 0, 0, False
     bar = tqdm(total=n_tokens, unit="tok", disable=not progress,
                desc=f"caching {store.hook_name}")
@@ -81,7 +90,7 @@ def write_activation_cache(store: ActivationStore, cache_dir: str | Path, n_toke
                 continue
         if pool.shape[0] == 0:
             break
-        pool = pool[torch.randperm(pool.shape[0], generator=store.generator)]
+        pool = pool[torch.randperm(pool.shape[0], generator=store.generator).to(pool.device)]
         want = shard_tokens if target < 0 else min(shard_tokens, target - written)
         shard, pool = pool[:want], pool[want:]
         write_safetensors(out / f"shard_{n_shards:05d}.safetensors", {"acts": shard})
@@ -124,15 +133,18 @@ class CachedActivationStore:
         shards_per_group: shards mixed together.
 
     Raises:
-        FileNotFoundError: the folder holds no finished cache.
+        SAENotFoundError: the folder holds no finished cache.
     """
 
     def __init__(self, cache_dir: str | Path, batch_size: int = 4096, seed: int = 0,
                  shards_per_group: int = 4) -> None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+        seed = check_int(seed, "seed", minimum=0)
+        shards_per_group = check_positive_int(shards_per_group, "shards_per_group")
         self.cache_dir = Path(cache_dir)
         info = read_cache_info(self.cache_dir)
         if info is None:
-            raise FileNotFoundError(f"{self.cache_dir} holds no finished activation cache "
+            raise SAENotFoundError(f"{self.cache_dir} holds no finished activation cache "
                                     f"({CACHE_INFO} missing); write one with "
                                     "write_activation_cache")
         self.info, self.d_in, self.hook_name = info, int(info["d_in"]), info["hook_name"]

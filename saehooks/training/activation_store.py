@@ -5,7 +5,9 @@
   folder of text files tokenised with the model's tokenizer, or any iterable of
   token tensors. It counts the rows it served, so a run can resume where it stopped.
 * :class:`ActivationStore` runs the model only up to the hook (``stop_at_layer``),
-  drops BOS positions, and serves batches from a mixing buffer of bounded size.
+  drops BOS positions, and serves batches from a mixing buffer of bounded size, kept
+  on the training device (activations move there once, as they are captured). Every
+  model batch of token ids is checked against the model's vocabulary and context.
 * the on-disk cache (:mod:`.activation_cache`) keeps activations in safetensors
   shards, read back in shuffled epochs with bounded memory, so several SAEs can train
   on the same activations without rerunning the model.
@@ -25,7 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from saehooks import hooks, models
+from saehooks.checks import check_bool, check_int, check_positive_int, check_tokens
+from saehooks.errors import InputError, InputTypeError, SAEFileError, SAENotFoundError
 from saehooks.io.common import read_safetensors
+
+# consecutive model batches without one activation (all BOS) before a source is refused
+_MAX_EMPTY_BATCHES = 64
 
 
 def _generator_state(gen: torch.Generator) -> Tensor:
@@ -47,6 +54,13 @@ class TokenSource:
 
     Tensors, files and folders restart when exhausted (epochs); a one-shot iterator
     raises ``StopIteration`` at its end.
+
+    Raises:
+        InputTypeError: an unsupported source, or token arrays that are not integers.
+        InputError: token arrays that are not ``[n_seq, n_ctx]``, a folder without text
+            files, or a text folder without tokenizer / BOS id.
+        SAENotFoundError: a path that does not exist.
+        SAEFileError: a ``.safetensors`` file without a ``tokens`` tensor.
     """
 
     TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
@@ -65,27 +79,41 @@ class TokenSource:
             self._files = sorted(p for p in Path(source).rglob("*")
                                  if p.is_file() and p.suffix in self.TEXT_SUFFIXES)
             if not self._files:
-                raise ValueError(f"no text files ({', '.join(self.TEXT_SUFFIXES)}) under "
-                                 f"{str(source)!r}")
+                raise InputError(f"no text files ({', '.join(self.TEXT_SUFFIXES)}) under "
+                                 f"{str(source)!r}; pass a folder that holds some, or a "
+                                 ".safetensors file of token ids")
             if tokenizer is None or bos_id is None:
-                raise ValueError("a text folder needs the model's tokenizer and BOS id")
+                raise InputError("a text folder needs the model's tokenizer and BOS id; pass "
+                                 "tokenizer= and bos_id= (or token ids instead of text)")
         elif isinstance(source, (str, Path)):
             path = Path(source)
             if not path.is_file():
-                raise FileNotFoundError(f"token source {str(path)!r} does not exist; pass a "
-                                        "LongTensor, a .safetensors file or a text folder")
-            self._tensor = self._check_rows(read_safetensors(path)["tokens"])
-        elif isinstance(source, Iterable):
+                raise SAENotFoundError(f"token source {str(path)!r} does not exist; pass a "
+                                       "LongTensor, a .safetensors file or a text folder")
+            stored = read_safetensors(path)
+            if "tokens" not in stored:
+                raise SAEFileError(f"{path} holds no 'tokens' tensor (it has "
+                                   f"{sorted(stored)}); save the token ids under the name "
+                                   "'tokens'")
+            self._tensor = self._check_rows(stored["tokens"])
+        elif isinstance(source, Iterable) and not isinstance(source, (bytes, dict)):
             self._iterable = source
         else:
-            raise TypeError(f"unsupported token source {type(source).__name__}; pass a "
-                            "LongTensor [n_seq, n_ctx], a path, or an iterable of tensors")
+            raise InputTypeError(f"unsupported token source {type(source).__name__}; pass a "
+                                 "LongTensor [n_seq, n_ctx], a path, or an iterable of "
+                                 "tensors")
 
     @staticmethod
     def _check_rows(tokens: Tensor) -> Tensor:
-        if tokens.ndim != 2 or tokens.dtype.is_floating_point:
-            raise ValueError(f"token arrays must be integer [n_seq, n_ctx], got "
-                             f"{tuple(tokens.shape)} {tokens.dtype}")
+        if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or \
+                tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            got = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise InputTypeError(f"token arrays must hold integer ids, got {got}; tokenize "
+                                 "with the model's tokenizer (model.to_tokens)")
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise InputError(f"token arrays must be [n_seq >= 1, n_ctx >= 1], got shape "
+                             f"{tuple(tokens.shape)}; stack rows with torch.stack, or use "
+                             "tokens[None] for a single row")
         return tokens.long()
 
     @property
@@ -130,7 +158,8 @@ class TokenSource:
             if not restartable:
                 return
             if n_this_epoch == 0:
-                raise ValueError("the token source is empty")
+                raise InputError("the token source is empty; pass at least one row of "
+                                 "token ids")
             if not self._warned_repeat:
                 self._warned_repeat = True
                 warnings.warn(f"the token source ran out after {n_this_epoch} rows and starts "
@@ -156,27 +185,55 @@ class ActivationStore:
         drop_bos: drop positions whose token is the BOS id.
         seed: seed of the shuffling.
         context_size: row length for text folders.
+        device: where the buffer and the served batches live (None: the CPU).
+
+    Raises:
+        HookNameError: the model has no such hook.
+        InputTypeError, InputError: a bad argument or token source (see
+            :class:`TokenSource`); token ids outside the model's vocabulary or rows
+            longer than its context window (a tensor source is checked at once, others
+            batch by batch).
     """
 
     def __init__(self, model: nn.Module, tokens: Any, hook_name: str, batch_size: int = 4096,
                  buffer_tokens: int = 131072, model_batch_rows: int = 32,
-                 drop_bos: bool = True, seed: int = 0, context_size: int = 256) -> None:
+                 drop_bos: bool = True, seed: int = 0, context_size: int = 256,
+                 device: str | torch.device | None = None) -> None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+        buffer_tokens = check_positive_int(buffer_tokens, "buffer_tokens")
+        model_batch_rows = check_positive_int(model_batch_rows, "model_batch_rows")
+        drop_bos = check_bool(drop_bos, "drop_bos")
+        seed = check_int(seed, "seed", minimum=0)
+        context_size = check_int(context_size, "context_size", minimum=2)
         models.check_hook_name(model, hook_name)
         self.model, self.hook_name = model, hook_name
+        self.device = torch.device("cpu" if device is None else device)
+        cfg = getattr(model, "cfg", None)
+        self.d_vocab, self.n_ctx = getattr(cfg, "d_vocab", None), getattr(cfg, "n_ctx", None)
         tokenizer = getattr(model, "tokenizer", None)
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         if drop_bos and self.bos_id is None:
-            raise ValueError("drop_bos needs the model's tokenizer BOS id; pass drop_bos=False")
+            raise InputError("drop_bos needs the model's tokenizer BOS id, and this model has "
+                             "no tokenizer; pass drop_bos=False")
         self.source = tokens if isinstance(tokens, TokenSource) else TokenSource(
             tokens, tokenizer, context_size, self.bos_id)
+        if self.source._tensor is not None:  # check all of it now, not minutes in
+            self._check_ids(self.source._tensor)
+            if drop_bos and bool((self.source._tensor == self.bos_id).all()):
+                raise InputError("every token of the token source is BOS, so with drop_bos "
+                                 "there are no activations to train on; pass real text")
         self.batch_size, self.buffer_tokens = batch_size, max(buffer_tokens, 2 * batch_size)
         self.model_batch_rows, self.drop_bos = model_batch_rows, drop_bos
         self.generator = torch.Generator().manual_seed(seed)
         width = models.hook_width(model, hook_name)
         self.d_in = int(width) if width is not None else self._probe_width()
-        self._pool = torch.empty(0, self.d_in)
-        self._ready = torch.empty(0, self.d_in)
+        self._pool = torch.empty(0, self.d_in, device=self.device)
+        self._ready = torch.empty(0, self.d_in, device=self.device)
         self._rows: Iterator[Tensor] | None = None
+        self._empty_batches = 0
+
+    def _check_ids(self, rows: Tensor) -> None:
+        check_tokens(rows, d_vocab=self.d_vocab, n_ctx=self.n_ctx, name="token source rows")
 
     def _probe_width(self) -> int:
         rows = TokenSource(torch.zeros(1, 2, dtype=torch.long))
@@ -184,12 +241,19 @@ class ActivationStore:
 
     @torch.no_grad()
     def activations(self, tokens: Tensor) -> Tensor:
-        """Activations ``[n_kept, d_in]`` (float32) of token rows ``[n, n_ctx]``."""
+        """Activations ``[n_kept, d_in]`` (float32, on :attr:`device`) of token rows
+        ``[n, n_ctx]``.
+
+        Raises:
+            InputError: ids outside the model's vocabulary, or rows longer than its
+                context window.
+        """
+        self._check_ids(tokens)
         device = models.model_device(self.model)
         _, acts = hooks.capture(self.model, tokens.to(device), self.hook_name, stop=True)
-        acts = acts.float().cpu()
+        acts = acts.to(self.device, torch.float32)
         if self.drop_bos:
-            return acts[tokens != self.bos_id]
+            return acts[(tokens != self.bos_id).to(self.device)]
         return acts.reshape(-1, acts.shape[-1])
 
     def _fresh(self) -> Tensor:
@@ -202,7 +266,13 @@ class ActivationStore:
                 break
         if not rows:
             raise StopIteration("the token source is exhausted")
-        return self.activations(torch.stack(rows))
+        acts = self.activations(torch.stack(rows))
+        self._empty_batches = 0 if acts.shape[0] else self._empty_batches + 1
+        if self._empty_batches >= _MAX_EMPTY_BATCHES:
+            raise InputError(f"the token source gave {_MAX_EMPTY_BATCHES} model batches in a "
+                             "row without one activation (every token is BOS, dropped by "
+                             "drop_bos); pass rows of real text")
+        return acts
 
     def _refill(self) -> None:
         parts, n = [self._pool], self._pool.shape[0]
@@ -216,13 +286,14 @@ class ActivationStore:
             parts.append(fresh)
             n += fresh.shape[0]
         pool = torch.cat(parts)
-        pool = pool[torch.randperm(pool.shape[0], generator=self.generator)]
+        pool = pool[torch.randperm(pool.shape[0], generator=self.generator).to(self.device)]
         half = max(pool.shape[0] // 2, min(self.batch_size, pool.shape[0]))
         self._ready = torch.cat([self._ready, pool[:half]])
         self._pool = pool[half:]
 
     def next_batch(self) -> Tensor:
-        """A shuffled batch ``[batch_size, d_in]`` of raw activations (float32)."""
+        """A shuffled batch ``[batch_size, d_in]`` of raw activations (float32, on
+        :attr:`device`)."""
         while self._ready.shape[0] < self.batch_size:
             self._refill()
         batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size:]
@@ -236,7 +307,8 @@ class ActivationStore:
 
     def load_state_dict(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> None:
         """Restore a state saved by :meth:`state_dict` (the source is re-read to its cursor)."""
-        self._pool, self._ready = tensors["pool"].clone(), tensors["ready"].clone()
+        self._pool = tensors["pool"].to(self.device, copy=True)
+        self._ready = tensors["ready"].to(self.device, copy=True)
         self.generator.set_state(tensors["generator"].clone())
         self.source.rows_served = int(values["rows_served"])
         self._rows = None

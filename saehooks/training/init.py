@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from saehooks.errors import InputError
 from saehooks.sae import SAE
 
 
@@ -26,12 +27,12 @@ def normalisation_scale(x: Tensor) -> float:
         The scale ``s`` (dimensionless, > 0).
 
     Raises:
-        ValueError: the activations are all zero.
+        InputError: the activations are all zero.
     """
     norm = x.double().norm(dim=-1).mean().item()
     if norm == 0.0:
-        raise ValueError("all sampled activations are zero: cannot normalise them; is the "
-                         "hook right, or are only BOS positions sampled?")
+        raise InputError("all sampled activations are zero: cannot normalise them; check "
+                         "the hook name, or pass tokens that are not all BOS")
     return math.sqrt(x.shape[-1]) / norm
 
 
@@ -78,17 +79,23 @@ def init_sae(sae: SAE, x: Tensor, *, b_dec_init: str, decoder_norm: float,
         b_dec_init: ``"zeros"``, ``"mean"`` or ``"geometric_median"``.
         decoder_norm: norm of each decoder row.
         encoder_as_decoder_transpose: tie the initial encoder to the decoder.
-        generator: random source.
+        generator: random source; the random weights are drawn on its device (so a
+            CPU generator gives the same SAE whatever device ``sae`` is on).
+
+    Raises:
+        InputError: an unknown ``b_dec_init``.
     """
     d_sae, d_in = sae.W_dec.shape
-    w = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float32)
+    w = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float32,
+                    device=generator.device)
     w *= decoder_norm / w.norm(dim=-1, keepdim=True)
     sae.W_dec.copy_(w)
     if encoder_as_decoder_transpose:
         sae.W_enc.copy_(w.t())
     else:
         bound = 1.0 / math.sqrt(d_in)
-        sae.W_enc.copy_(torch.rand(d_in, d_sae, generator=generator) * 2 * bound - bound)
+        u = torch.rand(d_in, d_sae, generator=generator, device=generator.device)
+        sae.W_enc.copy_(u * 2 * bound - bound)
     sae.b_enc.zero_()
     if b_dec_init == "zeros":
         sae.b_dec.zero_()
@@ -97,7 +104,8 @@ def init_sae(sae: SAE, x: Tensor, *, b_dec_init: str, decoder_norm: float,
     elif b_dec_init == "geometric_median":
         sae.b_dec.copy_(geometric_median(x))
     else:
-        raise ValueError(f"unknown b_dec_init {b_dec_init!r}")
+        raise InputError(f"unknown b_dec_init {b_dec_init!r}; pass one of 'zeros', 'mean', "
+                         "'geometric_median'")
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ and notebooks (``Trainer(...).run(max_steps=...)`` stops like a killed run).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 import warnings
@@ -17,8 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from saehooks import models
+from saehooks.checks import check_device, check_int
+from saehooks.errors import InputError, InputTypeError
+from saehooks.io import save_sae
 from saehooks.sae import SAE, SAEConfig
-from saehooks.training import checkpoint, forward, init, resample
+from saehooks.training import checkpoint, config, forward, init, resample
 from saehooks.training.activation_cache import (
     CachedActivationStore,
     model_fingerprint,
@@ -33,7 +37,9 @@ METRIC_COLUMNS = ("step", "tokens", "lr", "coefficient", "loss", "mse", "fvu", "
                   "dead_fraction", "tokens_per_s", "wall_seconds")
 # fields that may differ between a run and its resumption
 _RESUME_FREE = {"progress_bar", "wandb", "wandb_project", "out_dir", "checkpoint_every_tokens",
-                "log_every_steps", "cache_dir"}
+                "log_every_steps", "cache_dir", "device"}
+# machine-specific fields left out of the config recorded in a saved SAE's metadata
+_NOT_IN_METADATA = ("out_dir", "cache_dir", "device")
 # fields an objective does not read
 _UNUSED = {
     "topk": {"l1_coefficient", "sparsity_warmup_fraction", "kl_beta", "kl_rho", "kl_scale",
@@ -64,12 +70,26 @@ def coefficient_at(step: int, cfg: TrainConfig) -> float:
     return base * min(1.0, (step + 1) / warm) if warm else base
 
 
+def training_device(model: nn.Module | None, cfg: TrainConfig) -> torch.device:
+    """Where a run trains: ``cfg.device``, else the model's device, else the CPU.
+
+    Raises:
+        DeviceError: a device this machine does not have.
+    """
+    if cfg.device is not None:
+        return check_device(cfg.device, "TrainConfig.device")
+    if model is not None and next(iter(model.parameters()), None) is not None:
+        return models.model_device(model)
+    return torch.device("cpu")
+
+
 def make_store(model: nn.Module, token_source: Any, cfg: TrainConfig):
     """The activation store of a run: live, or over the on-disk cache of ``cfg.cache_dir``
-    (written first if missing or made for another hook / model)."""
+    (written first if missing or made for another hook / model). A live store keeps its
+    buffer on the training device (:func:`training_device`)."""
     live = ActivationStore(model, token_source, cfg.hook_name, cfg.batch_size,
                            cfg.buffer_tokens, cfg.model_batch_rows, cfg.drop_bos, cfg.seed,
-                           cfg.context_size)
+                           cfg.context_size, device=training_device(model, cfg))
     live.context = source_context(live.source, live.bos_id, cfg)
     if not cfg.cache_dir:
         return live
@@ -103,31 +123,57 @@ def source_context(source, bos_id: int | None, cfg: TrainConfig) -> tuple[int, b
 class Trainer:
     """Trains one SAE on a store's activations.
 
+    The SAE, its Adam state, the dead-latent counters and each batch live on
+    :attr:`device` (``cfg.device``, else the model's, else the CPU); the running
+    metrics are Python floats. The encoder matmul dtype is ``cfg.matmul_dtype``, with
+    ``"auto"`` resolved by :func:`~saehooks.training.config.resolve_matmul_dtype`
+    (:attr:`matmul`).
+
     Args:
         model: the TransformerLens model (for the SAE's metadata; None omits it).
         store: an :class:`ActivationStore` or :class:`CachedActivationStore`.
         cfg: the training configuration.
         resume_from: a run folder / checkpoint to continue from, or None.
+
+    Raises:
+        InputTypeError: ``cfg`` is not a :class:`TrainConfig`.
+        DeviceError: ``cfg.device`` is not on this machine.
+        SAENotFoundError: ``resume_from`` holds no checkpoint.
+        SAEFileError: every checkpoint there is damaged.
+        InputError: a resume with a different config.
     """
 
     def __init__(self, model: nn.Module | None, store, cfg: TrainConfig,
                  resume_from: str | Path | None = None) -> None:
+        if not isinstance(cfg, TrainConfig):
+            raise InputTypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass "
+                                 "saehooks.TrainConfig(...)")
         self.cfg, self.store, self.out_dir = cfg, store, Path(cfg.out_dir)
+        self.device = training_device(model, cfg)
+        self.matmul = config.resolve_matmul_dtype(cfg.matmul_dtype, self.device)
+        # what the forward passes read: the config with the matmul dtype resolved
+        self._step_cfg = dataclasses.replace(cfg, matmul_dtype=self.matmul.dtype)
         context = getattr(store, "context", (cfg.context_size, None))
         self.meta = {} if model is None else {
             "model_name": models.model_name(model),
             "model_processing": models.model_processing(model),
             "context_size": context[0], "prepend_bos": context[1]}
+        # the SAE records the hook's classic name, whichever alias the config used
+        self.hook_name = cfg.hook_name if model is None else \
+            models.classic_hook_name(model, cfg.hook_name)
         d_in = store.d_in
-        self.sae = SAE(SAEConfig(d_in=d_in, d_sae=cfg.d_sae, hook_name=cfg.hook_name))
+        self.sae = SAE(SAEConfig(d_in=d_in, d_sae=cfg.d_sae, hook_name=self.hook_name,
+                                 device=str(self.device)))
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
-        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.tracker = resample.DeadLatentTracker(cfg.d_sae, cfg.dead_window_tokens)
+        self.tracker.since_fired = self.tracker.since_fired.to(self.device)
         self.step_count, self.tokens, self.scale, self.theta = 0, 0, 1.0, 0.0
         self.log_gain = 0.0  # log of the target-L0 controller's factor on the coefficient
         self.wall_seconds, self.acc = 0.0, self._empty_acc()
         self.last_row: dict[str, float] = {}
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_leftovers(self.out_dir)
         if resume_from is not None:
             self._resume(resume_from)
         else:
@@ -139,10 +185,14 @@ class Trainer:
     def _empty_acc() -> dict[str, float]:
         return {"n": 0, "loss": 0.0, "mse": 0.0, "fvu": 0.0, "l0": 0.0, "aux": 0.0}
 
+    def _next_batch(self) -> Tensor:
+        """The store's next batch on the training device (one transfer per batch)."""
+        return self.store.next_batch().to(self.device)
+
     def _initialise(self) -> None:
         cfg = self.cfg
         n_batches = max(1, math.ceil(cfg.init_tokens / cfg.batch_size))
-        x = torch.cat([self.store.next_batch() for _ in range(n_batches)])
+        x = torch.cat([self._next_batch() for _ in range(n_batches)])
         self.scale = init.normalisation_scale(x) if cfg.normalize_activations else 1.0
         norm = 1.0 if cfg.unit_norm_decoder else cfg.decoder_init_norm
         init.init_sae(self.sae, x * self.scale, b_dec_init=cfg.b_dec_init, decoder_norm=norm,
@@ -154,12 +204,25 @@ class Trainer:
 
     def _resume(self, path: str | Path) -> None:
         tensors, values = checkpoint.load_checkpoint(path)
-        saved = TrainConfig.from_dict(values["config"]).to_dict()
+        # to the training device, except RNG states and Adam's step counts (CPU scalars)
+        tensors = {k: v if k.endswith(("generator", ".step")) else v.to(self.device)
+                   for k, v in tensors.items()}
+        raw = {k: v for k, v in values["config"].items() if k != "device"}
+        saved = TrainConfig.from_dict(raw).to_dict()
         free = _RESUME_FREE | _UNUSED[self.cfg.architecture]
         diffs = [k for k, v in self.cfg.to_dict().items() if k not in free and saved.get(k) != v]
         if diffs:
-            raise ValueError(f"cannot resume {str(path)!r} with a different config: {diffs} "
-                             "differ; pass the run's own TrainConfig")
+            said = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(self.cfg, k)!r})"
+                             for k in diffs)
+            raise InputError(f"cannot resume {str(path)!r} with a different config: the run "
+                             f"had {said}; pass the run's own TrainConfig (or start a new "
+                             "out_dir)")
+        resolved = values.get("matmul_dtype_resolved")
+        if self.cfg.matmul_dtype == "auto" and resolved in ("float32", "bfloat16") \
+                and resolved != self.matmul.dtype:
+            # keep the run's own choice: an exact resumption needs the same arithmetic
+            self.matmul = config.MatmulChoice(resolved, "resumed", None, None)
+            self._step_cfg = dataclasses.replace(self.cfg, matmul_dtype=resolved)
         with torch.no_grad():
             for name, p in self.sae.named_parameters():
                 p.copy_(tensors[f"param.{name}"])
@@ -169,7 +232,13 @@ class Trainer:
                     "step": tensors[f"adam.{name}.step"].clone(),
                     "exp_avg": tensors[f"adam.{name}.exp_avg"].clone(),
                     "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].clone()}
-        self.generator.set_state(tensors["generator"].clone())
+        saved_type = values.get("device_type", "cpu")
+        if saved_type == self.device.type:
+            self.generator.set_state(tensors["generator"].clone())
+        else:  # a CPU generator state does not fit a CUDA generator, and vice versa
+            warnings.warn(f"resuming a run checkpointed on {saved_type!r} on "
+                          f"{self.device.type!r}: its random generator starts afresh, so "
+                          "resampling differs from an uninterrupted run", stacklevel=3)
         self.tracker.since_fired = tensors["since_fired"].clone()
         store_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("store.")}
         self.store.load_state_dict(store_tensors, values["store"])
@@ -181,7 +250,10 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         path = self.out_dir / METRICS_FILE
-        rows = list(csv.reader(path.open())) if path.is_file() else []
+        rows: list[list[str]] = []
+        if path.is_file():
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
         kept = [r for r in rows[1:] if r and int(r[0]) <= self.step_count]
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
@@ -202,24 +274,32 @@ class Trainer:
         values = {"step": self.step_count, "tokens": self.tokens, "scale": self.scale,
                   "theta": self.theta, "log_gain": self.log_gain,
                   "wall_seconds": self.wall_seconds, "acc": self.acc,
-                  "store": store_values, "config": self.cfg.to_dict()}
+                  "store": store_values, "config": self.cfg.to_dict(),
+                  "device_type": self.device.type, "matmul_dtype_resolved": self.matmul.dtype}
         return tensors, values
 
     def folded_sae(self) -> SAE:
         """The SAE on raw activations: normalisation folded in, metadata attached.
 
-        BatchTopK SAEs come out as ``jumprelu`` with the global threshold θ.
+        BatchTopK SAEs come out as ``jumprelu`` with the global threshold θ. The
+        metadata's ``training`` summary holds the config without the machine-specific
+        fields (``out_dir``, ``cache_dir``, ``device``: a shipped SAE must not carry the
+        paths of the machine that trained it), the device type, and the matmul dtype
+        used with how it was chosen (:meth:`MatmulChoice.as_metadata`).
         """
         cfg = self.cfg
         arch = {"topk": "topk", "batchtopk": "jumprelu"}.get(cfg.architecture, "relu")
+        recorded = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_METADATA}
         summary = {"architecture_trained": cfg.architecture, "tokens": self.tokens,
                    "steps": self.step_count, "wall_seconds": round(self.wall_seconds, 1),
                    "normalisation_scale": self.scale,
                    "final_coefficient": coefficient_at(self.step_count, cfg)
                    * math.exp(self.log_gain), "final_metrics": self.last_row,
-                   "config": cfg.to_dict()}
+                   "device_type": self.device.type, **self.matmul.as_metadata(),
+                   "config": recorded}
         out = SAE(SAEConfig(d_in=self.sae.cfg.d_in, d_sae=cfg.d_sae, architecture=arch,
-                            k=cfg.k if arch == "topk" else None, hook_name=cfg.hook_name,
+                            k=cfg.k if arch == "topk" else None, hook_name=self.hook_name,
+                            device=str(self.device),
                             metadata={**self.meta, "training": summary}))
         init.fold_scale(self.sae, self.scale, out)
         if arch == "jumprelu":
@@ -235,8 +315,8 @@ class Trainer:
     # ---- training ------------------------------------------------------------
     def train_step(self) -> forward.ForwardOutput:
         """One optimizer step on the next batch."""
-        cfg, sae = self.cfg, self.sae
-        x = self.store.next_batch() * self.scale
+        cfg, sae = self._step_cfg, self.sae  # the config with the matmul dtype resolved
+        x = self._next_batch() * self.scale
         lr = lr_at(self.step_count, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -305,15 +385,23 @@ class Trainer:
         """Train to ``cfg.total_tokens`` and save; or stop after ``max_steps`` steps
         without a final save (as a killed run would), returning None.
 
+        The progress bar's line names the device and the matmul dtype in use, e.g.
+        ``topk blocks.2.hook_resid_post [cpu, float32 matmul]``.
+
         Returns:
             The trained SAE on raw activations (also saved to ``<out_dir>/sae``).
+
+        Raises:
+            InputError: ``max_steps`` is negative.
         """
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        if max_steps is not None:
+            max_steps = check_int(max_steps, "max_steps", minimum=0)
         wandb_run = _wandb_init(cfg) if cfg.wandb else None
         bar = tqdm(total=cfg.total_tokens, initial=self.tokens, unit="tok", unit_scale=True,
-                   disable=not cfg.progress_bar, desc=f"{cfg.architecture} {cfg.hook_name}")
+                   disable=not cfg.progress_bar, desc=self.describe())
         metrics = (self.out_dir / METRICS_FILE).open("a", newline="")
         writer = csv.writer(metrics)
         steps_done, tick, tick_tokens = 0, time.perf_counter(), self.tokens
@@ -349,8 +437,15 @@ class Trainer:
                 wandb_run.finish()
         self.save_checkpoint()
         sae = self.folded_sae()
-        sae.save(str(self.out_dir / "sae"))
+        # swapped in whole: a kill leaves the previous out_dir/sae or this one, complete
+        save_sae(sae, self.out_dir / "sae", format="saelens", overwrite=True)
         return sae
+
+    def describe(self) -> str:
+        """``"<architecture> <hook> [<device type>, <dtype> matmul]"``: the progress
+        bar's label."""
+        return (f"{self.cfg.architecture} {self.cfg.hook_name} "
+                f"[{self.device.type}, {self.matmul.dtype} matmul]")
 
 
 def _wandb_init(cfg: TrainConfig):
@@ -382,9 +477,23 @@ def train_sae(model: nn.Module, token_source: Any, cfg: TrainConfig,
         ``prepend_bos`` and ``training``; also saved to ``<out_dir>/sae``.
 
     Raises:
+        InputTypeError: ``cfg`` is not a :class:`TrainConfig`, or an unsupported token
+            source.
         HookNameError: the model has no such hook.
-        ValueError: a resume with a different config, or a bad token source.
+        DeviceError: ``cfg.device`` is not on this machine.
+        InputError: token ids outside the model's vocabulary or rows longer than its
+            context, or a resume with a different config.
+        SAENotFoundError: no token file at the path given, or no checkpoint in
+            ``resume_from``.
+        SAEFileError: every checkpoint in ``resume_from`` is damaged.
     """
+    if not isinstance(cfg, TrainConfig):
+        raise InputTypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass "
+                             "saehooks.TrainConfig(...)")
+    if resume_from is not None:  # fail before any model or cache work (warnings come later)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint.find_checkpoint(resume_from)
     store = make_store(model, token_source, cfg)
     trainer = Trainer(model, store, cfg, resume_from)
     sae = trainer.run()
