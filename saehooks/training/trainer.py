@@ -170,6 +170,9 @@ class Trainer:
         self.tracker.since_fired = self.tracker.since_fired.to(self.device)
         self.step_count, self.tokens, self.scale, self.theta = 0, 0, 1.0, 0.0
         self.log_gain = 0.0  # log of the target-L0 controller's factor on the coefficient
+        # kl: running firing estimate per latent (losses.running_firing_rate)
+        self.kl_running = torch.zeros(cfg.d_sae, dtype=self.sae.W_dec.dtype,
+                                      device=self.sae.W_dec.device)
         self.wall_seconds, self.acc = 0.0, self._empty_acc()
         self.last_row: dict[str, float] = {}
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +243,8 @@ class Trainer:
                           f"{self.device.type!r}: its random generator starts afresh, so "
                           "resampling differs from an uninterrupted run", stacklevel=3)
         self.tracker.since_fired = tensors["since_fired"].clone()
+        if "kl_running" in tensors:
+            self.kl_running = tensors["kl_running"].to(self.sae.W_dec.device).clone()
         store_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("store.")}
         self.store.load_state_dict(store_tensors, values["store"])
         self.step_count, self.tokens = int(values["step"]), int(values["tokens"])
@@ -264,7 +269,8 @@ class Trainer:
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Everything a resumed run needs: ``(tensors, JSON values)``."""
         tensors: dict[str, Tensor] = {"generator": self.generator.get_state(),
-                                      "since_fired": self.tracker.since_fired}
+                                      "since_fired": self.tracker.since_fired,
+                                      "kl_running": self.kl_running}
         for name, p in self.sae.named_parameters():
             tensors[f"param.{name}"] = p.detach()
             for key, value in self.optimizer.state.get(p, {}).items():
@@ -328,7 +334,7 @@ class Trainer:
         elif cfg.architecture == "batchtopk":
             out = forward.batchtopk_forward(sae, x, cfg, dead)
         else:
-            out = forward.relu_forward(sae, x, cfg, coefficient)
+            out = forward.relu_forward(sae, x, cfg, coefficient, self.kl_running, self.tokens)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.unit_norm_decoder:
