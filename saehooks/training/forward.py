@@ -104,11 +104,11 @@ def topk_dense_forward(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> F
     :func:`topk_forward` must match and as the baseline of the throughput benchmark.
     Arguments as :func:`topk_forward`."""
     enabled = cfg.matmul_dtype == "bfloat16"
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled):
         pre = ((x - sae.b_dec) @ sae.W_enc).to(x.dtype) + sae.b_enc
     vals, idx = pre.topk(cfg.k, dim=-1, sorted=False)
     acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled):
         x_hat = (acts @ sae.W_dec).to(x.dtype) + sae.b_dec
     residual = aux_recons = None
     aux = x.new_zeros(())
@@ -232,10 +232,10 @@ def relu_forward(sae: SAE, x: Tensor, cfg: TrainConfig, coefficient: float,
             return ForwardOutput(mse + coefficient * aux, x_hat.detach(), mse.detach(),
                                  aux.detach(), bags.counts > 0, nnz / n, 0.0)
     enabled = cfg.matmul_dtype == "bfloat16"
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled):
         pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     acts = torch.relu(pre.to(x.dtype))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled):
         x_hat = (acts @ sae.W_dec).to(x.dtype) + sae.b_dec
     mse = losses.mse(x, x_hat)
     if cfg.architecture == "l1":
