@@ -14,7 +14,11 @@ from __future__ import annotations
 import argparse
 
 import saehooks as sh
-from saehooks.effects import attribution_check, feature_ablation_effects, feature_attribution
+from saehooks.analysis.attribution import (
+    attribution_check,
+    feature_ablation_effects,
+    feature_attribution,
+)
 
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
 DEFAULT_FEATURE = 2121  # block-opening colon; see pretrained/saes/FEATURES.md

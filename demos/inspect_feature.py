@@ -15,9 +15,10 @@ import argparse
 from pathlib import Path
 
 import saehooks as sh
+from saehooks.analysis.html import feature_html
+from saehooks.analysis.logits import feature_logit_effects
+from saehooks.analysis.stats import feature_density_histogram, scan_features
 from saehooks.cli.cmd_inspect import print_examples, print_logit_effects
-from saehooks.features import feature_density_histogram, feature_logit_effects, scan_features
-from saehooks.features_html import feature_html
 
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"
 DEFAULT_FEATURES = {  # see pretrained/saes/FEATURES.md (found by pretrained/saes/find_features.py)

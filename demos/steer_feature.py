@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import saehooks as sh
-from saehooks.effects import steering_sweep
+from saehooks.analysis.steering import steering_sweep
 from saehooks.interventions import steer
 
 DEFAULT_SAE = "topk-k32-blocks.2.hook_resid_post"

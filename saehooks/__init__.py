@@ -8,13 +8,22 @@
     report = sh.evaluate(model, sae, sh.load_eval_tokens(64))
 """
 
-from saehooks.effects import (
+from saehooks.analysis.attribution import (
     attribution_check,
     feature_ablation_effects,
     feature_attribution,
-    steering_sweep,
 )
-from saehooks.evaluation import EvalReport, evaluate, loss_increase_per_token
+from saehooks.analysis.logits import feature_logit_effects
+from saehooks.analysis.stats import (
+    FeatureScan,
+    feature_act_stats,
+    feature_density,
+    feature_density_histogram,
+    mean_feature_acts,
+    scan_features,
+    top_activating_examples,
+)
+from saehooks.analysis.steering import steering_sweep
 from saehooks.errors import (
     ConcurrentUseError,
     DeviceError,
@@ -23,27 +32,18 @@ from saehooks.errors import (
     SAEHooksError,
     SAENotFoundError,
 )
-from saehooks.features import (
-    FeatureScan,
-    feature_act_stats,
-    feature_density,
-    feature_density_histogram,
-    feature_logit_effects,
-    scan_features,
-    top_activating_examples,
-)
+from saehooks.evaluation import EvalReport, evaluate, loss_increase_per_token
 from saehooks.hooks import (
     ProcessingMismatchWarning,
     attach,
     attached_saes,
+    latent_hooks,
     run_with_cache_with_saes,
     run_with_saes,
 )
 from saehooks.interventions import (
     ablate_features,
     clamp_features,
-    latent_hooks,
-    mean_feature_acts,
     steer,
     steer_direction,
 )

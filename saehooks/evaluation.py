@@ -1,11 +1,12 @@
 """What splicing SAEs into a model costs: ``evaluate`` and per-token loss tables.
 
 Every metric is a sum over tokens accumulated batch by batch in float64 on the CPU
-(:class:`TokenSums`, :class:`ReconstructionSums`), so results do not depend on the
-batch size, memory stays flat as the token count grows (one batch of logits at a
-time), and the model may sit on any device. By default, positions holding the BOS
-token keep their clean activation and are left out of every average (SAEs are trained
-without them; BOS activations are outliers) -- ``exclude_bos=False`` turns that off.
+(:class:`saehooks.metrics.TokenSums`, :class:`saehooks.metrics.ReconstructionSums`),
+so results do not depend on the batch size, memory stays flat as the token count grows
+(one batch of logits at a time), and the model may sit on any device. By default,
+positions holding the BOS token keep their clean activation and are left out of every
+average (SAEs are trained without them; BOS activations are outliers; see
+:func:`saehooks.data.position_mask`) -- ``exclude_bos=False`` turns that off.
 ``evaluate(..., ablate_bos=True)`` zero-ablates BOS positions as well, as SAELens does
 (see :class:`EvalReport.ce_loss_score`).
 """
@@ -23,19 +24,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from saehooks import checks, hooks, metrics
-from saehooks.errors import InputError
-from saehooks.feature_utils import (
-    ReconstructionSums,
-    TokenSums,
+from saehooks.data import (
     broadcast_mask,
-    check_flags,
-    check_saes,
+    capture,
+    check_sae,
+    iter_batches,
     position_mask,
+    replace_where,
 )
-from saehooks.feature_utils import bos_token_id as bos_token_id  # re-exported
-from saehooks.feature_utils import check_sae as check_sae  # re-exported
-from saehooks.feature_utils import check_tokens as check_tokens  # re-exported
-from saehooks.models import block_index, model_device, n_layers
+from saehooks.errors import InputError
+from saehooks.metrics import ReconstructionSums, TokenSums
+from saehooks.models import model_device
 from saehooks.sae import SAE
 
 UNITS = {
@@ -104,7 +103,9 @@ class EvalReport:
     n_tokens: int
     """Hook positions evaluated (the CE averages use the predicting positions among them)."""
     feature_density: Tensor = field(repr=False)
-    """``[d_sae]`` fraction of evaluated tokens on which each latent fired (CPU)."""
+    """``[d_sae]`` float32 on the CPU: fraction of counted positions (not BOS by default,
+    last positions included) where the latent's activation is ``> 0`` -- the firing
+    frequency of :func:`saehooks.feature_density` on the same tokens."""
     spliced_hooks: tuple[str, ...] = ()
     """The hooks spliced together for the CE and KL numbers (this SAE's alone, or all
     the SAEs passed to one :func:`evaluate` call)."""
@@ -145,31 +146,34 @@ class EvalReport:
 
 
 # ---- runs -------------------------------------------------------------------------------
-def _replace_where(mask: Tensor, new: Tensor | float) -> Callable:
-    """Hook replacing the activation by ``new`` (broadcastable) where ``mask [batch, pos]``."""
+def _check_saes(model: nn.Module, sae: Any) -> list[SAE]:
+    """One SAE or a non-empty list of SAEs at distinct hooks, each checked against the
+    model (:func:`saehooks.hooks.check_compatible`).
 
-    def hook(act: Tensor, hook: Any = None) -> Tensor:
-        value = torch.as_tensor(new, dtype=act.dtype, device=act.device)
-        return torch.where(broadcast_mask(mask, act), value, act)
+    Raises:
+        InputTypeError: not an SAE or a list of SAEs.
+        InputError: an empty list, or two SAEs at one hook.
+    """
+    if isinstance(sae, (list, tuple)):
+        if not sae:
+            raise InputError("no SAEs given; pass an SAE or a non-empty list of SAEs")
+        saes = [check_sae(s, "each SAE in the list") for s in sae]
+        names = [s.cfg.hook_name for s in saes]
+        repeated = sorted({h for h in names if names.count(h) > 1})
+        if repeated:
+            raise InputError(f"several SAEs at hook {repeated}: SAEs evaluated together are "
+                             "spliced in at once, one per hook; evaluate SAEs that share a "
+                             "hook in separate calls")
+    else:
+        saes = [check_sae(sae)]
+    for s in saes:
+        hooks.check_compatible(model, s)
+    return saes
 
-    return hook
 
-
-def _savers(names: Sequence[str], store: dict[str, Tensor]) -> list[tuple[str, Callable]]:
-    def saver(name: str) -> Callable:
-        def hook(act: Tensor, hook: Any = None) -> None:
-            store[name] = act.detach()
-        return hook
-    return [(name, saver(name)) for name in names]
-
-
-def _stop_layer(model: nn.Module, names: Sequence[str]) -> int | None:
-    """The layer after the last block holding one of ``names`` (None: run to the end)."""
-    blocks = [block_index(n) for n in names]
-    if any(b is None for b in blocks):
-        return None
-    last = max(b for b in blocks if b is not None) + 1
-    return last if last < n_layers(model) else None
+def _check_flags(**flags: Any) -> None:
+    for name, value in flags.items():
+        checks.check_bool(value, name)
 
 
 class BatchResult(NamedTuple):
@@ -226,18 +230,17 @@ def spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
     Yields:
         :class:`BatchResult` per batch of ``batch_size`` rows.
     """
-    saes = check_saes(model, sae)
+    saes = _check_saes(model, sae)
     tokens = checks.check_model_tokens(model, tokens, min_positions=2)
     batch_size = checks.check_batch_size(batch_size)
     names = [s.cfg.hook_name for s in saes]
     device = model_device(model)
-    for start in tqdm(range(0, tokens.shape[0], batch_size), desc=desc, disable=not progress,
-                      unit="batch"):
-        batch = tokens[start:start + batch_size].to(device)
+    n_batches = -(-tokens.shape[0] // batch_size)
+    for _, batch in tqdm(iter_batches(tokens, batch_size, device), total=n_batches, desc=desc,
+                         disable=not progress, unit="batch"):
         mask = position_mask(model, batch, exclude_bos)
-        store: dict[str, Tensor] = {}
         with torch.no_grad():
-            logits_clean = model.run_with_hooks(batch, fwd_hooks=_savers(names, store))
+            logits_clean, store = capture(model, batch, names)
             feats = {s.cfg.hook_name: s.encode(store[s.cfg.hook_name]) for s in saes}
             recons = {s.cfg.hook_name: s.decode(feats[s.cfg.hook_name]).to(
                 store[s.cfg.hook_name].dtype) for s in saes}
@@ -247,47 +250,30 @@ def spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
 
 
 @torch.no_grad()
-@hooks.uses_model
-def mean_activations(model: nn.Module, hook_names: Sequence[str], tokens: Tensor,
-                     batch_size: int = 8, exclude_bos: bool = True) -> dict[str, Tensor]:
-    """Mean clean activation at each hook over the (non-BOS) positions of ``tokens``.
-
-    One forward pass per batch, stopped after the last of the hooks' blocks; sums in
-    float64 on the CPU.
-
-    Returns:
-        ``{hook_name: mean [d] (or [n_heads, d_head] for per-head hooks)}``, float32
-        on the model's device.
+def _mean_activations(model: nn.Module, hook_names: Sequence[str], tokens: Tensor,
+                      batch_size: int, exclude_bos: bool) -> dict[str, Tensor]:
+    """Mean clean activation at each hook over the counted positions of ``tokens``
+    (the mean-ablation values), ``{hook_name: [d] (or [n_heads, d_head])}`` float32 on
+    the model's device; sums in float64 on the CPU, one forward pass per batch stopped
+    after the last of the hooks' blocks.
 
     Raises:
         InputError: no position counts (every position holds BOS).
     """
-    tokens = checks.check_model_tokens(model, tokens)
-    batch_size = checks.check_batch_size(batch_size)
     device = model_device(model)
-    stop = _stop_layer(model, hook_names)
-    kwargs = {} if stop is None else {"stop_at_layer": stop}
     totals: dict[str, Tensor] = {}
     count = 0
-    for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start:start + batch_size].to(device)
+    for _, batch in iter_batches(tokens, batch_size, device):
         mask = position_mask(model, batch, exclude_bos)
-        store: dict[str, Tensor] = {}
-        model.run_with_hooks(batch, fwd_hooks=_savers(hook_names, store), **kwargs)
+        _, acts = capture(model, batch, hook_names, stop=True)
         for name in hook_names:
-            part = store[name][mask].sum(0, dtype=torch.float64).cpu()
+            part = acts[name][mask].sum(0, dtype=torch.float64).cpu()
             totals[name] = part if name not in totals else totals[name] + part
         count += int(mask.sum())
     if count == 0:
         raise InputError("every position holds the BOS token, so there is no activation to "
                          "average; pass real text tokens or exclude_bos=False")
     return {name: (total / count).float().to(device) for name, total in totals.items()}
-
-
-def mean_activation(model: nn.Module, hook_name: str, tokens: Tensor, batch_size: int = 8,
-                    exclude_bos: bool = True) -> Tensor:
-    """Mean activation ``[d]`` at ``hook_name`` (see :func:`mean_activations`)."""
-    return mean_activations(model, [hook_name], tokens, batch_size, exclude_bos)[hook_name]
 
 
 @hooks.uses_model
@@ -330,23 +316,23 @@ def evaluate(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
         InputError: an empty list or two SAEs at one hook; ``tokens`` of the wrong
             shape, too long for the model or outside its vocabulary; ``batch_size < 1``;
             no position to evaluate.
-        HookNameError, ValueError: see :func:`saehooks.hooks.check_compatible`.
+        HookNameError, DeviceError: see :func:`saehooks.hooks.check_compatible`.
     """
-    check_flags(exclude_bos=exclude_bos, progress=progress, ablate_bos=ablate_bos)
-    saes = check_saes(model, sae)
+    _check_flags(exclude_bos=exclude_bos, progress=progress, ablate_bos=ablate_bos)
+    saes = _check_saes(model, sae)
     tokens = checks.check_model_tokens(model, tokens, min_positions=2)
     batch_size = checks.check_batch_size(batch_size)
     names = [s.cfg.hook_name for s in saes]
-    means = mean_activations(model, names, tokens, batch_size, exclude_bos)
+    means = _mean_activations(model, names, tokens, batch_size, exclude_bos)
     losses = TokenSums("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl")
     recon = {s.cfg.hook_name: ReconstructionSums(s.cfg.d_in, s.cfg.d_sae) for s in saes}
     for r in spliced_batches(model, saes, tokens, batch_size, exclude_bos, progress):
         ablated = torch.ones_like(r.mask) if ablate_bos else r.mask
         with torch.no_grad():
             logits_zero = model.run_with_hooks(
-                r.tokens, fwd_hooks=[(n, _replace_where(ablated, 0.0)) for n in names])
+                r.tokens, fwd_hooks=[(n, replace_where(ablated, 0.0)) for n in names])
             logits_mean = model.run_with_hooks(
-                r.tokens, fwd_hooks=[(n, _replace_where(ablated, means[n])) for n in names])
+                r.tokens, fwd_hooks=[(n, replace_where(ablated, means[n])) for n in names])
         predict = r.mask[:, :-1]
         losses.add(
             ce_clean=metrics.next_token_ce(r.logits_clean, r.tokens)[predict],
@@ -400,7 +386,7 @@ def loss_increase_per_token(model: nn.Module, sae: SAE | Sequence[SAE], tokens: 
     Raises:
         As :func:`evaluate`.
     """
-    check_flags(exclude_bos=exclude_bos, progress=progress)
+    _check_flags(exclude_bos=exclude_bos, progress=progress)
     frames = []
     offset = 0
     for r in spliced_batches(model, sae, tokens, batch_size, exclude_bos, progress,

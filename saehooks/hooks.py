@@ -17,10 +17,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from saehooks import models
+from saehooks import checks, models
+
+# moved to data.capture; training switches in the next step
+from saehooks.data import capture as capture
 from saehooks.errors import ConcurrentUseError, DeviceError, InputError, InputTypeError
 from saehooks.sae import SAE
 
@@ -380,43 +382,50 @@ def run_with_hook(model: nn.Module, tokens: Tensor, hook_name: str, fn: HookFn,
     return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, fn)], **kwargs)
 
 
-def capture(model: nn.Module, tokens: Tensor, hook_name: str,
-            stop: bool = False) -> tuple[Tensor | None, Tensor]:
-    """Logits and the activation at ``hook_name`` for ``tokens``.
+# ---- hooks on SAE latents -------------------------------------------------------------------
+@contextmanager
+def latent_hooks(model: nn.Module, items: Sequence[tuple[SAE, HookFn | None]],
+                 use_error_term: bool | None = None) -> Iterator[nn.Module]:
+    """Run hooks on SAE latents (``hook_sae_acts_post``), attaching the SAEs if needed.
+
+    SAEs not yet attached are attached for the block (with the error term unless
+    ``use_error_term=False``); SAEs already attached by an enclosing :func:`attach`
+    keep that attachment, and their error-term setting unless ``use_error_term`` is
+    given (then it is set for the block and restored after). The model is claimed for
+    this thread (:func:`exclusive_use`).
 
     Args:
-        stop: stop the forward pass right after the hook's block (no logits).
+        model: a hooked model.
+        items: ``(sae, fn)`` pairs; ``fn(acts [batch, pos, d_sae], hook) -> acts``
+            (``[batch, pos, n_heads, d_sae]`` on per-head hooks), or None to attach
+            the SAE without a hook (e.g. to read its latents with
+            :func:`saehooks.data.capture`).
+        use_error_term: None (default: True, or the enclosing attach's setting), or a bool.
 
-    Returns:
-        ``(logits [batch, pos, d_vocab] or None, activation [batch, pos, ...])``.
+    Yields:
+        The model.
+
+    Raises:
+        InputTypeError: ``use_error_term`` is neither None nor a bool.
+        HookNameError, InputError, DeviceError: an SAE cannot attach (see :func:`attach`).
     """
-    store: dict[str, Tensor] = {}
-
-    def save(act: Tensor, hook: Any = None) -> None:
-        store["act"] = act.detach()
-
-    kwargs: dict[str, Any] = {}
-    layer = models.block_index(hook_name) if stop else None
-    if layer is not None and layer + 1 < models.n_layers(model):
-        kwargs["stop_at_layer"] = layer + 1
-        logits = None
-        run_with_hook(model, tokens, hook_name, save, **kwargs)
-    else:
-        logits = run_with_hook(model, tokens, hook_name, save)
-        logits = None if stop else logits
-    return logits, store["act"]
-
-
-def replace_where(mask: Tensor, new: Tensor) -> HookFn:
-    """Hook that replaces the activation by ``new`` at positions where ``mask`` is True.
-
-    Args:
-        mask: ``[batch, pos]`` booleans.
-        new: ``[batch, pos, d]`` or broadcastable (e.g. ``[d]`` for a mean, 0 for zeros).
-    """
-
-    def hook(act: Tensor, hook: Any = None) -> Tensor:
-        value = torch.as_tensor(new, dtype=act.dtype, device=act.device).expand_as(act)
-        return torch.where(mask[..., None].to(act.device), value, act)
-
-    return hook
+    if use_error_term is not None:
+        checks.check_bool(use_error_term, "use_error_term")
+    saes: list[SAE] = []
+    for sae, _ in items:
+        if not any(s is sae for s in saes):
+            saes.append(sae)
+    with ExitStack() as stack:
+        stack.enter_context(exclusive_use(model))
+        fresh = [s for s in saes if attachment(model, s) is None]
+        for sae in saes:
+            if sae in fresh or use_error_term is None:
+                continue
+            stack.enter_context(error_term(model, sae, use_error_term))
+        if fresh:
+            stack.enter_context(attach(
+                model, *fresh, use_error_term=True if use_error_term is None else use_error_term))
+        fwd = [(f"{sae.cfg.hook_name}.hook_sae_acts_post", fn) for sae, fn in items
+               if fn is not None]
+        stack.enter_context(model.hooks(fwd_hooks=fwd))
+        yield model

@@ -22,34 +22,38 @@ forward pass's are refused (:class:`~saehooks.errors.InputTypeError` /
 ``model.generate(..., use_past_kv_cache=True)`` each step after the first is a
 forward pass over one new token, so pick positions other than ``"all"`` only for
 plain forward passes or uncached generation.
+
+Only context managers live here (and the hooks and vectors they add); the statistics
+they may need come from :mod:`saehooks.analysis.stats`, the one statistics pass
+(relative steering measures a feature's maximum activation there; the values of
+``mode="mean"`` come from :func:`saehooks.mean_feature_acts`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from saehooks import checks, hooks, models
-from saehooks.errors import InputError, InputTypeError
-from saehooks.feature_utils import (
+from saehooks.analysis.stats import feature_act_stats
+from saehooks.data import (
     FeatureSpec,
     Positions,
     check_feature,
-    check_features,
     check_sae,
-    decoder_vector,
     position_selector,
     select_positions,
 )
-from saehooks.features import feature_act_stats as feature_act_stats  # re-exported
+from saehooks.errors import InputError, InputTypeError
+from saehooks.hooks import latent_hooks
 from saehooks.sae import SAE
 
 
-# ---- running hooks on SAE latents -------------------------------------------------------
+# ---- hooks on SAE latents ----------------------------------------------------------------
 def set_features_hook(features: list[int], values: Tensor, positions: Positions) -> Callable:
     """Hook on ``hook_sae_acts_post`` setting ``acts[..., features] = values`` at positions.
 
@@ -58,7 +62,7 @@ def set_features_hook(features: list[int], values: Tensor, positions: Positions)
 
     Raises:
         InputTypeError, InputError: malformed ``positions`` (see
-            :func:`saehooks.feature_utils.position_selector`), raised here, before any
+            :func:`saehooks.data.position_selector`), raised here, before any
             forward pass.
     """
     select = position_selector(positions)
@@ -75,59 +79,6 @@ def set_features_hook(features: list[int], values: Tensor, positions: Positions)
         return acts
 
     return hook
-
-
-@contextmanager
-def latent_hooks(model: nn.Module, items: Sequence[tuple[SAE, Callable]],
-                 use_error_term: bool | None = None) -> Iterator[nn.Module]:
-    """Run hooks on SAE latents (``hook_sae_acts_post``), attaching the SAEs if needed.
-
-    SAEs not yet attached are attached for the block (with the error term unless
-    ``use_error_term=False``); SAEs already attached by an enclosing
-    :func:`saehooks.attach` keep that attachment, and their error-term setting unless
-    ``use_error_term`` is given (then it is set for the block and restored after).
-
-    Args:
-        model: a hooked model.
-        items: ``(sae, fn)`` pairs; ``fn(acts [batch, pos, d_sae], hook) -> acts``.
-        use_error_term: None (default: True, or the enclosing attach's setting), or a bool.
-
-    Yields:
-        The model.
-
-    Raises:
-        InputTypeError: ``use_error_term`` is neither None nor a bool.
-    """
-    if use_error_term is not None:
-        checks.check_bool(use_error_term, "use_error_term")
-    saes: list[SAE] = []
-    for sae, _ in items:
-        if not any(s is sae for s in saes):
-            saes.append(sae)
-    with ExitStack() as stack:
-        stack.enter_context(hooks.exclusive_use(model))
-        fresh = [s for s in saes if hooks.attachment(model, s) is None]
-        for sae in saes:
-            if sae in fresh or use_error_term is None:
-                continue
-            stack.enter_context(hooks.error_term(model, sae, use_error_term))
-        if fresh:
-            stack.enter_context(hooks.attach(
-                model, *fresh, use_error_term=True if use_error_term is None else use_error_term))
-        fwd = [(f"{sae.cfg.hook_name}.hook_sae_acts_post", fn) for sae, fn in items]
-        stack.enter_context(model.hooks(fwd_hooks=fwd))
-        yield model
-
-
-# ---- statistics needed by interventions -------------------------------------------------
-def mean_feature_acts(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
-                      exclude_bos: bool = True) -> Tensor:
-    """Mean activation of every latent over ``tokens`` (zeros included): ``[d_sae]``.
-
-    The replacement values of ``ablate_features(..., mode="mean")``. Arguments and
-    errors as in :func:`feature_act_stats`.
-    """
-    return feature_act_stats(model, sae, tokens, batch_size, exclude_bos)["mean"]
 
 
 # ---- ablation and clamping --------------------------------------------------------------
@@ -176,7 +127,7 @@ def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
         mode: ``"zero"`` sets the activations to 0; ``"mean"`` to ``mean_acts``.
         positions: where to ablate (see the module docstring); None = everywhere.
         mean_acts: ``[d_sae]`` finite replacement values per SAE for ``mode="mean"``,
-            e.g. :func:`mean_feature_acts` over held-out tokens.
+            e.g. :func:`saehooks.mean_feature_acts` over held-out tokens.
         use_error_term: None keeps the default (error term on, or the setting of an
             enclosing ``attach``); False ablates inside the plain reconstruction.
 
@@ -216,7 +167,7 @@ def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
                              "[d_sae] tensor per SAE")
     items = []
     for i, (s, feats) in enumerate(zip(sae_list, feature_list)):
-        idx = check_features(s, feats)
+        idx = checks.check_feature_ids(feats, s.cfg.d_sae, "features")
         values = torch.zeros(len(idx)) if mode == "zero" else _mean_values(means[i], s, idx)
         items.append((s, set_features_hook(idx, values, positions)))
     with latent_hooks(model, items, use_error_term) as m:
@@ -256,7 +207,7 @@ def clamp_features(model: nn.Module, sae: SAE, values: Mapping[int, float],
     if not values:
         raise InputError("clamp_features needs at least one {latent id: activation} pair, "
                          "e.g. {123: 5.0}")
-    idx = check_features(sae, list(values), "values' latent ids")
+    idx = checks.check_feature_ids(list(values), sae.cfg.d_sae, "values' latent ids")
     vals = torch.tensor([checks.check_float(v, f"values[{k!r}] (the activation of latent {k})")
                          for k, v in values.items()])
     with latent_hooks(model, [(sae, set_features_hook(idx, vals, positions))],
@@ -328,6 +279,27 @@ def steer_direction(model: nn.Module, hook_name: str, vector: Tensor, coefficien
     with hooks.exclusive_use(model), \
             model.hooks(fwd_hooks=[(hook_name, _add_vector_hook(coefficient * vector, positions))]):
         yield model
+
+
+def decoder_vector(sae: SAE, feature: int) -> Tensor:
+    """What one unit of ``feature``'s activation adds to the reconstruction: ``[d_in]``.
+
+    ``W_dec[feature]`` (detached, on the SAE's device), or its unit-norm version for
+    SAEs that divide activations by the decoder norm before decoding
+    (``rescale_acts_by_decoder_norm``). The direction :func:`steer` adds and
+    :func:`saehooks.feature_logit_effects` reads.
+
+    Raises:
+        InputError: the row is zero and must be normalised (it has no direction).
+    """
+    row = sae.W_dec[feature].detach()
+    if sae.cfg.rescale_acts_by_decoder_norm:
+        norm = row.norm()
+        if norm == 0:
+            raise InputError(f"latent {feature} has a zero decoder row, so it has no "
+                             "direction; pick a latent that is not dead")
+        row = row / norm
+    return row
 
 
 def steering_vector(model: nn.Module | None, sae: SAE, feature: int, coefficient: float,

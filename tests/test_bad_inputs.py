@@ -17,7 +17,7 @@ import torch
 from conftest import random_sae
 
 import saehooks as sh
-from saehooks import effects, features, interventions
+from saehooks import interventions
 from saehooks.errors import (
     HookNameError,
     InputError,
@@ -190,9 +190,9 @@ CASES = [
     ("top-examples-float-feature",
      lambda m, s, t, z: sh.top_activating_examples(m, s, t, 1.5),
      InputTypeError, "feature must be an integer"),
-    ("scan-no-features", lambda m, s, t, z: features.scan_features(m, s, t, []),
+    ("scan-no-features", lambda m, s, t, z: sh.scan_features(m, s, t, []),
      InputError, "pass at least one latent id"),
-    ("scan-negative-context", lambda m, s, t, z: features.scan_features(m, s, t, [3], context=-1),
+    ("scan-negative-context", lambda m, s, t, z: sh.scan_features(m, s, t, [3], context=-1),
      InputError, "context must be >= 0"),
     ("logit-effects-k-0", lambda m, s, t, z: sh.feature_logit_effects(m, s, 3, k=0),
      InputError, "k must be >= 1"),
@@ -241,8 +241,8 @@ def test_the_table_covers_every_entry_point():
 def test_numpy_feature_ids_work_like_a_list(model, sae, eval_tokens):
     rows = eval_tokens[:2, :24]
     ids = np.array([3, 7])
-    listed = effects.feature_ablation_effects(model, sae, rows, [3, 7])
-    from_numpy = effects.feature_ablation_effects(model, sae, rows, ids)
+    listed = sh.feature_ablation_effects(model, sae, rows, [3, 7])
+    from_numpy = sh.feature_ablation_effects(model, sae, rows, ids)
     assert from_numpy.index.tolist() == [3, 7]
     assert from_numpy.drop(columns="top_token_effects").equals(
         listed.drop(columns="top_token_effects"))

@@ -17,8 +17,7 @@ import torch
 from conftest import random_sae
 
 import saehooks as sh
-from saehooks import features, interventions
-from saehooks.features_html import feature_html
+from saehooks.analysis.html import feature_html
 from saehooks.models import hook_state
 
 DEVICE = os.environ.get("SAEHOOKS_FLOW_DEVICE", "cuda")
@@ -124,7 +123,7 @@ def test_ablation_and_clamping_on_the_device_are_exact(dev_model, saes, tokens):
     expected = torch.zeros_like(out)
     expected[:, 5:7] = -a[:, 5:7, f, None] * row
     torch.testing.assert_close(out - clean_out, expected, atol=1e-4, rtol=0)
-    means = interventions.mean_feature_acts(dev_model, sae, tokens)
+    means = sh.mean_feature_acts(dev_model, sae, tokens)
     assert _device(means) == "cpu"
     with sh.ablate_features(dev_model, sae, [f], mode="mean", mean_acts=means):
         _, out = cache()
@@ -167,7 +166,7 @@ def test_feature_tools_on_the_device_match_the_cpu(dev_model, model, saes, token
     torch.testing.assert_close(density, sh.feature_density(model, cpu_sae, tokens), atol=0.02,
                                rtol=0)
     f = int(density.argmax())
-    scan = features.scan_features(dev_model, sae, tokens, [f, 3], k=5, context=2)
+    scan = sh.scan_features(dev_model, sae, tokens, [f, 3], k=5, context=2)
     want = sh.top_activating_examples(model, cpu_sae, tokens, f, k=5, context=2)
     got = scan.examples[f]
     assert (got.sequence.iloc[0], got.position.iloc[0]) == (want.sequence.iloc[0],

@@ -132,4 +132,4 @@ def test_feature_tools_share_the_token_checker(model):
     with pytest.raises(InputTypeError, match="integer tensor"):
         sh.feature_ablation_effects(model, sae, torch.zeros(1, 4), [0])
     one_row = sh.load_eval_tokens(1)[0, :16]
-    assert torch.equal(sh.feature_utils.check_tokens(one_row), one_row[None])
+    assert torch.equal(sh.checks.check_tokens(one_row), one_row[None])

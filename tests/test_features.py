@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import random_sae
 
-from saehooks import cli, features
+from saehooks import cli
+from saehooks.analysis import logits, stats
+from saehooks.analysis.html import feature_html
+from saehooks.data import sae_acts
 from saehooks.errors import InputError
-from saehooks.feature_utils import sae_acts
-from saehooks.features_html import feature_html
 from saehooks.models import hook_state
 
 
@@ -39,7 +40,7 @@ def test_streaming_top_examples_equal_a_brute_force_pass(model, sae, tokens, bat
     acts = sae_acts(model, sae, tokens)
     freq = (acts > 0).float().mean((0, 1))
     for feature in (int(freq.argmax()), int(((freq > 0) & (freq < 0.2)).nonzero()[0])):
-        got = features.top_activating_examples(model, sae, tokens, feature, k=7, context=4,
+        got = stats.top_activating_examples(model, sae, tokens, feature, k=7, context=4,
                                                batch_size=batch_size)
         want = _brute_force(model, sae, tokens, feature, 7)
         assert list(zip(got["sequence"], got["position"])) == [(s, p) for _, s, p in want]
@@ -56,7 +57,7 @@ def test_one_scan_serves_several_features_and_all_densities(model, sae, tokens):
     keep = tokens != model.tokenizer.bos_token_id
     freq = (acts[keep] > 0).float().mean(0)
     chosen = [int(f) for f in freq.topk(3).indices]
-    scan = features.scan_features(model, sae, tokens, chosen, k=4, context=2, batch_size=2)
+    scan = stats.scan_features(model, sae, tokens, chosen, k=4, context=2, batch_size=2)
     assert sorted(scan.examples) == sorted(chosen) and scan.n_tokens == int(keep.sum())
     torch.testing.assert_close(scan.density, freq)
     for f in chosen:
@@ -67,7 +68,7 @@ def test_one_scan_serves_several_features_and_all_densities(model, sae, tokens):
 
 def test_example_rows_carry_context_and_per_token_activations(model, sae, tokens):
     feature = int((sae_acts(model, sae, tokens) > 0).float().mean((0, 1)).argmax())
-    ex = features.top_activating_examples(model, sae, tokens, feature, k=3, context=4)
+    ex = stats.top_activating_examples(model, sae, tokens, feature, k=3, context=4)
     for row in ex.itertuples():
         at = row.position - row.context_start
         assert len(row.context_tokens) == len(row.context_acts) <= 9
@@ -75,20 +76,20 @@ def test_example_rows_carry_context_and_per_token_activations(model, sae, tokens
         assert row.token == model.tokenizer.decode([int(tokens[row.sequence, row.position])])
         assert row.token_id == int(tokens[row.sequence, row.position])
         marked = re.search("«(.*)»", row.context, re.S).group(1)
-        assert marked == row.token.replace("\n", features.NEWLINE_MARK)
+        assert marked == row.token.replace("\n", stats.NEWLINE_MARK)
         assert "\n" not in row.context
 
 
 def test_a_feature_that_never_fires_has_no_examples(model, sae, tokens):
     freq = (sae_acts(model, sae, tokens) > 0).float().mean((0, 1))
     dead = int((freq == 0).nonzero()[0])
-    ex = features.top_activating_examples(model, sae, tokens, dead, k=5)
+    ex = stats.top_activating_examples(model, sae, tokens, dead, k=5)
     assert ex.empty and "activation" in ex.columns
     assert ex.attrs["frequency"] == 0 and ex.attrs["max_activation"] == 0
 
 
 def test_logit_effects_are_the_decoder_row_through_the_unembedding(model, sae):
-    table = features.feature_logit_effects(model, sae, 9, k=5)
+    table = logits.feature_logit_effects(model, sae, 9, k=5)
     row = sae.W_dec[9].detach()
     effects = (row - row.mean()) @ model.W_U
     torch.testing.assert_close(torch.tensor(table["promoted_effect"].tolist()),
@@ -100,24 +101,24 @@ def test_logit_effects_are_the_decoder_row_through_the_unembedding(model, sae):
     assert table.index.tolist() == [1, 2, 3, 4, 5]
     with pytest.raises(InputError, match=r"feature=-1 is out of range: this SAE has d_sae=512 "
                                          r"latents \(ids 0 … 511\)"):
-        features.feature_logit_effects(model, sae, -1)
+        logits.feature_logit_effects(model, sae, -1)
 
 
 def test_density_histogram_png(tmp_path):
     density = torch.tensor([0.0, 0.0, 1e-4, 1e-3, 1e-2, 0.5])
-    path = features.feature_density_histogram(density, tmp_path / "sub" / "d.png", highlight=3)
+    path = stats.feature_density_histogram(density, tmp_path / "sub" / "d.png", highlight=3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_feature_density_matches_activations(model, sae, tokens):
-    density = features.feature_density(model, sae, tokens, batch_size=2)
+    density = stats.feature_density(model, sae, tokens, batch_size=2)
     acts = sae_acts(model, sae, tokens)[tokens != 0]
     torch.testing.assert_close(density, (acts > 0).float().mean(0))
 
 
 def test_feature_html_is_self_contained(model, sae, tokens, tmp_path):
     before = hook_state(model)
-    density = features.feature_density(model, sae, tokens)
+    density = stats.feature_density(model, sae, tokens)
     feature = int(density.argmax())
     path = feature_html(model, sae, tokens, feature, tmp_path / "f.html", k=4, context=3,
                         density=density)

@@ -7,9 +7,11 @@ import torch
 from conftest import random_sae
 
 import saehooks as sh
-from saehooks import effects, interventions
+from saehooks import interventions
+from saehooks.data import capture, sae_acts
 from saehooks.errors import InputError
-from saehooks.feature_utils import sae_acts, token_losses
+from saehooks.metrics import kl_div
+from saehooks.metrics import next_token_ce as token_losses
 from saehooks.models import hook_state
 
 GEN = {"do_sample": False, "stop_at_eos": False, "verbose": False}
@@ -96,14 +98,20 @@ def test_ablation_positions_mean_mode_and_clamping(model, small_tokens, sae):
 def test_ablating_a_feature_that_never_fires_leaves_the_loss_unchanged(model, small_tokens, sae):
     freq = _frequencies(model, sae, small_tokens)
     dead = int((freq == 0).nonzero()[0])
-    clean = model(small_tokens, return_type="loss")
-    with sh.attach(model, sae, use_error_term=True):
-        spliced = model(small_tokens, return_type="loss")
-    with interventions.ablate_features(model, sae, [dead]):
-        ablated = model(small_tokens, return_type="loss")
+    with torch.no_grad():  # both runs then decode the same way (SAE.decode's sparse path)
+        clean = model(small_tokens, return_type="loss")
+        with sh.attach(model, sae, use_error_term=True):
+            spliced = model(small_tokens, return_type="loss")
+        with interventions.ablate_features(model, sae, [dead]):
+            ablated = model(small_tokens, return_type="loss")
     assert ablated == spliced
     torch.testing.assert_close(ablated, clean, atol=1e-5, rtol=0)
-    table = effects.feature_ablation_effects(model, sae, small_tokens, [dead])
+    # with gradients on, the hooked path decodes densely and the error term sparsely:
+    # equal to float rounding only (reported against SAE.forward)
+    with interventions.ablate_features(model, sae, [dead]):
+        ablated_grad = model(small_tokens, return_type="loss")
+    torch.testing.assert_close(ablated_grad.detach(), spliced, atol=1e-6, rtol=0)
+    table = sh.feature_ablation_effects(model, sae, small_tokens, [dead])
     assert table.loc[dead, "loss_change"] == 0 and table.loc[dead, "kl"] == 0
     assert table.loc[dead, "frequency"] == 0
 
@@ -125,7 +133,7 @@ def test_ablating_all_features_without_error_term_is_the_zero_reconstruction(
 
 def test_effects_table_matches_a_direct_ablated_run(model, small_tokens, sae):
     f = int(_frequencies(model, sae, small_tokens).argmax())
-    table = effects.feature_ablation_effects(model, sae, small_tokens, [f], batch_size=3,
+    table = sh.feature_ablation_effects(model, sae, small_tokens, [f], batch_size=3,
                                              exclude_bos=False)
     with torch.no_grad(), sh.attach(model, sae, use_error_term=True):
         clean = token_losses(model(small_tokens), small_tokens)
@@ -135,18 +143,32 @@ def test_effects_table_matches_a_direct_ablated_run(model, small_tokens, sae):
     assert row["loss_change"] == pytest.approx(float((ablated - clean).mean()), abs=1e-6)
     top = row["top_token_effects"][0]
     assert top[2] == pytest.approx(float((ablated - clean)[top[0], top[1]]), abs=1e-5)
-    assert row["kl"] >= 0 and 0 < row["frequency"] <= 1
+    # KL over every predicting position; frequency over every position (last ones too)
+    with torch.no_grad(), sh.attach(model, sae, use_error_term=True):
+        clean_logits = model(small_tokens)
+    with torch.no_grad(), interventions.ablate_features(model, sae, [f]):
+        ablated_logits = model(small_tokens)
+    kl = kl_div(clean_logits[:, :-1], ablated_logits[:, :-1]).double().mean()
+    assert row["kl"] == pytest.approx(float(kl), rel=1e-5)
+    acts = sae_acts(model, sae, small_tokens)[..., f]
+    assert row["frequency"] == float((acts > 0).double().mean())
+    fires = acts > 0
+    assert row["mean_act_when_firing"] == pytest.approx(float(acts[fires].double().mean()),
+                                                        rel=1e-6)
+    fires_predicting = fires[:, :-1]
+    assert row["loss_change_when_firing"] == pytest.approx(
+        float((ablated - clean)[fires_predicting].double().mean()), abs=1e-6)
     # the largest rise over every token, even when the largest |changes| are falls
     assert row["max_loss_increase"] == pytest.approx(
         max(float((ablated - clean).max()), 0.0), abs=1e-5)
-    narrow = effects.feature_ablation_effects(model, sae, small_tokens, [f], batch_size=3,
+    narrow = sh.feature_ablation_effects(model, sae, small_tokens, [f], batch_size=3,
                                               exclude_bos=False, n_top=1)
     assert narrow.loc[f, "max_loss_increase"] == pytest.approx(row["max_loss_increase"])
 
 
 def test_attribution_is_the_gradient_estimate_and_is_checked_against_ablation(
         model, small_tokens, sae):
-    attr = effects.feature_attribution(model, sae, small_tokens, batch_size=2)
+    attr = sh.feature_attribution(model, sae, small_tokens, batch_size=2)
     assert len(attr) == sae.cfg.d_sae
     assert attr["attribution"].abs().is_monotonic_decreasing
     dead = _frequencies(model, sae, small_tokens) == 0
@@ -163,15 +185,26 @@ def test_attribution_is_the_gradient_estimate_and_is_checked_against_ablation(
     def mean_loss():
         return token_losses(model(small_tokens), small_tokens)[mask[:, :-1]].double().mean()
 
-    with interventions.latent_hooks(model, [(sae, lambda a, hook: a)]):
+    with sh.latent_hooks(model, [(sae, lambda a, hook: a)]):
         base = mean_loss()
-    with interventions.latent_hooks(model, [(sae, shrink)]):
+    with sh.latent_hooks(model, [(sae, shrink)]):
         moved = mean_loss()
     estimate = eps * attr.loc[f, "attribution"]
     assert float((moved - base).detach()) == pytest.approx(estimate, rel=0.2)
-    check = effects.attribution_check(model, sae, small_tokens, top=4, attribution=attr)
-    assert len(check.table) == 4 and -1 <= check.spearman <= 1
-    assert 0 <= check.sign_agreement <= 1
+    check = sh.attribution_check(model, sae, small_tokens, top=4, attribution=attr)
+    chosen = [int(g) for g in attr.index[:4]]
+    exact = sh.feature_ablation_effects(model, sae, small_tokens, chosen)
+    assert check.table.index.tolist() == chosen
+    assert check.table["loss_change"].tolist() == exact["loss_change"].tolist()
+    # Spearman by hand: 1 - 6 Σ d² / (n (n² - 1)) on the ranks (no ties here)
+    est = torch.tensor(attr.loc[chosen, "attribution"].tolist(), dtype=torch.float64)
+    got = torch.tensor(exact["loss_change"].tolist(), dtype=torch.float64)
+    assert len(set(est.tolist())) == 4 and len(set(got.tolist())) == 4
+    d = est.argsort().argsort() - got.argsort().argsort()
+    assert check.spearman == pytest.approx(1 - 6 * float((d ** 2).sum()) / (4 * 15))
+    assert check.sign_agreement == float((est.sign() == got.sign()).double().mean())
+    assert check.table["exact_rank"].tolist() == (
+        4 - got.argsort().argsort()).tolist()  # 1 = largest change
 
 
 def test_steering_with_coefficient_zero_is_the_clean_model(model, small_tokens, sae):
@@ -189,7 +222,7 @@ def test_kv_cache_and_no_cache_generation_agree_while_steering(model, sae):
     clean_runs = [model.generate(prompt, max_new_tokens=6, use_past_kv_cache=c, **GEN)
                   for c in (True, False)]
     assert torch.equal(*clean_runs)  # load_model repairs the bridge's KV cache
-    _, act = sh.hooks.capture(model, prompt, sae.cfg.hook_name)
+    _, act = capture(model, prompt, sae.cfg.hook_name)
     f, coefficient = 7, 2 * float(act[0, 1:].norm(dim=-1).median())  # twice the stream's norm
     clean = model.generate(prompt, max_new_tokens=10, use_past_kv_cache=True, **GEN)
     outs = []
@@ -206,18 +239,16 @@ def test_kv_cache_and_no_cache_generation_agree_while_steering(model, sae):
 
 def test_steering_raises_the_feature_and_its_promoted_tokens(model, small_tokens):
     sae = random_sae(hook_name="blocks.3.hook_resid_post", seed=3)
-    _, act = sh.hooks.capture(model, small_tokens, sae.cfg.hook_name)
+    _, act = capture(model, small_tokens, sae.cfg.hook_name)
     f, coefficient = 11, float(act[:, 1:].norm(dim=-1).median())  # the stream's typical norm
-    sweep = effects.steering_sweep(model, sae, f, [0.0, coefficient],
+    sweep = sh.steering_sweep(model, sae, f, [0.0, coefficient],
                                    ["def f(x):\n    return x\n"],
                                    tokens=small_tokens[:2], max_new_tokens=4)
     assert sweep.loc[0, "kl"] == 0 and sweep.loc[1, "kl"] > 0
     assert sweep.loc[1, "feature_act"] > sweep.loc[0, "feature_act"]
     assert list(sweep.columns) == ["coefficient", "added_norm", "feature_act", "kl", "loss",
                                    "sample"]
-    from saehooks.features import feature_logit_effects
-
-    promoted = feature_logit_effects(model, sae, f, k=10)["promoted_id"].tolist()
+    promoted = sh.feature_logit_effects(model, sae, f, k=10)["promoted_id"].tolist()
     with torch.no_grad():
         clean = model(small_tokens).log_softmax(-1)
     with torch.no_grad(), interventions.steer(model, sae, f, coefficient):
@@ -283,9 +314,9 @@ def test_hooks_never_leak(model, small_tokens, sae, sae2):
                 raise RuntimeError
         assert hook_state(model) == inner and sae2.use_error_term is False
     assert hook_state(model) == before
-    effects.feature_ablation_effects(model, sae, small_tokens[:1, :16], [1])
-    effects.feature_attribution(model, sae, small_tokens[:1, :16])
-    effects.steering_sweep(model, sae, 1, [1.0], "x = 1", max_new_tokens=2)
+    sh.feature_ablation_effects(model, sae, small_tokens[:1, :16], [1])
+    sh.feature_attribution(model, sae, small_tokens[:1, :16])
+    sh.steering_sweep(model, sae, 1, [1.0], "x = 1", max_new_tokens=2)
     assert hook_state(model) == before
 
 

@@ -17,8 +17,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saehooks.feature_utils import FeatureCounts, ReconstructionSums, TokenSums
-from saehooks.features import _RunningTopK
+from saehooks.analysis.stats import RunningTopK
+from saehooks.metrics import FeatureCounts, ReconstructionSums, TokenSums
 
 REL = 1e-9
 SETTINGS = settings(max_examples=80, deadline=None)
@@ -155,6 +155,7 @@ def test_feature_counts_equal_one_shot(data, n, d_sae, seed, f_kind):
     assert torch.equal(counts.peak, acts.max(0).values.clamp_min(0).double())
     torch.testing.assert_close(counts.total, acts.double().sum(0), rtol=REL, atol=1e-12)
     assert torch.equal(counts.frequency(), (acts > 0).double().mean(0))
+    torch.testing.assert_close(counts.mean(), acts.double().mean(0), rtol=REL, atol=1e-12)
 
 
 def _top_k_brute_force(acts: torch.Tensor, k: int) -> list[tuple[float, int, int]]:
@@ -173,13 +174,12 @@ def test_running_top_k_equals_a_full_sort(data, n_seq, n_pos, k, context, seed, 
     acts = _latents(rng, n_seq * n_pos, 1, kind).reshape(n_seq, n_pos)
     if kind == "ties":
         acts = acts - 1.0  # values 0 and 1: many ties at the top, zeros never picked
-    top = _RunningTopK(k, context)
+    top = RunningTopK(k, context)
     for lo, hi in data.draw(splits(n_seq)):
         top.update(lo, acts[lo:hi])
     want = _top_k_brute_force(acts, k)
     assert [(s, p) for s, p, _ in top.items] == [(s, p) for _, s, p in want]
     assert top.values.tolist() == [v for v, _, _ in want]
-    assert top.fired == int((acts > 0).sum())
     for seq, pos, window in top.items:
         lo = max(0, pos - context)
         assert torch.equal(window, acts[seq, lo:pos + context + 1])
@@ -194,7 +194,8 @@ def test_accumulators_live_on_the_cpu_in_float64():
     counts, tokens = FeatureCounts(4), TokenSums("a")
     counts.add(torch.rand(5, 4, dtype=torch.bfloat16))
     tokens.add(a=torch.rand(5, dtype=torch.float16))
-    held = [sums.mean, sums.comoment, sums.sse, sums.l0, sums.l1, sums.fired, counts.total,
+    held = [sums.mean, sums.comoment, sums.sse, sums.l0, sums.l1, sums.counts.fired,
+            sums.counts.total, counts.total,
             counts.fired, counts.peak, tokens.sums["a"]]
     assert all(t.device.type == "cpu" and t.dtype == torch.float64 for t in held)
     assert sums.result()["feature_density"].device.type == "cpu"

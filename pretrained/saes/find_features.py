@@ -294,7 +294,7 @@ def label_scores(model, sae, rows: torch.Tensor, labels: torch.Tensor,
     Returns a dict of tensors: ``precision``/``recall``/``f1`` ``[n_labels, d_sae]``,
     ``density`` ``[d_sae]``, ``base_rate``/``support`` ``[n_labels]``, ``n_tokens``.
     """
-    from saehooks.feature_utils import sae_acts
+    from saehooks.data import sae_acts
 
     d_sae = sae.cfg.d_sae
     n_labels = labels.shape[-1]

@@ -48,7 +48,7 @@ def print_logit_effects(effects: pd.DataFrame) -> None:
 
 def run(options: Options, model=None) -> int:
     import saehooks as sh
-    from saehooks.features_html import feature_html
+    from saehooks.analysis.html import feature_html
 
     set_threads(options.threads)
     model, sae = load(options, model)

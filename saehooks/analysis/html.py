@@ -16,13 +16,13 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from saehooks.feature_utils import check_feature, check_sae
-from saehooks.features import (
+from saehooks.analysis.logits import feature_logit_effects
+from saehooks.analysis.stats import (
     NEWLINE_MARK,
     feature_density_histogram,
-    feature_logit_effects,
     top_activating_examples,
 )
+from saehooks.data import check_feature, check_sae
 from saehooks.sae import SAE
 
 _STYLE = """
@@ -114,10 +114,10 @@ def feature_html(model: nn.Module, sae: SAE, tokens: Tensor, feature: int, path:
 
     Raises:
         InputTypeError: ``feature`` is not one integer id; see also
-            :func:`~saehooks.features.top_activating_examples`.
+            :func:`~saehooks.analysis.stats.top_activating_examples`.
         InputError: an id outside ``0 … d_sae - 1``; see also
-            :func:`~saehooks.features.top_activating_examples` and
-            :func:`~saehooks.features.feature_logit_effects`.
+            :func:`~saehooks.analysis.stats.top_activating_examples` and
+            :func:`~saehooks.analysis.logits.feature_logit_effects`.
     """
     feature = check_feature(check_sae(sae), feature)
     if examples is None:
