@@ -512,6 +512,36 @@ def _gpt2_hooked_config(hf_config: Any) -> dict[str, Any]:
     }
 
 
+def _tl3_config_from_dir(target: str, loading: Any) -> dict[str, Any]:
+    """TransformerLens 3's ``convert_hf_model_config`` for a local directory.
+
+    TransformerLens 3 guesses the architecture from substrings of the name it is given
+    (``"llama"``, ``"gemma"``) before it reads ``config.json``, and then fails on a
+    directory such as ``models/llama-1b`` (no config read) or ``my-gemma`` (taken for
+    Gemma 1). So the directory is handed over under a neutral name (a symlink).
+
+    Raises:
+        InputError: TransformerLens 3 cannot build this architecture from a local
+            config (it knows Gemma 2 and 3 only by their official hub names).
+    """
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            link = Path(tmp) / "model"
+            try:
+                link.symlink_to(Path(target).resolve(), target_is_directory=True)
+                name = str(link)
+            except OSError:  # no symlinks here: the original name
+                name = target
+            return loading.convert_hf_model_config(name)
+    except NotImplementedError as exc:
+        raise InputError(f"TransformerLens 3 cannot load the local model {target!r}: {exc} "
+                         "(it knows some architectures, e.g. Gemma 2 and 3, only by their "
+                         "official hub names); install TransformerLens 4 "
+                         "(pip install 'transformer-lens>=4'), or pass the hub name") from exc
+
+
 def _load_hooked_transformer(target: str, device, dtype, processing: dict,
                              **kwargs: Any) -> nn.Module:
     """A TransformerLens 3 ``HookedTransformer`` for a hub name or a local HF directory.
@@ -553,7 +583,7 @@ def _load_hooked_transformer(target: str, device, dtype, processing: dict,
     if hf_config.architectures and hf_config.architectures[0] == "GPT2LMHeadModel":
         cfg_dict = _gpt2_hooked_config(hf_config)
     else:
-        cfg_dict = loading.convert_hf_model_config(target)
+        cfg_dict = _tl3_config_from_dir(target, loading)
     if flags["fold_ln"] and cfg_dict.get("normalization_type") in ("LN", "RMS"):
         cfg_dict["normalization_type"] += "Pre"
     cfg_dict |= {"model_name": Path(target).name, "tokenizer_name": target,
