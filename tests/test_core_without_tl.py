@@ -31,7 +31,8 @@ SCRIPT = textwrap.dedent('''
     import torch
 
     import saehooks as sh
-    from saehooks import activations, metrics
+    from saehooks import activation_fns as activations
+    from saehooks import metrics
     from saehooks.io import fold_W_dec_norm, load_sae, save_sae
     from saehooks.training import losses
 
@@ -48,16 +49,31 @@ SCRIPT = textwrap.dedent('''
         sae.save(tmp / arch)
         back = load_sae(tmp / arch)
         assert torch.equal(back.encode(x), sae.encode(x)), arch
-        recons = back(x)
-        assert 0 < metrics.fvu(x, recons) < 10
-        assert losses.mse(x, recons) > 0
+        with torch.no_grad():
+            recons = back(x)
+        # the metrics against plain formulas written here
+        error = ((x.double() - recons.double()) ** 2).sum()
+        variance = ((x.double() - x.double().mean(0)) ** 2).sum()
+        assert abs(metrics.fvu(x, recons) - float(error / variance)) < 1e-9
+        assert abs(metrics.mse(x, recons) - float(error / 64)) < 1e-9
+        assert abs(float(losses.mse(x, recons)) - float(error / 64)) < 1e-4
+        acts = back.encode(x)
+        assert torch.equal(metrics.l0(acts), (acts != 0).sum(-1))
         if arch == "topk":
-            assert torch.all(metrics.l0(back.encode(x)) <= 4)
+            # k = 4 winners per row, fewer where a winner's pre-activation is <= 0
+            winners = back.encode_pre(x).topk(4, dim=-1).values
+            assert torch.equal(metrics.l0(acts), (winners > 0).sum(-1))
             save_sae(back, tmp / "sparsify", format="sparsify")
             assert torch.equal(load_sae(tmp / "sparsify").encode(x), sae.encode(x))
         if arch == "relu":
-            fold_W_dec_norm(back)
-    assert activations.topk(x, 3).count_nonzero() <= 64 * 3
+            fold_W_dec_norm(back)  # unit decoder rows, the same reconstruction
+            torch.testing.assert_close(back.W_dec.norm(dim=-1), torch.ones(32))
+            with torch.no_grad():
+                torch.testing.assert_close(back(x), recons, atol=1e-5, rtol=1e-5)
+    top3 = torch.zeros_like(x)
+    values, index = x.topk(3, dim=-1)
+    top3.scatter_(-1, index, values.clamp_min(0))
+    assert torch.equal(activations.topk(x, 3), top3)
     assert not any(m == "transformer_lens" or m.startswith("transformer_lens.")
                    for m in sys.modules), "the core imported transformer_lens"
     try:

@@ -79,6 +79,45 @@ def test_report_against_independent_computation(model, tokens, report):
         rel=1e-4)
 
 
+def _plain_ce(logits, tokens, predict):
+    """Mean next-token CE over the predicting positions, with torch's own cross_entropy."""
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).double(),
+                                           tokens[:, 1:].flatten(), reduction="none")
+    return float(ce.reshape(predict.shape)[predict].mean())
+
+
+@pytest.mark.parametrize("ablate_bos", [False, True])
+def test_ablation_baselines_against_plain_hooks(model, tokens, report, ablate_bos):
+    """Zero- and mean-ablation CE recomputed with plain TransformerLens hooks: the
+    activation replaced by 0 / by its mean over the non-BOS positions, at the non-BOS
+    positions (every position with ablate_bos=True, SAELens' zero ablation)."""
+    mask = tokens != model.tokenizer.bos_token_id
+    where = torch.ones_like(mask) if ablate_bos else mask
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+        x = cache[HOOK]
+        mean = x[mask].double().mean(0).float()
+        zero_logits = model.run_with_hooks(tokens, fwd_hooks=[
+            (HOOK, lambda a, hook: torch.where(where[..., None], torch.zeros_like(a), a))])
+        mean_logits = model.run_with_hooks(tokens, fwd_hooks=[
+            (HOOK, lambda a, hook: torch.where(where[..., None], mean.expand_as(a), a))])
+        clean_logits = model(tokens)
+    predict = mask[:, :-1]
+    ce_zero, ce_mean = _plain_ce(zero_logits, tokens, predict), _plain_ce(mean_logits, tokens,
+                                                                          predict)
+    ce_clean = _plain_ce(clean_logits, tokens, predict)
+    assert ce_zero > ce_mean > ce_clean + 0.1  # the baselines really ablate
+    r = report if not ablate_bos else evaluate(model, random_sae(k=16), tokens, batch_size=4,
+                                               progress=False, ablate_bos=True)
+    assert r.ablate_bos is ablate_bos
+    assert r.ce_loss_zero_ablation == pytest.approx(ce_zero, rel=1e-5)
+    assert r.ce_loss_mean_ablation == pytest.approx(ce_mean, rel=1e-5)
+    assert r.ce_loss_score == pytest.approx(
+        (ce_zero - r.ce_loss_spliced) / (ce_zero - ce_clean), rel=1e-4)
+    assert r.ce_loss_score_mean_ablation == pytest.approx(
+        (ce_mean - r.ce_loss_spliced) / (ce_mean - ce_clean), rel=1e-4)
+
+
 def test_results_do_not_depend_on_batch_size(model, tokens, report):
     other = evaluate(model, random_sae(k=16), tokens, batch_size=5, progress=False)
     for key, value in report.to_dict().items():
