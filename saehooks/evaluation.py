@@ -176,7 +176,7 @@ def _check_flags(**flags: Any) -> None:
         checks.check_bool(value, name)
 
 
-class BatchResult(NamedTuple):
+class _BatchResult(NamedTuple):
     """One batch of a spliced run (tensors on the model's device)."""
 
     tokens: Tensor
@@ -218,9 +218,9 @@ def _splice_hooks(saes: Sequence[SAE], mask: Tensor,
     return [(s.cfg.hook_name, make(s)) for s in saes]
 
 
-def spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
-                    batch_size: int = 8, exclude_bos: bool = True, progress: bool = True,
-                    desc: str = "evaluating") -> Iterator[BatchResult]:
+def _spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
+                     batch_size: int = 8, exclude_bos: bool = True, progress: bool = True,
+                     desc: str = "evaluating") -> Iterator[_BatchResult]:
     """Run clean and spliced forward passes batch by batch (no gradients).
 
     Args:
@@ -228,7 +228,7 @@ def spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
         tokens: ``[n_seq, pos]`` token ids, on any device (each batch moves to the model's).
 
     Yields:
-        :class:`BatchResult` per batch of ``batch_size`` rows.
+        :class:`_BatchResult` per batch of ``batch_size`` rows.
     """
     saes = _check_saes(model, sae)
     tokens = checks.check_model_tokens(model, tokens, min_positions=2)
@@ -246,7 +246,7 @@ def spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
                 store[s.cfg.hook_name].dtype) for s in saes}
             logits_spliced = model.run_with_hooks(
                 batch, fwd_hooks=_splice_hooks(saes, mask, recons))
-        yield BatchResult(batch, mask, store, feats, recons, logits_clean, logits_spliced)
+        yield _BatchResult(batch, mask, store, feats, recons, logits_clean, logits_spliced)
 
 
 @torch.no_grad()
@@ -326,7 +326,7 @@ def evaluate(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
     means = _mean_activations(model, names, tokens, batch_size, exclude_bos)
     losses = TokenSums("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl")
     recon = {s.cfg.hook_name: ReconstructionSums(s.cfg.d_in, s.cfg.d_sae) for s in saes}
-    for r in spliced_batches(model, saes, tokens, batch_size, exclude_bos, progress):
+    for r in _spliced_batches(model, saes, tokens, batch_size, exclude_bos, progress):
         ablated = torch.ones_like(r.mask) if ablate_bos else r.mask
         with torch.no_grad():
             logits_zero = model.run_with_hooks(
@@ -389,8 +389,8 @@ def loss_increase_per_token(model: nn.Module, sae: SAE | Sequence[SAE], tokens: 
     _check_flags(exclude_bos=exclude_bos, progress=progress)
     frames = []
     offset = 0
-    for r in spliced_batches(model, sae, tokens, batch_size, exclude_bos, progress,
-                             desc="per-token losses"):
+    for r in _spliced_batches(model, sae, tokens, batch_size, exclude_bos, progress,
+                              desc="per-token losses"):
         clean = metrics.next_token_ce(r.logits_clean, r.tokens)
         spliced = metrics.next_token_ce(r.logits_spliced, r.tokens)
         seq, pos = r.mask[:, :-1].nonzero(as_tuple=True)

@@ -1,6 +1,7 @@
 """The command line: eval prints a report; --json is machine-readable."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,25 +12,34 @@ from saehooks.cli import main
 from saehooks.cli.common import held_out_rows
 
 
-def test_eval_json(tmp_path, capsys):
+def test_eval_json(model, tmp_path, capsys):
     random_sae(k=16).save(tmp_path / "sae")
     assert main(["eval", "--sae", str(tmp_path / "sae"), "--n-tokens", "512", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["l0"] == 16.0
     rows = held_out_rows(2)  # 512 tokens: two rows of 256 (the CLI's row rule); BOS excluded
     assert out["n_tokens"] == int((rows != rows[0, 0]).sum())
-    assert 0 < out["ce_loss_clean"] < out["ce_loss_zero_ablation"]
     assert "feature_density" not in out
+    # the numbers of sh.evaluate on those rows
+    report = sh.evaluate(model, random_sae(k=16), rows, progress=False)
+    for key in ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablation",
+                "ce_loss_mean_ablation", "kl_div", "fvu", "mse"):
+        assert out[key] == pytest.approx(getattr(report, key), rel=1e-6), key
 
 
-def test_eval_table_on_a_text_file(tmp_path, capsys):
+def test_eval_table_on_a_text_file(model, tmp_path, capsys):
     random_sae(k=16).save(tmp_path / "sae")
     source = (tmp_path / "code.py")
-    source.write_text("def add(a, b):\n    return a + b\n\n" * 60)
+    text = "def add(a, b):\n    return a + b\n\n" * 60
+    source.write_text(text)
     assert main(["eval", "--sae", str(tmp_path / "sae"), "--text-file", str(source),
                  "--n-ctx", "64"]) == 0
     out = capsys.readouterr().out
-    assert "ce_loss_score" in out and "nats/token" in out
+    n_rows = model.to_tokens(text, prepend_bos=False).shape[1] // 63  # BOS + 63 tokens a row
+    assert n_rows >= 2 and f"on {n_rows} x 64 tokens" in out
+    assert re.search(r"^ce_loss_score\s+\S+\s+fraction$", out, re.M)
+    assert re.search(r"^l0\s+16\.0000\s+latents/token$", out, re.M)
+    assert re.search(rf"^n_tokens\s+{n_rows * 63}\.0000\s+tokens$", out, re.M)
 
 
 def test_every_command_takes_threads_and_one_default_sae():

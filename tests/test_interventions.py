@@ -241,13 +241,40 @@ def test_steering_raises_the_feature_and_its_promoted_tokens(model, small_tokens
     sae = random_sae(hook_name="blocks.3.hook_resid_post", seed=3)
     _, act = capture(model, small_tokens, sae.cfg.hook_name)
     f, coefficient = 11, float(act[:, 1:].norm(dim=-1).median())  # the stream's typical norm
-    sweep = sh.steering_sweep(model, sae, f, [0.0, coefficient],
-                                   ["def f(x):\n    return x\n"],
-                                   tokens=small_tokens[:2], max_new_tokens=4)
-    assert sweep.loc[0, "kl"] == 0 and sweep.loc[1, "kl"] > 0
-    assert sweep.loc[1, "feature_act"] > sweep.loc[0, "feature_act"]
+    prompt = "def f(x):\n    return x\n"
+    sweep = sh.steering_sweep(model, sae, f, [0.0, coefficient], [prompt],
+                              tokens=small_tokens[:2], max_new_tokens=4)
     assert list(sweep.columns) == ["coefficient", "added_norm", "feature_act", "kl", "loss",
                                    "sample"]
+    # each column recomputed with a plain hook adding c · W_dec[f] / ‖W_dec[f]‖
+    row = sae.W_dec[f].detach()
+    p, rows = model.to_tokens(prompt), small_tokens[:2]
+    with torch.no_grad():
+        clean = model(p)
+    for i, c in enumerate([0.0, coefficient]):
+        add = c * row / row.norm()
+        seen = {}
+
+        def steer_and_read(a, hook, add=add, seen=seen):
+            seen["act"] = a + add
+            return a + add
+
+        with torch.no_grad():
+            logits = model.run_with_hooks(p, fwd_hooks=[(sae.cfg.hook_name, steer_and_read)])
+            feature_act = sae.encode(seen["act"])[..., f].mean()
+            loss_logits = model.run_with_hooks(rows, fwd_hooks=[(sae.cfg.hook_name,
+                                                                 steer_and_read)])
+            out = model.run_with_hooks(p, fwd_hooks=[(sae.cfg.hook_name, steer_and_read)])
+        kl = kl_div(clean, logits).mean()
+        predict = (rows != model.tokenizer.bos_token_id)[:, :-1]
+        loss = token_losses(loss_logits, rows)[predict].double().mean()
+        assert sweep.loc[i, "added_norm"] == pytest.approx(abs(c), rel=1e-5)
+        assert sweep.loc[i, "feature_act"] == pytest.approx(float(feature_act), rel=1e-5)
+        assert sweep.loc[i, "kl"] == pytest.approx(float(kl), rel=1e-4, abs=1e-7)
+        assert sweep.loc[i, "loss"] == pytest.approx(float(loss), rel=1e-5)
+        assert sweep.loc[i, "sample"].startswith(model.tokenizer.decode([int(out[0, -1].argmax())]))
+    assert sweep.loc[0, "kl"] == 0 and sweep.loc[1, "kl"] > 0.01
+    assert sweep.loc[1, "feature_act"] > sweep.loc[0, "feature_act"]
     promoted = sh.feature_logit_effects(model, sae, f, k=10)["promoted_id"].tolist()
     with torch.no_grad():
         clean = model(small_tokens).log_softmax(-1)
