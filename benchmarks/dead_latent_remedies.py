@@ -85,7 +85,7 @@ def measure(sae, acts: torch.Tensor) -> dict[str, float]:
 
 def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> dict:
     """Train one variant from the shared cache; its held-out numbers and wall time."""
-    from saehooks.training import TrainConfig, forward, losses, train_sae
+    from saehooks.training import TrainConfig, losses, sparse, train_sae
 
     changes = dict(changes)
     relu_aux = changes.pop("_relu_aux", False)
@@ -94,11 +94,11 @@ def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> di
                       checkpoint_every_tokens=0, progress_bar=False, out_dir=str(work / "run"),
                       cache_dir=str(work / "cache"), cache_tokens=min(tokens, 2_000_000),
                       **changes)
-    original = forward.sparse.selected_pre, losses.auxk_loss, losses.topk_loss
+    original = sparse.selected_pre, losses.auxk_loss, losses.topk_loss
     if relu_aux:  # the first implementation's AuxK: ReLU on the dead latents' values
         def selected_pre(*args, **kwargs):
             return torch.relu(original[0](*args, **kwargs))
-        forward.sparse.selected_pre = selected_pre
+        sparse.selected_pre = selected_pre
     if raw_aux:  # ... and mse(e, ê) added with α, not normalised
         def topk_loss(x, x_hat, residual=None, aux_recons=None, aux_coefficient=1 / 32):
             loss = losses.mse(x, x_hat)
@@ -111,7 +111,7 @@ def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> di
         sae = train_sae(model, rows, cfg)
         seconds = time.time() - start
     finally:
-        forward.sparse.selected_pre, losses.auxk_loss, losses.topk_loss = original
+        sparse.selected_pre, losses.auxk_loss, losses.topk_loss = original
     final = sae.cfg.metadata["training"]["final_metrics"]
     return {**measure(sae, acts), "dead_train_window": final["dead_fraction"],
             "seconds": seconds}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saehooks import activations
+from saehooks import activation_fns as activations
 from saehooks.errors import DeviceError, InputError, InputTypeError
 
 ARCHITECTURES = ("relu", "topk", "jumprelu", "gated")

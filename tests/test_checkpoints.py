@@ -228,7 +228,7 @@ def test_resume_closes_metrics_csv(tmp_path, monkeypatch):
     assert len(opened) >= 2 and all(f.closed for f in opened)
     monkeypatch.undo()
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert [int(r.split(",")[0]) for r in lines[1:]] == [4, 8]  # rows past step 8 dropped
+    assert [int(r.split(",")[0]) for r in lines[1:]] == [1, 4, 8]  # rows past 8 dropped
     assert resumed.step_count == 8
 
 

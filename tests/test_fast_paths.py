@@ -19,10 +19,19 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from saehooks import activations
+from saehooks import activation_fns
 from saehooks.sae import SAE, SAEConfig
-from saehooks.training import forward, losses, sparse
+from saehooks.training import sparse
 from saehooks.training.config import TrainConfig
+from saehooks.training.objectives import (
+    BatchTopKObjective,
+    KLObjective,
+    L1Objective,
+    LoopHandles,
+    StepState,
+    TopKObjective,
+)
+from saehooks.training.resample import DeadLatentTracker
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
 CORNERS = ("random", "few_positive", "outlier_row", "all_negative", "ties")
@@ -72,6 +81,38 @@ def chunk_size(size: int) -> Iterator[None]:
         yield
     finally:
         sparse._CHUNK = saved
+
+
+def topk_sparse_step(sae: SAE, x, cfg: TrainConfig, dead):
+    """The TopK objective's forward pass on the sparse kernels."""
+    return TopKObjective(cfg).sparse_forward(sae, x, dead)
+
+
+def topk_dense_step(sae: SAE, x, cfg: TrainConfig, dead):
+    """The TopK objective's dense autograd forward pass."""
+    return TopKObjective(cfg).dense_forward(sae, x, dead)
+
+
+def batchtopk_step(sae: SAE, x, cfg: TrainConfig, dead):
+    """The BatchTopK objective's forward pass at the first step."""
+    return BatchTopKObjective(cfg).forward(sae, x, StepState(0, 0, dead))
+
+
+def relu_step(sae: SAE, x, cfg: TrainConfig, running, tokens_seen: int):
+    """The l1 / kl objective's forward pass after ``tokens_seen`` tokens (its
+    coefficient is the configured one: no warm-up in these configs), then its
+    ``after_step``; the kl running estimate starts at ``running`` (None: the first
+    batch). Returns the output and the objective."""
+    objective = (L1Objective if cfg.architecture == "l1" else KLObjective)(cfg)
+    if running is not None:
+        objective.running = running.clone()
+    d_sae = sae.cfg.d_sae
+    out = objective.forward(sae, x, StepState(0, tokens_seen, torch.zeros(d_sae, dtype=bool)))
+    loop = LoopHandles(torch.optim.Adam(sae.parameters()), DeadLatentTracker(d_sae, 10**9),
+                       torch.Generator())
+    objective.after_step(sae, x, out, StepState(0, tokens_seen, torch.zeros(d_sae, dtype=bool)),
+                         loop)
+    return out, objective
 
 
 def ref_grads(sae: SAE, loss: torch.Tensor) -> list[torch.Tensor]:
@@ -179,8 +220,10 @@ def selection_is_decided(pre, k, dead, k_aux, twin, batch: bool) -> bool:
 
 
 def _cfg(arch: str, d_sae: int, k: int, n: int, aux_k: int = 3, **changes) -> TrainConfig:
-    return TrainConfig(architecture=arch, d_sae=d_sae, k=k, aux_k=aux_k, aux_coefficient=0.25,
-                       matmul_dtype="float32", total_tokens=n, batch_size=n, **changes)
+    base = dict(architecture=arch, d_sae=d_sae, k=k, aux_k=aux_k, aux_coefficient=0.25,
+                matmul_dtype="float32", total_tokens=n, batch_size=n,
+                sparsity_warmup_fraction=0.0, resample_dead=False)
+    return TrainConfig(**{**base, **changes})
 
 
 def _check_against_reference(sae: SAE, x, out, mask, dead, cfg: TrainConfig, twin) -> None:
@@ -212,8 +255,7 @@ def test_batchtopk_issue_example_keeps_every_exact_winner():
         sae.W_dec.copy_(torch.eye(16))
     x = -torch.ones(5, 16)
     x[0, :5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
-    out = forward.batchtopk_forward(sae, x, _cfg("batchtopk", 16, 1, 5),
-                                    torch.zeros(16, dtype=torch.bool))
+    out = batchtopk_step(sae, x, _cfg("batchtopk", 16, 1, 5), torch.zeros(16, dtype=torch.bool))
     assert out.l0 * 5 == 5.0
     assert out.min_active == 1.0
     assert torch.equal(out.x_hat[0], torch.cat([x[0, :5], torch.zeros(11)]))
@@ -236,7 +278,7 @@ def test_batchtopk_outlier_token_is_reconstructed_exactly(bias):
     x[7] *= 30.0
     none_dead = torch.zeros(d_sae, dtype=torch.bool)
     cfg = _cfg("batchtopk", d_sae, k, n)
-    out = forward.batchtopk_forward(sae, x, cfg, none_dead)
+    out = batchtopk_step(sae, x, cfg, none_dead)
     pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).detach()
     mask = ref_batchtopk_mask(pre, k)
     assert int(mask[7].sum()) > 4 * k  # the corner is really hit
@@ -276,7 +318,7 @@ def pre_matrices(draw):
 @given(pre_matrices())
 def test_batchtopk_code_equals_a_full_sort(case):
     pre, k = case
-    vals, rows, cols = forward.batchtopk_code(pre, k)
+    vals, rows, cols = activation_fns.batch_topk_code(pre, k)
     mask = ref_batchtopk_mask(pre, k)
     ref_vals = pre[mask]
     # invariants that hold even with ties at the cut: the kept values as a multiset,
@@ -286,8 +328,8 @@ def test_batchtopk_code_equals_a_full_sort(case):
     assert torch.equal(pre[rows, cols], vals)  # coordinates point at the values
     assert bool((rows[1:] >= rows[:-1]).all())  # sorted by row
     assert len(set(zip(rows.tolist(), cols.tolist()))) == len(rows)  # no duplicates
-    # activations.batch_topk (the inference-side rule) keeps the same values
-    dense = activations.batch_topk(pre, k)
+    # activation_fns.batch_topk, built on the same selection, keeps the same values
+    dense = activation_fns.batch_topk(pre, k)
     assert torch.equal(dense[dense > 0].sort().values, ref_vals.sort().values)
     if ref_vals.numel() and int((pre == ref_vals.min()).sum()) == 1:
         got = torch.zeros_like(mask)  # no tie at the cut: the kept set itself is unique
@@ -301,7 +343,7 @@ def test_batchtopk_forward_equals_dense_reference(problem):
     sae, x, k, dead, twin = problem
     n, d_sae = x.shape[0], sae.cfg.d_sae
     cfg = _cfg("batchtopk", d_sae, k, n)
-    out = forward.batchtopk_forward(sae, x, cfg, dead)
+    out = batchtopk_step(sae, x, cfg, dead)
     pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).detach()
     assume(selection_is_decided(pre, k, dead, cfg.aux_k, twin, batch=True))
     mask = ref_batchtopk_mask(pre, k)
@@ -317,14 +359,14 @@ def test_topk_forward_equals_dense_reference(problem, path):
     sae, x, k, dead, twin = problem
     n, d_sae = x.shape[0], sae.cfg.d_sae
     cfg = _cfg("topk", d_sae, k, n)
-    step = forward.topk_forward if path == "sparse" else forward.topk_dense_forward
+    step = topk_sparse_step if path == "sparse" else topk_dense_step
     out = step(sae, x, cfg, dead)
     pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).detach()
     assume(selection_is_decided(pre, k, dead, cfg.aux_k, twin, batch=False))
     _check_against_reference(sae, x, out, ref_topk_mask(pre, k), dead, cfg, twin)
 
 
-@pytest.mark.parametrize("step", [forward.topk_forward, forward.topk_dense_forward])
+@pytest.mark.parametrize("step", [topk_sparse_step, topk_dense_step])
 def test_auxk_default_k_aux_with_every_latent_dead(step):
     # aux_k = 0 picks the power of two nearest d_in / 2 (4 for d_in 8); with every
     # latent dead the aux latents are the 4 largest pre-activations of all latents.
@@ -342,8 +384,9 @@ def test_auxk_default_k_aux_with_every_latent_dead(step):
 
 
 # ---- ReLU objectives: sparse path vs dense path vs reference ---------------------------
-def ref_relu_loss(sae, x, arch, coefficient, scale, rho, running, tokens_seen):
-    """Plain dense l1 / kl loss; kl on the running estimate with the batch's gradient."""
+def ref_relu_loss(sae, x, arch, coefficient, scale, rho, running, tokens_seen, window):
+    """Plain dense l1 / kl loss; kl valued on the running estimate (over ``window``
+    tokens, starting from ``running``) with the batch penalty's gradient."""
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     acts = torch.relu(pre)
     x_hat = acts @ sae.W_dec + sae.b_dec
@@ -352,11 +395,7 @@ def ref_relu_loss(sae, x, arch, coefficient, scale, rho, running, tokens_seen):
     if arch == "l1":
         return mse + coefficient * (acts * sae.W_dec.norm(dim=-1)).sum() / n, None
     rho_b = (1.0 - torch.exp(-acts / scale)).mean(0)
-    if running is None:
-        q = rho_b.clamp(1e-6, 1 - 1e-6)
-        kl = rho * torch.log(rho / q) + (1 - rho) * torch.log((1 - rho) / (1 - q))
-        return mse + coefficient * kl.sum(), None
-    a = min(1.0, n / min(losses.KL_RHO_WINDOW_TOKENS, tokens_seen + n))
+    a = min(1.0, n / min(window, tokens_seen + n))
     r = (1 - a) * running + a * rho_b.detach()
     q, q_b = r.clamp(1e-6, 1 - 1e-6), rho_b.clamp(1e-6, 1 - 1e-6)
     kl = (rho * torch.log(rho / q) + (1 - rho) * torch.log((1 - rho) / (1 - q))).sum()
@@ -367,30 +406,34 @@ def ref_relu_loss(sae, x, arch, coefficient, scale, rho, running, tokens_seen):
 
 @SETTINGS
 @given(sae_problems(), st.sampled_from(("l1", "kl")), st.booleans(), st.integers(0, 10**6),
-       st.sampled_from((0.0, 2.0, 6.0)))
-def test_relu_paths_equal_dense_reference(problem, arch, use_running, tokens_seen, shift):
+       st.sampled_from((0.0, 2.0, 6.0)), st.sampled_from((1, 7, 64, 32768)))
+def test_relu_paths_equal_dense_reference(problem, arch, use_running, tokens_seen, shift,
+                                          window):
+    # window 1 / 7: shorter than most batches (the estimate is the batch's own)
     sae, x, _, _, _ = problem
     n, d_sae = x.shape[0], sae.cfg.d_sae
     with torch.no_grad():  # a larger shift: sparse enough for the sparse path
         sae.b_enc.sub_(shift)
+    start = torch.linspace(0.0, 0.2, d_sae, dtype=torch.float64) if use_running else None
     results = []
     for sparse_kernels in (True, False):
-        cfg = _cfg(arch, d_sae, 1, n, kl_rho=0.05, kl_scale=0.3, sparse_kernels=sparse_kernels)
-        running = torch.linspace(0.0, 0.2, d_sae, dtype=torch.float64) if use_running else None
-        out = forward.relu_forward(sae, x, cfg, 0.7, running, tokens_seen)
-        results.append((out, running, ref_grads(sae, out.loss)))
-    start = torch.linspace(0.0, 0.2, d_sae, dtype=torch.float64) if use_running else None
-    loss, r = ref_relu_loss(sae, x, arch, 0.7, 0.3, 0.05, start, tokens_seen)
+        cfg = _cfg(arch, d_sae, 1, n, kl_rho=0.05, kl_scale=0.3, kl_window_tokens=window,
+                   l1_coefficient=0.7, kl_beta=0.7, sparse_kernels=sparse_kernels)
+        out, objective = relu_step(sae, x, cfg, start, tokens_seen)
+        results.append((out, objective, ref_grads(sae, out.loss)))
+    zeros = torch.zeros(d_sae, dtype=torch.float64)  # the estimate before any batch
+    loss, r = ref_relu_loss(sae, x, arch, 0.7, 0.3, 0.05, zeros if start is None else start,
+                            tokens_seen, window)
     ref = ref_grads(sae, loss)
     pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).detach()
-    for out, running, grads in results:
+    for out, objective, grads in results:
         assert torch.allclose(out.loss.detach(), loss.detach(), rtol=1e-10, atol=1e-12)
         assert out.l0 == float((pre > 0).sum()) / n
         assert torch.equal(out.fired, (pre > 0).any(0))
         for a, b in zip(grads, ref):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
-        if arch == "kl" and use_running:
-            assert torch.allclose(running, r, rtol=1e-12, atol=1e-15)  # updated in place
+        if arch == "kl":  # after_step took the batch into the estimate
+            assert torch.allclose(objective.running, r, rtol=1e-12, atol=1e-15)
 
 
 def test_relu_sparse_path_is_taken_and_equals_dense():
@@ -408,10 +451,10 @@ def test_relu_sparse_path_is_taken_and_equals_dense():
     for arch in ("l1", "kl"):
         outs = []
         for sparse_kernels in (True, False):
-            cfg = _cfg(arch, 128, 1, 32, sparse_kernels=sparse_kernels)
-            outs.append(forward.relu_forward(sae, x, cfg, 0.5, torch.full((128,), 0.01,
-                                                                           dtype=torch.float64),
-                                             4096))
+            cfg = _cfg(arch, 128, 1, 32, sparse_kernels=sparse_kernels, l1_coefficient=0.5,
+                       kl_beta=0.5)
+            running = torch.full((128,), 0.01, dtype=torch.float64)
+            outs.append(relu_step(sae, x, cfg, running, 4096)[0])
         assert torch.allclose(outs[0].loss, outs[1].loss, rtol=1e-12)
         for a, b in zip(ref_grads(sae, outs[0].loss), ref_grads(sae, outs[1].loss)):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -449,9 +492,9 @@ def _check_kernels(n, d_sae, rows, cols, x_c, W_enc, b_enc, W_dec, upstream) -> 
     xs, We, be, Wd = leaves
     with torch.no_grad():
         selected = (xs @ We + be)[rows, cols]
-    offsets, bags = sparse.row_offsets(rows, n), sparse.latent_bags(cols, d_sae)
-    vals = sparse.selected_pre(xs, We, be, selected, rows, cols, offsets, bags)
-    out = sparse.sparse_decode(vals, rows, cols, offsets, Wd, bags)
+    code, bags = sparse.code_from_rows(selected, rows, cols, n), sparse.latent_bags(cols, d_sae)
+    vals = sparse.selected_pre(xs, We, be, code, bags)
+    out = sparse.sparse_decode(code._replace(vals=vals), Wd, bags)
     (out * upstream).sum().backward()
     got = [t.grad.clone() if t.grad is not None else torch.zeros_like(t) for t in leaves]
     # dense reference: scatter the selected pre-activations into [n, d_sae]
@@ -490,7 +533,7 @@ def test_chunk_boundary_is_crossed_at_the_real_chunk_size():
     cols = torch.arange(d_sae).repeat(n)
     vals = torch.randn(n * d_sae, generator=g, dtype=torch.float64, requires_grad=True)
     W_dec = torch.randn(d_sae, d_in, generator=g, dtype=torch.float64, requires_grad=True)
-    out = sparse.sparse_decode(vals, rows, cols, sparse.row_offsets(rows, n), W_dec,
+    out = sparse.sparse_decode(sparse.code_from_rows(vals, rows, cols, n), W_dec,
                                sparse.latent_bags(cols, d_sae))
     upstream = torch.randn(n, d_in, generator=g, dtype=torch.float64)
     (out * upstream).sum().backward()
@@ -508,7 +551,7 @@ def test_k_equal_d_sae_and_all_rows_negative_through_both_topk_objectives():
     x = torch.randn(5, 4, generator=g, dtype=torch.float64)
     for arch in ("topk", "batchtopk"):
         cfg = _cfg(arch, 6, 6, 5)
-        step = forward.topk_forward if arch == "topk" else forward.batchtopk_forward
+        step = topk_sparse_step if arch == "topk" else batchtopk_step
         out = step(sae, x, cfg, torch.zeros(6, dtype=torch.bool))
         pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
         # k = d_sae: every positive pre-activation is kept, i.e. a plain ReLU SAE

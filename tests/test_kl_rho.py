@@ -13,6 +13,7 @@ from saehooks.training import Trainer, losses
 from saehooks.training.config import TrainConfig
 
 RHO, D_SAE = 0.006, 4096
+WINDOW = TrainConfig().kl_window_tokens  # the default window, 32768 tokens
 
 
 def batch_rates(n: int, steps: int, seed: int) -> list[torch.Tensor]:
@@ -48,12 +49,12 @@ def test_running_penalty_is_near_zero_at_every_batch_size(n):
     # (a) of the issue: at ρ̂ = ρ the penalty on the running estimate is ~0 whatever
     # the batch size: d_sae / (2 (2W − n)) nats for an exponential average over W
     # tokens (its variance is a / (2 − a) times a batch's, a = n / W): 0.03-0.04 here.
-    window = losses.KL_RHO_WINDOW_TOKENS
+    window = WINDOW
     steps = 5 * window // n + 3 * max(1, window // n)
     running = torch.zeros(D_SAE, dtype=torch.float64)
     values, seen = [], 0
     for i, rate in enumerate(batch_rates(n, steps, seed=n + 1)):
-        running = losses.running_firing_rate(rate, running, n, seen)
+        running = losses.running_firing_rate(rate, running, n, seen, window)
         seen += n
         if i >= 5 * window // n:  # after five windows: stationary
             values.append(float(losses.kl_penalty_running(rate, running, RHO)))
@@ -167,9 +168,11 @@ def test_running_value_leaves_the_training_step_unchanged(tmp_path):
     for with_running in (True, False):
         cfg = kl_config(tmp_path / str(with_running), 256, 6)
         trainer = Trainer(None, Source(256), cfg)
-        if not with_running:
-            trainer.kl_running = None  # forward.relu_forward's batch-only penalty
-        auxes = [float(trainer.train_step().aux) for _ in range(6)]
+        with pytest.MonkeyPatch.context() as patch:
+            if not with_running:  # the batch-only penalty: value and gradient on ρ̂_batch
+                patch.setattr(losses, "kl_penalty_running",
+                              lambda rate, running, rho: losses.kl_sparsity_penalty(rate, rho))
+            auxes = [float(trainer.train_step().aux) for _ in range(6)]
         runs.append(([p.detach().clone() for p in trainer.sae.parameters()], auxes))
     (weights, aux_running), (weights_batch, aux_batch) = runs
     for a, b in zip(weights, weights_batch):
@@ -182,7 +185,7 @@ def test_running_estimate_is_checkpointed_and_resumed_exactly(tmp_path):
     full = Trainer(None, Source(256), cfg)
     for _ in range(12):
         full.train_step()
-    assert float(full.kl_running.sum()) > 0  # the trainer feeds the estimate
+    assert float(full.objective.running.sum()) > 0  # the trainer feeds the estimate
 
     cfg_b = kl_config(tmp_path / "killed", 256, 12)
     killed = Trainer(None, Source(256), cfg_b)
@@ -190,9 +193,30 @@ def test_running_estimate_is_checkpointed_and_resumed_exactly(tmp_path):
         killed.train_step()
     killed.save_checkpoint()
     resumed = Trainer(None, Source(256), cfg_b, resume_from=tmp_path / "killed")
-    assert torch.equal(resumed.kl_running, killed.kl_running)
+    assert torch.equal(resumed.objective.running, killed.objective.running)
     for _ in range(7):
         resumed.train_step()
-    assert torch.equal(resumed.kl_running, full.kl_running)
+    assert torch.equal(resumed.objective.running, full.objective.running)
     for (name, a), b in zip(full.sae.named_parameters(), resumed.sae.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_kl_window_tokens_sets_the_memory_of_the_logged_estimate(tmp_path):
+    # The config field reaches the objective: with a window of one batch the estimate
+    # is each batch's own ρ̂ (a = 1), so the logged KL is the batch penalty; with the
+    # default window, after 3 batches of 256 tokens it is their token-weighted mean.
+    # The gradient, hence the weights, do not depend on the window.
+    outs, weights = {}, {}
+    for window in (256, WINDOW):
+        cfg = kl_config(tmp_path / str(window), 256, 3, kl_window_tokens=window)
+        trainer = Trainer(None, Source(256), cfg)
+        outs[window] = [trainer.train_step() for _ in range(3)]
+        weights[window] = [p.detach().clone() for p in trainer.sae.parameters()]
+        rates = [out.firing_rate for out in outs[window]]
+        expected = rates[-1] if window == 256 else (rates[0] + rates[1] + rates[2]) / 3
+        assert torch.allclose(trainer.objective.running, expected, rtol=1e-6, atol=1e-9)
+        last = float(outs[window][-1].aux)
+        assert last == pytest.approx(float(losses.kl_sparsity_penalty(expected, 0.04)),
+                                     rel=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(weights[256], weights[WINDOW]))
+    assert float(outs[256][-1].aux) != float(outs[WINDOW][-1].aux)

@@ -5,7 +5,7 @@ import torch
 from conftest import random_sae
 
 import saehooks as sh
-from saehooks import activations
+from saehooks import activation_fns as activations
 
 
 def test_encode_decode_follow_the_saelens_formulas():

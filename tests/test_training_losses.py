@@ -8,12 +8,21 @@ import math
 import pytest
 import torch
 
-from saehooks import activations
+from saehooks import activation_fns, metrics
 from saehooks.errors import InputError
 from saehooks.sae import SAE, SAEConfig
-from saehooks.training import forward, init, losses, sparse
+from saehooks.training import init, losses, sparse
 from saehooks.training.config import TrainConfig, field_docs, parse_count
-from saehooks.training.trainer import coefficient_at, lr_at
+from saehooks.training.objectives import KLObjective, L1Objective, StepState, TopKObjective
+from saehooks.training.trainer import lr_at
+
+
+def topk_sparse_step(sae, x, cfg, dead):
+    return TopKObjective(cfg).sparse_forward(sae, x, dead)
+
+
+def topk_dense_step(sae, x, cfg, dead):
+    return TopKObjective(cfg).dense_forward(sae, x, dead)
 
 
 def test_mse_sums_over_d_in_and_averages_over_tokens():
@@ -23,10 +32,13 @@ def test_mse_sums_over_d_in_and_averages_over_tokens():
     assert losses.mse(x, x_hat).item() == 7.0
 
 
-def test_fvu_uses_variance_about_the_mean():
+def test_the_logged_fvu_uses_variance_about_the_mean():
+    # training logs saehooks.metrics.fvu (the package's one FVU) of each batch
     x = torch.tensor([[1.0, 0.0], [3.0, 2.0]])  # mean [2, 1]; Σ‖x - mean‖² = 4
     x_hat = torch.tensor([[2.0, 0.0], [3.0, 2.0]])  # squared error 1
-    assert losses.fvu(x, x_hat).item() == pytest.approx(0.25)
+    assert metrics.fvu(x, x_hat) == 0.25
+    # the training loss's mse is the same formula as metrics.mse: (1 + 0) / 2 tokens
+    assert losses.mse(x, x_hat).item() == metrics.mse(x, x_hat) == 0.5
 
 
 def test_l1_penalty_weights_by_decoder_norm():
@@ -65,11 +77,27 @@ def test_activation_functions_reject_bad_k_with_input_error():
     pre = torch.tensor([[1.0, -2.0, 3.0]])
     for k in (0, 4):
         with pytest.raises(InputError, match="pass a k between 1 and 3"):
-            activations.topk(pre, k)
-    with pytest.raises(InputError, match="k >= 1"):
-        activations.batch_topk(pre, 0)
-    assert torch.equal(activations.topk(pre, 2), torch.tensor([[1.0, 0.0, 3.0]]))
-    assert torch.equal(activations.batch_topk(pre, 1), torch.tensor([[0.0, 0.0, 3.0]]))
+            activation_fns.topk(pre, k)
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="k >= 1"):
+            activation_fns.batch_topk(pre, k)
+    assert torch.equal(activation_fns.topk(pre, 2), torch.tensor([[1.0, 0.0, 3.0]]))
+    assert torch.equal(activation_fns.batch_topk(pre, 1), torch.tensor([[0.0, 0.0, 3.0]]))
+
+
+def test_batch_topk_shares_the_budget_over_every_leading_dimension():
+    # [2, 2, 3]: 4 rows share k · 4 = 4 slots; row [0, 0] holds three of the four largest
+    pre = torch.tensor([[[9.0, 8.0, 7.0], [-1.0, 0.5, -2.0]],
+                        [[6.0, -3.0, -4.0], [0.25, 0.0, -5.0]]])
+    expected = torch.tensor([[[9.0, 8.0, 7.0], [0.0, 0.0, 0.0]],
+                             [[6.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    assert torch.equal(activation_fns.batch_topk(pre, 1), expected)
+    # k = 2: 8 slots but only 6 positive values; zeros and negatives are never kept
+    vals, rows, cols = activation_fns.batch_topk_code(pre.view(4, 3), 2)
+    order = (rows * 3 + cols).argsort()  # sorted by row already; within a row, any order
+    assert rows.tolist() == [0, 0, 0, 1, 2, 3]
+    assert vals[order].tolist() == [9.0, 8.0, 7.0, 0.5, 6.0, 0.25]
+    assert cols[order].tolist() == [0, 1, 2, 1, 0, 0]
 
 
 def test_auxk_loss_and_topk_loss_hand_values():
@@ -98,7 +126,7 @@ def _auxk_sae() -> SAE:
     return sae
 
 
-@pytest.mark.parametrize("step_fn", [forward.topk_forward, forward.topk_dense_forward])
+@pytest.mark.parametrize("step_fn", [topk_sparse_step, topk_dense_step])
 def test_auxk_is_exactly_zero_for_a_perfect_dead_reconstruction_with_b_dec(step_fn):
     sae = _auxk_sae()
     x = torch.tensor([[2.5, 1.25]])  # b_dec + 2·e0 + 1·e1
@@ -111,7 +139,7 @@ def test_auxk_is_exactly_zero_for_a_perfect_dead_reconstruction_with_b_dec(step_
     assert losses.auxk_loss(x - out.x_hat, torch.tensor([[0.0, 1.0]]) + sae.b_dec).item() > 0
 
 
-@pytest.mark.parametrize("step_fn", [forward.topk_forward, forward.topk_dense_forward])
+@pytest.mark.parametrize("step_fn", [topk_sparse_step, topk_dense_step])
 def test_auxk_trains_a_dead_latent_whose_pre_activation_is_negative(step_fn):
     # A dead latent below zero is the usual case; a ReLU in the aux path would give it
     # no gradient and AuxK would never revive anything.
@@ -142,18 +170,20 @@ def test_sparse_kernels_match_dense_autograd(arch):
     dead = torch.zeros(128, dtype=torch.bool)
     dead[:40] = True
     cfg = TrainConfig(architecture=arch, d_sae=128, k=6, aux_k=4, matmul_dtype="float32",
-                      total_tokens=64, batch_size=64)
+                      total_tokens=64, batch_size=64, l1_coefficient=0.3, kl_beta=0.3,
+                      sparsity_warmup_fraction=0.0)
     results = []
     for use_sparse in (True, False):
         sae.zero_grad()
         c = dataclasses.replace(cfg, sparse_kernels=use_sparse)
         if arch == "topk":
-            step = forward.topk_forward if use_sparse else forward.topk_dense_forward
+            step = topk_sparse_step if use_sparse else topk_dense_step
             out = step(sae, x, c, dead)
         else:
             with torch.no_grad():  # keep the code sparse enough for the sparse path
                 sae.b_enc.fill_(-2.0)
-            out = forward.relu_forward(sae, x, c, coefficient=0.3)
+            objective = (L1Objective if arch == "l1" else KLObjective)(c)
+            out = objective.forward(sae, x, StepState(0, 0, dead))
         out.loss.backward()
         results.append((out.loss.detach(), out.l0, [p.grad.clone() for p in sae.parameters()]))
     (loss_s, l0_s, grads_s), (loss_d, l0_d, grads_d) = results
@@ -167,9 +197,10 @@ def test_sparse_decode_equals_dense_product():
     g = torch.Generator().manual_seed(1)
     W = torch.randn(10, 3, generator=g)
     vals, idx = torch.rand(4, 2, generator=g), torch.randint(0, 10, (4, 2), generator=g)
-    v, rows, cols, offsets = sparse.code_from_topk(vals, idx)
-    dense = torch.zeros(4, 10).index_put_((rows, cols), v, accumulate=True)
-    got = sparse.sparse_decode(v, rows, cols, offsets, W, sparse.latent_bags(cols, 10))
+    code = sparse.code_from_topk(vals, idx)
+    assert code.n_rows == 4 and code.offsets.tolist() == [0, 2, 4, 6]
+    dense = torch.zeros(4, 10).index_put_((code.rows, code.cols), code.vals, accumulate=True)
+    got = sparse.sparse_decode(code, W, sparse.latent_bags(code.cols, 10))
     assert torch.allclose(got, dense @ W, atol=1e-6)
 
 
@@ -207,9 +238,14 @@ def test_schedules():
                       sparsity_warmup_fraction=0.5)
     assert cfg.total_steps == 100
     assert [lr_at(s, cfg) for s in (0, 9, 10, 79, 80, 99)] == [0.1, 1.0, 1.0, 1.0, 1.0, 0.05]
-    assert coefficient_at(0, cfg) == pytest.approx(4.0 / 50)
-    assert coefficient_at(49, cfg) == coefficient_at(99, cfg) == 4.0
-    assert coefficient_at(0, dataclasses.replace(cfg, architecture="topk")) == 0.0
+    l1 = L1Objective(cfg)
+    assert l1.coefficient(0) == pytest.approx(4.0 / 50)
+    assert l1.coefficient(49) == l1.coefficient(99) == 4.0
+    kl = KLObjective(dataclasses.replace(cfg, architecture="kl", kl_beta=2.0))
+    assert kl.coefficient(24) == pytest.approx(1.0) and kl.coefficient(50) == 2.0
+    assert TopKObjective(dataclasses.replace(cfg, architecture="topk")).coefficient(0) == 0.0
+    l1.log_gain = math.log(3.0)  # the target-L0 controller's factor multiplies it
+    assert l1.coefficient(99) == pytest.approx(12.0)
 
 
 def test_config_fields_are_documented_and_counts_parse():

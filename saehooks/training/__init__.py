@@ -1,8 +1,9 @@
 """Training sparse autoencoders on a model's activations.
 
 ``train_sae(model, tokens, TrainConfig(...))`` streams activations at a hook (live or
-from an on-disk cache), trains with one of the objectives of :mod:`.losses`, and
-returns an SAE that reads raw activations. See :class:`TrainConfig` for every knob.
+from an on-disk cache, :mod:`.stores`), trains with one of the objectives of
+:mod:`.objectives` in the loop of :mod:`.trainer`, and returns an SAE that reads raw
+activations. See :class:`TrainConfig` for every knob.
 """
 
 from saehooks.training.activation_cache import CachedActivationStore, write_activation_cache

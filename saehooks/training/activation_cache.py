@@ -78,11 +78,9 @@ def write_activation_cache(store: ActivationStore, cache_dir: str | Path, n_toke
         if row_limit is not None and store.source.rows_served >= row_limit:
             source_done = True
         if not (enough or source_done):
-            if row_limit is not None:
-                store.model_batch_rows = min(store.model_batch_rows,
-                                             row_limit - store.source.rows_served)
+            max_rows = None if row_limit is None else row_limit - store.source.rows_served
             try:
-                pool = torch.cat([pool, store._fresh()])
+                pool = torch.cat([pool, store.fresh_activations(max_rows)])
             except StopIteration:
                 source_done = True
             continue_filling = pool.shape[0] < 2 * shard_tokens
@@ -131,13 +129,17 @@ class CachedActivationStore:
         batch_size: activations per batch.
         seed: seed of the shard order and shuffling.
         shards_per_group: shards mixed together.
+        context: ``(context_size, prepend_bos)`` of the token rows the cache was made
+            from (see ``ActivationStore.context``), for a trained SAE's metadata; None
+            if unknown.
 
     Raises:
         SAENotFoundError: the folder holds no finished cache.
     """
 
     def __init__(self, cache_dir: str | Path, batch_size: int = 4096, seed: int = 0,
-                 shards_per_group: int = 4) -> None:
+                 shards_per_group: int = 4,
+                 context: tuple[int, bool | None] | None = None) -> None:
         batch_size = check_positive_int(batch_size, "batch_size")
         seed = check_int(seed, "seed", minimum=0)
         shards_per_group = check_positive_int(shards_per_group, "shards_per_group")
@@ -152,6 +154,8 @@ class CachedActivationStore:
         self.n_shards = int(info["n_shards"])
         self.epoch, self.group, self.offset = 0, 0, 0
         self._data: Tensor | None = None
+        self.context = context
+        """``(context_size, prepend_bos)`` of the cached rows, or None if unknown."""
 
     def _groups_per_epoch(self) -> int:
         return -(-self.n_shards // self.shards_per_group)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saehooks import hooks, models
+from saehooks import data, models
 from saehooks.checks import check_bool, check_int, check_positive_int, check_tokens
 from saehooks.errors import InputError, InputTypeError, SAEFileError, SAENotFoundError
 from saehooks.io.common import read_safetensors
@@ -120,6 +120,31 @@ class TokenSource:
     def finite_rows(self) -> int | None:
         """Rows in one epoch when known without reading everything, else None."""
         return None if self._tensor is None else self._tensor.shape[0]
+
+    @property
+    def tensor(self) -> Tensor | None:
+        """The token rows ``[n_seq, n_ctx]`` of a tensor or ``.safetensors`` source, else
+        None (a text folder or an iterable is read lazily)."""
+        return self._tensor
+
+    def context(self, bos_id: int | None = None) -> tuple[int | None, bool | None]:
+        """``(tokens per row, whether every row starts with BOS)`` as far as they can be
+        told without consuming the source: a tensor (all rows), a list or tuple (its
+        first item), a text folder (``context_size``, True); None where unknown.
+
+        Args:
+            bos_id: the BOS id (default: the one this source was given).
+        """
+        bos_id = self.bos_id if bos_id is None else bos_id
+        rows = self._tensor
+        if rows is None and isinstance(self._iterable, (list, tuple)) and self._iterable:
+            first = torch.as_tensor(self._iterable[0])
+            rows = first if first.ndim == 2 else first[None]
+        if rows is not None:
+            return int(rows.shape[1]), bool(bos_id is not None and (rows[:, 0] == bos_id).all())
+        if self._files is not None:
+            return self.context_size, True
+        return None, None
 
     def _text_rows(self) -> Iterator[Tensor]:
         body = self.context_size - 1
@@ -217,11 +242,16 @@ class ActivationStore:
                              "no tokenizer; pass drop_bos=False")
         self.source = tokens if isinstance(tokens, TokenSource) else TokenSource(
             tokens, tokenizer, context_size, self.bos_id)
-        if self.source._tensor is not None:  # check all of it now, not minutes in
-            self._check_ids(self.source._tensor)
-            if drop_bos and bool((self.source._tensor == self.bos_id).all()):
+        rows = self.source.tensor
+        if rows is not None:  # check all of it now, not minutes in
+            self._check_ids(rows)
+            if drop_bos and bool((rows == self.bos_id).all()):
                 raise InputError("every token of the token source is BOS, so with drop_bos "
                                  "there are no activations to train on; pass real text")
+        n_ctx, prepend_bos = self.source.context(self.bos_id)
+        self.context: tuple[int, bool | None] = (n_ctx or context_size, prepend_bos)
+        """``(context_size, prepend_bos)`` of the rows, for a trained SAE's metadata
+        (``prepend_bos`` None when it cannot be told without consuming the source)."""
         self.batch_size, self.buffer_tokens = batch_size, max(buffer_tokens, 2 * batch_size)
         self.model_batch_rows, self.drop_bos = model_batch_rows, drop_bos
         self.generator = torch.Generator().manual_seed(seed)
@@ -250,20 +280,33 @@ class ActivationStore:
         """
         self._check_ids(tokens)
         device = models.model_device(self.model)
-        _, acts = hooks.capture(self.model, tokens.to(device), self.hook_name, stop=True)
+        _, acts = data.capture(self.model, tokens.to(device), self.hook_name, stop=True)
         acts = acts.to(self.device, torch.float32)
         if self.drop_bos:
             return acts[(tokens != self.bos_id).to(self.device)]
         return acts.reshape(-1, acts.shape[-1])
 
-    def _fresh(self) -> Tensor:
+    def fresh_activations(self, max_rows: int | None = None) -> Tensor:
+        """Activations ``[n_kept, d_in]`` of the source's next model batch, unshuffled
+        and outside the mixing buffer (the on-disk cache writer reads them this way).
+
+        Args:
+            max_rows: read at most this many rows (default ``model_batch_rows``).
+
+        Raises:
+            StopIteration: the token source is exhausted.
+            InputError: bad token ids, or too many batches without an activation.
+        """
+        limit = self.model_batch_rows if max_rows is None else min(max_rows,
+                                                                   self.model_batch_rows)
         if self._rows is None:
             self._rows = self.source.iter_rows()
-        rows = []
-        for row in self._rows:
-            rows.append(row)
-            if len(rows) == self.model_batch_rows:
+        rows: list[Tensor] = []
+        while len(rows) < limit:
+            row = next(self._rows, None)
+            if row is None:
                 break
+            rows.append(row)
         if not rows:
             raise StopIteration("the token source is exhausted")
         acts = self.activations(torch.stack(rows))
@@ -278,7 +321,7 @@ class ActivationStore:
         parts, n = [self._pool], self._pool.shape[0]
         while n < self.buffer_tokens:
             try:
-                fresh = self._fresh()
+                fresh = self.fresh_activations()
             except StopIteration:
                 if n == 0:
                     raise

@@ -1,13 +1,18 @@
 """``TrainConfig``: every knob of SAE training, one documented field each.
 
+Which fields matter is declared once, by their readers: each objective's ``FIELDS``
+(:mod:`saehooks.training.objectives`) and the loop's ``LOOP_FIELDS``
+(:mod:`saehooks.training.trainer`); a resumed run must agree on those, and only those.
+
 The field docstrings are read from this file's source (:func:`field_docs`), so that
 the command-line flags of ``saehooks train`` and their help texts are generated from
 the dataclass and never drift from it. Every field is checked when a config is made
 (:meth:`TrainConfig.__post_init__`), so a bad value fails at once, with a message
 saying what to pass, instead of minutes into a run.
 
-:func:`resolve_matmul_dtype` turns ``matmul_dtype="auto"`` into the dtype this
-machine multiplies fastest (a short timed probe, once per process and device type).
+:func:`training_device` says where a run trains, and :func:`resolve_matmul_dtype`
+turns ``matmul_dtype="auto"`` into the dtype this machine multiplies fastest (a short
+timed probe, once per process and device type).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
+from saehooks import models
 from saehooks.checks import (
     check_bool,
     check_choice,
@@ -48,7 +55,8 @@ class TrainConfig:
     """TransformerLens hook point whose activations the SAE reads and reconstructs."""
     architecture: str = "topk"
     """Sparsity objective: ``topk`` / ``batchtopk`` (Gao et al. 2024; Bussmann et al.
-    2024), ``l1`` (Anthropic April 2024) or ``kl`` (Ng 2011 average-activation KL)."""
+    2024), ``l1`` (Anthropic April 2024) or ``kl`` (Ng 2011 average-activation KL); see
+    ``saehooks.training.objectives`` for the fields each one reads."""
     d_sae: int = 4096
     """Number of latents."""
     k: int = 32
@@ -84,6 +92,9 @@ class TrainConfig:
     units, where E‖x‖ = sqrt(d_in)). Keep it well below the typical activation, so that
     ``ρ̂`` counts firings, as L0 does: at 2.5 faint firings barely counted and L0 stalled
     near 310 on the reference model while β rose 18-fold; at 0.05 (ρ 0.006) L0 is 33."""
+    kl_window_tokens: int = 32768
+    """Tokens over which the ``kl`` objective's running firing estimate averages (its
+    logged KL value); the gradient does not depend on it."""
     target_l0: float = 0.0
     """``l1``/``kl``: if > 0, adapt the coefficient (λ or β) multiplicatively after its
     warm-up so that the batch L0 tracks this target (a Lagrangian-style controller)."""
@@ -133,8 +144,10 @@ class TrainConfig:
     float32. The choice is recorded in the SAE's metadata and shown in the progress
     bar."""
     sparse_kernels: bool = True
-    """``topk``/``batchtopk``: sparse decoder and encoder gradients (``embedding_bag``)
-    instead of dense ``[batch, d_sae]`` matmuls; same result, several times faster."""
+    """``topk``, ``l1``, ``kl``: sparse decoder and encoder gradients (``embedding_bag``)
+    instead of dense ``[batch, d_sae]`` matmuls; same result, several times faster
+    (``l1``/``kl`` take them once their code is at most 1/16 dense; ``batchtopk``
+    always does)."""
     seed: int = 0
     """Seed of initialisation, data order and resampling."""
     device: str | None = None
@@ -225,11 +238,6 @@ class TrainConfig:
         """Optimizer steps: ``ceil(total_tokens / batch_size)``."""
         return math.ceil(self.total_tokens / self.batch_size)
 
-    @property
-    def unit_norm_decoder(self) -> bool:
-        """Whether decoder rows are kept at unit norm (all objectives but ``l1``)."""
-        return self.architecture != "l1"
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the fields."""
         out = dataclasses.asdict(self)
@@ -264,7 +272,7 @@ class TrainConfig:
 
 _POSITIVE_INTS = ("d_sae", "k", "total_tokens", "batch_size", "dead_window_tokens",
                   "init_tokens", "log_every_steps", "model_batch_rows", "buffer_tokens",
-                  "shard_tokens")
+                  "shard_tokens", "kl_window_tokens")
 _NONNEGATIVE_INTS = ("aux_k", "resample_every_tokens", "seed", "checkpoint_every_tokens",
                      "cache_tokens")
 _BOOLS = ("auxk", "init_encoder_as_decoder_transpose", "fit_encoder_scale", "resample_dead",
@@ -345,6 +353,21 @@ def parse_count(text: str | int | float) -> int:
     if not math.isfinite(value) or abs(value - round(value)) > 1e-6 * max(1.0, abs(value)):
         raise InputError(f"expected a whole count such as 4096, 20M or 1.5e6, got {text!r}")
     return int(round(value))
+
+
+# ---- where a run trains ---------------------------------------------------------------
+
+def training_device(model: nn.Module | None, cfg: TrainConfig) -> torch.device:
+    """Where a run trains: ``cfg.device``, else the model's device, else the CPU.
+
+    Raises:
+        DeviceError: a device this machine does not have.
+    """
+    if cfg.device is not None:
+        return check_device(cfg.device, "TrainConfig.device")
+    if model is not None and next(iter(model.parameters()), None) is not None:
+        return models.model_device(model)
+    return torch.device("cpu")
 
 
 # ---- matmul dtype: what this device multiplies fastest ------------------------------

@@ -9,6 +9,7 @@ trained weights into an SAE that reads and writes *raw* activations.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -133,7 +134,8 @@ def fold_scale(train_sae: SAE, scale: float, out: SAE) -> SAE:
 
 
 @torch.no_grad()
-def fit_encoder_scale(sae: SAE, x: Tensor, k: int | None = None) -> float:
+def fit_encoder_scale(sae: SAE, x: Tensor,
+                      activation: Callable[[Tensor], Tensor] = torch.relu) -> float:
     """Scale ``W_enc`` so that the initial reconstruction has the right size.
 
     With ``b_enc = 0`` and a positively homogeneous activation (ReLU, top-k) scaling
@@ -147,19 +149,14 @@ def fit_encoder_scale(sae: SAE, x: Tensor, k: int | None = None) -> float:
     Args:
         sae: the freshly initialised SAE (modified in place).
         x: normalised activations ``[n, d_in]``.
-        k: latents per token for top-k, or None for ReLU.
+        activation: the objective's activation ``[n, d_sae] -> [n, d_sae]``
+            (``Objective.init_activation``: ReLU, or TopK with the run's ``k``).
 
     Returns:
-        The factor γ applied.
+        The factor γ applied (not applied unless positive).
     """
     x_c = x - sae.b_dec
-    pre = x_c @ sae.W_enc + sae.b_enc
-    if k is None:
-        acts = torch.relu(pre)
-    else:
-        vals, idx = pre.topk(k, dim=-1)
-        acts = torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
-    y = acts @ sae.W_dec
+    y = activation(x_c @ sae.W_enc + sae.b_enc) @ sae.W_dec
     denom = float((y * y).sum())
     gamma = float((x_c * y).sum()) / denom if denom > 0 else 1.0
     if gamma > 0:

@@ -3,7 +3,9 @@
 Conventions shared by every function here:
 
 * the squared error is **summed over** ``d_in`` and **averaged over tokens**
-  (``mse = mean_token ‖x − x̂‖²``), the same convention as ``saehooks.metrics``;
+  (``mse = mean_token ‖x − x̂‖²``): :func:`mse` is the differentiable form (in the
+  tensors' dtype) of ``saehooks.metrics.mse``, whose float64 value training logs, as
+  it logs ``saehooks.metrics.fvu`` (the one FVU of the package);
 * penalties are summed over latents and averaged over tokens, so that every term is
   "per token" and does not depend on the batch size;
 * nothing here has state: the trainer owns coefficients, schedules and dead masks.
@@ -18,13 +20,6 @@ from torch import Tensor
 
 from saehooks.errors import InputError
 
-KL_RHO_WINDOW_TOKENS = 32768
-"""Tokens over which the ``kl`` objective's running firing estimate averages (see
-:func:`running_firing_rate`). Its noise then costs about ``d_sae / (4 · window)`` nats
-of KL whatever the batch size (0.03 nats at 4096 latents), and it follows the firing
-rates with a lag of about one window (8 steps of 4096 tokens). A module constant until
-``TrainConfig`` has a field for it."""
-
 
 def mse(x: Tensor, x_hat: Tensor) -> Tensor:
     """Reconstruction error ``mean_token ‖x − x̂‖²``.
@@ -37,23 +32,6 @@ def mse(x: Tensor, x_hat: Tensor) -> Tensor:
         Scalar: squared L2 error summed over ``d_in``, averaged over the batch.
     """
     return (x_hat - x).pow(2).sum(-1).mean()
-
-
-def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Fraction of variance unexplained ``Σ‖x − x̂‖² / Σ‖x − mean(x)‖²`` over the batch.
-
-    The denominator is the variance about the batch's per-dimension mean (not about
-    zero), as in ``saehooks.metrics.fvu``.
-
-    Args:
-        x: inputs ``[batch, d_in]``.
-        x_hat: reconstructions ``[batch, d_in]``.
-
-    Returns:
-        Scalar FVU (0 is perfect, 1 is as good as predicting the mean).
-    """
-    total = (x - x.mean(0)).pow(2).sum()
-    return (x_hat - x).pow(2).sum() / total.clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def l1_penalty(acts: Tensor, W_dec: Tensor) -> Tensor:
@@ -149,7 +127,7 @@ def kl_sparsity_penalty(rho_hat: Tensor, rho: float, eps: float = 1e-6) -> Tenso
 
 
 def running_firing_rate(rho_batch: Tensor, rho_running: Tensor, n_tokens: int,
-                        tokens_seen: int, window: int = KL_RHO_WINDOW_TOKENS) -> Tensor:
+                        tokens_seen: int, window: int) -> Tensor:
     """Running estimate of each latent's firing probability, updated by one batch.
 
     ``R_t = (1 − a) · R_{t−1} + a · ρ̂_batch`` with ``a = n_tokens / min(window,
@@ -174,7 +152,11 @@ def running_firing_rate(rho_batch: Tensor, rho_running: Tensor, n_tokens: int,
             ``tokens_seen`` is 0).
         n_tokens: tokens in this batch.
         tokens_seen: tokens in the batches before this one.
-        window: memory of the average, in tokens.
+        window: memory of the average, in tokens (``TrainConfig.kl_window_tokens``,
+            32768 by default: the estimate's noise then costs about
+            ``d_sae / (4 · window)`` nats of KL whatever the batch size, 0.03 nats at
+            4096 latents, and it follows the firing rates with a lag of about one
+            window, 8 steps of 4096 tokens).
 
     Returns:
         ``[d_sae]`` the updated estimate ``R_t`` (no gradient).

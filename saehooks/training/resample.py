@@ -1,4 +1,4 @@
-"""Dead latents: tracking, and resampling for the ``l1`` / ``kl`` objectives.
+"""Dead latents: tracking (every objective), and resampling (the ``l1`` / ``kl`` remedy).
 
 A latent is *dead* when it has not fired on any of the last ``window`` tokens.
 """
@@ -17,11 +17,13 @@ class DeadLatentTracker:
     Args:
         d_sae: number of latents.
         window: tokens without firing after which a latent counts as dead.
+        device: where the counters live (the training device).
     """
 
-    def __init__(self, d_sae: int, window: int) -> None:
+    def __init__(self, d_sae: int, window: int, device: str | torch.device = "cpu") -> None:
         self.window = window
-        self.since_fired = torch.zeros(d_sae, dtype=torch.long)
+        self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+        """``[d_sae]`` long: tokens seen since each latent last fired."""
 
     def update(self, fired: Tensor, n_tokens: int) -> None:
         """Record a batch of ``n_tokens`` in which the latents ``fired [d_sae]`` fired."""
@@ -30,16 +32,21 @@ class DeadLatentTracker:
 
     @property
     def dead(self) -> Tensor:
-        """``[d_sae]`` bool mask of dead latents."""
+        """``[d_sae]`` bool mask: latents silent for at least ``window`` tokens."""
         return self.since_fired >= self.window
 
     @property
     def dead_fraction(self) -> float:
+        """Fraction of the latents that are dead."""
         return float(self.dead.float().mean())
 
     def revive(self, latents: Tensor) -> None:
         """Give resampled latents a fresh window."""
         self.since_fired[latents] = 0
+
+    def load(self, since_fired: Tensor) -> None:
+        """Restore the counters ``[d_sae]`` of a checkpoint (kept on this tracker's device)."""
+        self.since_fired = since_fired.to(self.since_fired.device, torch.long, copy=True)
 
 
 @torch.no_grad()
@@ -53,7 +60,10 @@ def resample_dead_latents(sae: SAE, dead: Tensor, x: Tensor, x_hat: Tensor,
     reconstruction loss; set the dead latent's decoder row to the (bias-centred) input
     direction, its encoder column to that direction scaled to ``encoder_scale`` times
     the mean encoder norm of the live latents, its bias to 0, and reset the Adam
-    moments of everything that changed.
+    moments of everything that changed (Adam's step count is kept).
+
+    Inputs are drawn without replacement while there are at least as many inputs with
+    a positive error as dead latents, else with replacement.
 
     Args:
         sae: training-space SAE, modified in place.
@@ -61,27 +71,30 @@ def resample_dead_latents(sae: SAE, dead: Tensor, x: Tensor, x_hat: Tensor,
         x: normalised inputs ``[n, d_in]``.
         x_hat: their reconstructions ``[n, d_in]``.
         optimizer: Adam over the SAE's parameters (its moments are reset in place).
-        generator: random source of the sampling.
+        generator: random source of the sampling (on ``x``'s device).
         unit_norm_decoder: decoder rows are unit norm; otherwise new rows get the mean
             norm of the live rows.
         encoder_scale: encoder norm of a resampled latent relative to the live mean.
+            (With every latent dead, the means are taken over all latents.)
 
     Returns:
-        The number of latents resampled.
+        The number of latents resampled (0 when none is dead or every input is
+        reconstructed exactly).
     """
     ids = dead.nonzero().squeeze(1)
     if ids.numel() == 0:
         return 0
     err = (x - x_hat).pow(2).sum(-1)
-    if float(err.sum()) == 0.0:
+    n_positive = int((err > 0).sum())
+    if n_positive == 0:
         return 0
-    picks = torch.multinomial(err.double(), ids.numel(), replacement=ids.numel() > x.shape[0],
+    picks = torch.multinomial(err.double(), ids.numel(), replacement=ids.numel() > n_positive,
                               generator=generator)
     direction = x[picks] - sae.b_dec
     direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    alive = ~dead
+    alive = ~dead if bool((~dead).any()) else torch.ones_like(dead)  # all dead: all
     dec_norm = 1.0 if unit_norm_decoder else float(sae.W_dec[alive].norm(dim=-1).mean())
-    enc_norm = float(sae.W_enc[:, alive].norm(dim=0).mean()) if alive.any() else 1.0
+    enc_norm = float(sae.W_enc[:, alive].norm(dim=0).mean())
     sae.W_dec[ids] = direction * dec_norm
     sae.W_enc[:, ids] = direction.t() * enc_norm * encoder_scale
     sae.b_enc[ids] = 0.0

@@ -29,16 +29,21 @@ _CHUNK = 2048  # entries per chunk of the batched dot products (keeps gathers in
 
 
 class SparseCode(NamedTuple):
-    """Latent activations of a batch as a COO list sorted by token."""
+    """Latent values of a batch as a COO list sorted by token.
+
+    Built by :func:`code_from_topk` or :func:`code_from_rows`; ``vals`` are the
+    selected pre-activations (for :func:`selected_pre`) or the activations (for
+    :func:`sparse_decode`): ``code._replace(vals=acts)`` turns one into the other.
+    """
 
     vals: Tensor
-    """``[nnz]`` activations (differentiable)."""
+    """``[nnz]`` values (pre-activations or activations; may carry gradients)."""
     rows: Tensor
     """``[nnz]`` long: token index of each entry, non-decreasing."""
     cols: Tensor
     """``[nnz]`` long: latent index of each entry."""
     offsets: Tensor
-    """``[batch]`` long: first entry of each token (``embedding_bag`` offsets)."""
+    """``[n_rows]`` long: first entry of each token (``embedding_bag`` offsets)."""
     n_rows: int
     """Batch size."""
 
@@ -61,12 +66,19 @@ def latent_bags(cols: Tensor, d_sae: int) -> LatentBags:
     return LatentBags(order, torch.cumsum(counts, 0) - counts, counts)
 
 
-def code_from_topk(vals: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(vals, rows, cols, offsets)`` for a dense ``[batch, k]`` top-k result."""
+def code_from_topk(vals: Tensor, idx: Tensor) -> SparseCode:
+    """The :class:`SparseCode` of a dense ``[batch, k]`` top-k result (``k`` entries per
+    token, in the order given)."""
     n, k = idx.shape
     rows = torch.arange(n, device=idx.device).repeat_interleave(k)
     offsets = torch.arange(0, n * k, k, device=idx.device)
-    return vals.reshape(-1), rows, idx.reshape(-1), offsets
+    return SparseCode(vals.reshape(-1), rows, idx.reshape(-1), offsets, n)
+
+
+def code_from_rows(vals: Tensor, rows: Tensor, cols: Tensor, n_rows: int) -> SparseCode:
+    """The :class:`SparseCode` of entries ``[nnz]`` already sorted by row (tokens without
+    an entry get an empty bag)."""
+    return SparseCode(vals, rows, cols, row_offsets(rows, n_rows), n_rows)
 
 
 def row_offsets(rows: Tensor, n_rows: int) -> Tensor:
@@ -138,32 +150,37 @@ class _SparseDecode(Function):
         return g_vals, None, None, None, g_w, None
 
 
-def selected_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, selected: Tensor, rows: Tensor,
-                 cols: Tensor, offsets: Tensor, bags: LatentBags) -> Tensor:
+def selected_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, code: SparseCode,
+                 bags: LatentBags) -> Tensor:
     """Attach sparse encoder gradients to already computed pre-activations.
 
     Args:
         x_c: encoder inputs ``[batch, d_in]`` (``x − b_dec``).
         W_enc: ``[d_in, d_sae]``; b_enc: ``[d_sae]``.
-        selected: ``pre[rows, cols]`` computed without autograd ``[nnz]``.
-        rows, cols, offsets: the code's coordinates (see :class:`SparseCode`).
-        bags: :func:`latent_bags` of ``cols``.
+        code: the selected entries; ``code.vals [nnz]`` are ``pre[rows, cols]``
+            computed without autograd.
+        bags: :func:`latent_bags` of ``code.cols``.
 
     Returns:
-        ``[nnz]`` equal to ``selected``, whose gradient flows to ``x_c``, ``W_enc``
+        ``[nnz]`` equal to ``code.vals``, whose gradient flows to ``x_c``, ``W_enc``
         and ``b_enc`` as if it were ``(x_c @ W_enc + b_enc)[rows, cols]``.
     """
-    return _SelectedPre.apply(x_c, W_enc, b_enc, selected, rows, cols, offsets, bags)
+    return _SelectedPre.apply(x_c, W_enc, b_enc, code.vals, code.rows, code.cols,
+                              code.offsets, bags)
 
 
-def sparse_decode(vals: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor, W_dec: Tensor,
-                  bags: LatentBags) -> Tensor:
-    """Decode a sparse code without bias: ``[nnz] -> [batch, d_in]``.
+def sparse_decode(code: SparseCode, W_dec: Tensor, bags: LatentBags) -> Tensor:
+    """Decode a sparse code without bias: ``code.vals [nnz] -> [batch, d_in]``.
 
     Equivalent to ``dense_acts @ W_dec`` where ``dense_acts[rows, cols] = vals``,
-    with gradients to ``vals`` and ``W_dec`` computed sparsely.
+    with gradients to ``code.vals`` and ``W_dec`` computed sparsely.
+
+    Args:
+        code: the activations as a :class:`SparseCode`.
+        W_dec: ``[d_sae, d_in]``.
+        bags: :func:`latent_bags` of ``code.cols``.
     """
-    return _SparseDecode.apply(vals, rows, cols, offsets, W_dec, bags)
+    return _SparseDecode.apply(code.vals, code.rows, code.cols, code.offsets, W_dec, bags)
 
 
 def encoder_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor,

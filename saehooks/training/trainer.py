@@ -1,13 +1,14 @@
-"""The SAE trainer: Adam, schedules, dead latents, logging, checkpoints.
+"""The training loop: batches, Adam, decoder normalisation, logging, checkpoints.
 
-:func:`train_sae` is the entry point; :class:`Trainer` exposes the steps for tests
-and notebooks (``Trainer(...).run(max_steps=...)`` stops like a killed run).
+What differs between objectives (the forward pass, their per-step state, the saved
+architecture) is in :mod:`saehooks.training.objectives`; the loop calls it.
+:func:`train_sae` is the entry point; :class:`Trainer` exposes the steps for tests and
+notebooks (``Trainer(...).run(max_steps=...)`` stops like a killed run).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import time
 import warnings
@@ -17,38 +18,41 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saehooks import models
-from saehooks.checks import check_device, check_int
+from saehooks import metrics, models
+from saehooks.checks import check_int
 from saehooks.errors import InputError, InputTypeError
 from saehooks.io import save_sae
 from saehooks.sae import SAE, SAEConfig
-from saehooks.training import checkpoint, config, forward, init, resample
-from saehooks.training.activation_cache import (
-    CachedActivationStore,
-    model_fingerprint,
-    read_cache_info,
-    write_activation_cache,
-)
-from saehooks.training.activation_store import ActivationStore
+from saehooks.training import checkpoint, config, init, resample
 from saehooks.training.config import TrainConfig
+from saehooks.training.objectives import (
+    ForwardOutput,
+    LoopHandles,
+    Objective,
+    StepState,
+    make_objective,
+)
+from saehooks.training.stores import Store, make_store
 
 METRICS_FILE = "metrics.csv"
 METRIC_COLUMNS = ("step", "tokens", "lr", "coefficient", "loss", "mse", "fvu", "l0", "aux",
                   "dead_fraction", "tokens_per_s", "wall_seconds")
-# fields that may differ between a run and its resumption
-_RESUME_FREE = {"progress_bar", "wandb", "wandb_project", "out_dir", "checkpoint_every_tokens",
-                "log_every_steps", "cache_dir", "device"}
-# machine-specific fields left out of the config recorded in a saved SAE's metadata
+LOOP_FIELDS = frozenset({
+    "hook_name", "architecture", "d_sae", "total_tokens", "batch_size", "lr", "adam_betas",
+    "lr_warmup_fraction", "lr_decay_fraction", "grad_clip", "dead_window_tokens",
+    "init_encoder_as_decoder_transpose", "fit_encoder_scale", "decoder_init_norm",
+    "b_dec_init", "init_tokens", "normalize_activations", "matmul_dtype", "seed", "device",
+    "checkpoint_every_tokens", "log_every_steps", "out_dir", "context_size",
+    "model_batch_rows", "buffer_tokens", "drop_bos", "cache_dir", "cache_tokens",
+    "shard_tokens", "wandb", "wandb_project", "progress_bar"})
+"""``TrainConfig`` fields the loop reads (here, in :func:`~.stores.make_store` and in
+:mod:`.init`); each objective declares its own (``Objective.fields``)."""
+RESUME_FREE = frozenset({"progress_bar", "wandb", "wandb_project", "out_dir",
+                         "checkpoint_every_tokens", "log_every_steps", "cache_dir", "device"})
+"""Loop fields a resumed run may change: where and how often it logs and saves, and the
+device. A resumed run must agree on every other loop field and on its objective's."""
 _NOT_IN_METADATA = ("out_dir", "cache_dir", "device")
-# fields an objective does not read
-_UNUSED = {
-    "topk": {"l1_coefficient", "sparsity_warmup_fraction", "kl_beta", "kl_rho", "kl_scale",
-             "target_l0", "target_l0_rate", "resample_dead", "resample_every_tokens",
-             "resample_stop_fraction"},
-    "l1": {"k", "auxk", "aux_k", "aux_coefficient", "kl_beta", "kl_rho", "kl_scale"},
-    "kl": {"k", "auxk", "aux_k", "aux_coefficient", "l1_coefficient"},
-}
-_UNUSED["batchtopk"] = _UNUSED["topk"]
+# machine-specific fields left out of the config recorded in a saved SAE's metadata
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -63,61 +67,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
-def coefficient_at(step: int, cfg: TrainConfig) -> float:
-    """Sparsity coefficient with its linear warm-up: λ (``l1``), β (``kl``), else 0."""
-    base = {"l1": cfg.l1_coefficient, "kl": cfg.kl_beta}.get(cfg.architecture, 0.0)
-    warm = round(cfg.sparsity_warmup_fraction * cfg.total_steps)
-    return base * min(1.0, (step + 1) / warm) if warm else base
-
-
-def training_device(model: nn.Module | None, cfg: TrainConfig) -> torch.device:
-    """Where a run trains: ``cfg.device``, else the model's device, else the CPU.
-
-    Raises:
-        DeviceError: a device this machine does not have.
-    """
-    if cfg.device is not None:
-        return check_device(cfg.device, "TrainConfig.device")
-    if model is not None and next(iter(model.parameters()), None) is not None:
-        return models.model_device(model)
-    return torch.device("cpu")
-
-
-def make_store(model: nn.Module, token_source: Any, cfg: TrainConfig):
-    """The activation store of a run: live, or over the on-disk cache of ``cfg.cache_dir``
-    (written first if missing or made for another hook / model). A live store keeps its
-    buffer on the training device (:func:`training_device`)."""
-    live = ActivationStore(model, token_source, cfg.hook_name, cfg.batch_size,
-                           cfg.buffer_tokens, cfg.model_batch_rows, cfg.drop_bos, cfg.seed,
-                           cfg.context_size, device=training_device(model, cfg))
-    live.context = source_context(live.source, live.bos_id, cfg)
-    if not cfg.cache_dir:
-        return live
-    info = read_cache_info(cfg.cache_dir)
-    stale = info is None or info["hook_name"] != cfg.hook_name or \
-        info.get("model_fingerprint") != model_fingerprint(model) or \
-        (cfg.cache_tokens and info["n_tokens"] < cfg.cache_tokens)
-    if stale:
-        finite = live.source.finite_rows is not None
-        n = cfg.cache_tokens or (None if finite else cfg.total_tokens)
-        write_activation_cache(live, cfg.cache_dir, n, cfg.shard_tokens, cfg.progress_bar)
-    cached = CachedActivationStore(cfg.cache_dir, cfg.batch_size, cfg.seed)
-    cached.context = live.context
-    return cached
-
-
-def source_context(source, bos_id: int | None, cfg: TrainConfig) -> tuple[int, bool | None]:
-    """``(context_size, prepend_bos)`` of a token source, for the SAE's metadata
-    (``prepend_bos`` is None when it cannot be told without consuming the source)."""
-    rows = source._tensor
-    if rows is None and isinstance(source._iterable, (list, tuple)) and source._iterable:
-        first = torch.as_tensor(source._iterable[0])
-        rows = first if first.ndim == 2 else first[None]
-    if rows is not None:
-        return int(rows.shape[1]), bool(bos_id is not None and (rows[:, 0] == bos_id).all())
-    if source._files is not None:
-        return cfg.context_size, True
-    return cfg.context_size, None
+def resume_checked_fields(objective: Objective) -> frozenset[str]:
+    """The fields a resumed run must share with the run it continues: the loop's (but
+    :data:`RESUME_FREE`) and those its objective reads."""
+    return (LOOP_FIELDS - RESUME_FREE) | objective.fields
 
 
 class Trainer:
@@ -127,11 +80,11 @@ class Trainer:
     :attr:`device` (``cfg.device``, else the model's, else the CPU); the running
     metrics are Python floats. The encoder matmul dtype is ``cfg.matmul_dtype``, with
     ``"auto"`` resolved by :func:`~saehooks.training.config.resolve_matmul_dtype`
-    (:attr:`matmul`).
+    (:attr:`matmul`). :attr:`objective` is the ``cfg.architecture`` objective.
 
     Args:
         model: the TransformerLens model (for the SAE's metadata; None omits it).
-        store: an :class:`ActivationStore` or :class:`CachedActivationStore`.
+        store: an activation store (:class:`~saehooks.training.stores.Store`).
         cfg: the training configuration.
         resume_from: a run folder / checkpoint to continue from, or None.
 
@@ -143,17 +96,16 @@ class Trainer:
         InputError: a resume with a different config.
     """
 
-    def __init__(self, model: nn.Module | None, store, cfg: TrainConfig,
+    def __init__(self, model: nn.Module | None, store: Store, cfg: TrainConfig,
                  resume_from: str | Path | None = None) -> None:
         if not isinstance(cfg, TrainConfig):
             raise InputTypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass "
                                  "saehooks.TrainConfig(...)")
         self.cfg, self.store, self.out_dir = cfg, store, Path(cfg.out_dir)
-        self.device = training_device(model, cfg)
+        self.device = config.training_device(model, cfg)
         self.matmul = config.resolve_matmul_dtype(cfg.matmul_dtype, self.device)
-        # what the forward passes read: the config with the matmul dtype resolved
-        self._step_cfg = dataclasses.replace(cfg, matmul_dtype=self.matmul.dtype)
-        context = getattr(store, "context", (cfg.context_size, None))
+        self.objective = make_objective(cfg, self.matmul.dtype)
+        context = getattr(store, "context", None) or (cfg.context_size, None)
         self.meta = {} if model is None else {
             "model_name": models.model_name(model),
             "model_processing": models.model_processing(model),
@@ -161,20 +113,15 @@ class Trainer:
         # the SAE records the hook's classic name, whichever alias the config used
         self.hook_name = cfg.hook_name if model is None else \
             models.classic_hook_name(model, cfg.hook_name)
-        d_in = store.d_in
-        self.sae = SAE(SAEConfig(d_in=d_in, d_sae=cfg.d_sae, hook_name=self.hook_name,
+        self.sae = SAE(SAEConfig(d_in=store.d_in, d_sae=cfg.d_sae, hook_name=self.hook_name,
                                  device=str(self.device)))
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        self.tracker = resample.DeadLatentTracker(cfg.d_sae, cfg.dead_window_tokens)
-        self.tracker.since_fired = self.tracker.since_fired.to(self.device)
-        self.step_count, self.tokens, self.scale, self.theta = 0, 0, 1.0, 0.0
-        self.log_gain = 0.0  # log of the target-L0 controller's factor on the coefficient
-        # kl: running firing estimate per latent (losses.running_firing_rate)
-        self.kl_running = torch.zeros(cfg.d_sae, dtype=self.sae.W_dec.dtype,
-                                      device=self.sae.W_dec.device)
+        self.tracker = resample.DeadLatentTracker(cfg.d_sae, cfg.dead_window_tokens, self.device)
+        self.step_count, self.tokens, self.scale = 0, 0, 1.0
         self.wall_seconds, self.acc = 0.0, self._empty_acc()
         self.last_row: dict[str, float] = {}
+        self._lr = self._coefficient = 0.0
         self.out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_leftovers(self.out_dir)
         if resume_from is not None:
@@ -197,35 +144,38 @@ class Trainer:
         n_batches = max(1, math.ceil(cfg.init_tokens / cfg.batch_size))
         x = torch.cat([self._next_batch() for _ in range(n_batches)])
         self.scale = init.normalisation_scale(x) if cfg.normalize_activations else 1.0
-        norm = 1.0 if cfg.unit_norm_decoder else cfg.decoder_init_norm
+        norm = 1.0 if self.objective.unit_norm_decoder else cfg.decoder_init_norm
         init.init_sae(self.sae, x * self.scale, b_dec_init=cfg.b_dec_init, decoder_norm=norm,
                       encoder_as_decoder_transpose=cfg.init_encoder_as_decoder_transpose,
                       generator=self.generator)
         if cfg.fit_encoder_scale:
-            topk = cfg.architecture in ("topk", "batchtopk")
-            init.fit_encoder_scale(self.sae, x[:8192] * self.scale, cfg.k if topk else None)
+            init.fit_encoder_scale(self.sae, x[:8192] * self.scale,
+                                   self.objective.init_activation)
 
-    def _resume(self, path: str | Path) -> None:
-        tensors, values = checkpoint.load_checkpoint(path)
-        # to the training device, except RNG states and Adam's step counts (CPU scalars)
-        tensors = {k: v if k.endswith(("generator", ".step")) else v.to(self.device)
-                   for k, v in tensors.items()}
-        raw = {k: v for k, v in values["config"].items() if k != "device"}
+    def _check_resumed_config(self, path: str | Path, saved_config: dict[str, Any]) -> None:
+        raw = {k: v for k, v in saved_config.items() if k != "device"}
         saved = TrainConfig.from_dict(raw).to_dict()
-        free = _RESUME_FREE | _UNUSED[self.cfg.architecture]
-        diffs = [k for k, v in self.cfg.to_dict().items() if k not in free and saved.get(k) != v]
+        checked = resume_checked_fields(self.objective)
+        diffs = [k for k, v in self.cfg.to_dict().items() if k in checked and saved.get(k) != v]
         if diffs:
             said = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(self.cfg, k)!r})"
                              for k in diffs)
             raise InputError(f"cannot resume {str(path)!r} with a different config: the run "
                              f"had {said}; pass the run's own TrainConfig (or start a new "
                              "out_dir)")
+
+    def _resume(self, path: str | Path) -> None:
+        tensors, values = checkpoint.load_checkpoint(path)
+        # to the training device, except RNG states and Adam's step counts (CPU scalars)
+        tensors = {k: v if k.endswith(("generator", ".step")) else v.to(self.device)
+                   for k, v in tensors.items()}
+        self._check_resumed_config(path, values["config"])
         resolved = values.get("matmul_dtype_resolved")
         if self.cfg.matmul_dtype == "auto" and resolved in ("float32", "bfloat16") \
                 and resolved != self.matmul.dtype:
             # keep the run's own choice: an exact resumption needs the same arithmetic
             self.matmul = config.MatmulChoice(resolved, "resumed", None, None)
-            self._step_cfg = dataclasses.replace(self.cfg, matmul_dtype=resolved)
+            self.objective.matmul_dtype = resolved
         with torch.no_grad():
             for name, p in self.sae.named_parameters():
                 p.copy_(tensors[f"param.{name}"])
@@ -242,14 +192,12 @@ class Trainer:
             warnings.warn(f"resuming a run checkpointed on {saved_type!r} on "
                           f"{self.device.type!r}: its random generator starts afresh, so "
                           "resampling differs from an uninterrupted run", stacklevel=3)
-        self.tracker.since_fired = tensors["since_fired"].clone()
-        if "kl_running" in tensors:
-            self.kl_running = tensors["kl_running"].to(self.sae.W_dec.device).clone()
+        self.tracker.load(tensors["since_fired"])
+        self.objective.load_state_dict(*_objective_state(tensors, values))
         store_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("store.")}
         self.store.load_state_dict(store_tensors, values["store"])
         self.step_count, self.tokens = int(values["step"]), int(values["tokens"])
-        self.scale, self.theta = float(values["scale"]), float(values["theta"])
-        self.log_gain = float(values["log_gain"])
+        self.scale = float(values["scale"])
         self.wall_seconds, self.acc = float(values["wall_seconds"]), dict(values["acc"])
         self._truncate_metrics()
 
@@ -269,17 +217,17 @@ class Trainer:
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Everything a resumed run needs: ``(tensors, JSON values)``."""
         tensors: dict[str, Tensor] = {"generator": self.generator.get_state(),
-                                      "since_fired": self.tracker.since_fired,
-                                      "kl_running": self.kl_running}
+                                      "since_fired": self.tracker.since_fired}
         for name, p in self.sae.named_parameters():
             tensors[f"param.{name}"] = p.detach()
             for key, value in self.optimizer.state.get(p, {}).items():
                 tensors[f"adam.{name}.{key}"] = value
+        obj_tensors, obj_values = self.objective.state_dict()
+        tensors.update({f"objective.{k}": v for k, v in obj_tensors.items()})
         store_tensors, store_values = self.store.state_dict()
         tensors.update({f"store.{k}": v for k, v in store_tensors.items()})
         values = {"step": self.step_count, "tokens": self.tokens, "scale": self.scale,
-                  "theta": self.theta, "log_gain": self.log_gain,
-                  "wall_seconds": self.wall_seconds, "acc": self.acc,
+                  "objective": obj_values, "wall_seconds": self.wall_seconds, "acc": self.acc,
                   "store": store_values, "config": self.cfg.to_dict(),
                   "device_type": self.device.type, "matmul_dtype_resolved": self.matmul.dtype}
         return tensors, values
@@ -287,91 +235,68 @@ class Trainer:
     def folded_sae(self) -> SAE:
         """The SAE on raw activations: normalisation folded in, metadata attached.
 
-        BatchTopK SAEs come out as ``jumprelu`` with the global threshold θ. The
-        metadata's ``training`` summary holds the config without the machine-specific
-        fields (``out_dir``, ``cache_dir``, ``device``: a shipped SAE must not carry the
-        paths of the machine that trained it), the device type, and the matmul dtype
-        used with how it was chosen (:meth:`MatmulChoice.as_metadata`).
+        Its architecture is the objective's ``inference_architecture`` (BatchTopK SAEs
+        come out as ``jumprelu`` with the global threshold θ). The metadata's
+        ``training`` summary holds the config without the machine-specific fields
+        (``out_dir``, ``cache_dir``, ``device``: a shipped SAE must not carry the paths
+        of the machine that trained it), the device type, and the matmul dtype used with
+        how it was chosen (:meth:`MatmulChoice.as_metadata`).
         """
         cfg = self.cfg
-        arch = {"topk": "topk", "batchtopk": "jumprelu"}.get(cfg.architecture, "relu")
         recorded = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_METADATA}
         summary = {"architecture_trained": cfg.architecture, "tokens": self.tokens,
                    "steps": self.step_count, "wall_seconds": round(self.wall_seconds, 1),
                    "normalisation_scale": self.scale,
-                   "final_coefficient": coefficient_at(self.step_count, cfg)
-                   * math.exp(self.log_gain), "final_metrics": self.last_row,
-                   "device_type": self.device.type, **self.matmul.as_metadata(),
-                   "config": recorded}
-        out = SAE(SAEConfig(d_in=self.sae.cfg.d_in, d_sae=cfg.d_sae, architecture=arch,
-                            k=cfg.k if arch == "topk" else None, hook_name=self.hook_name,
-                            device=str(self.device),
-                            metadata={**self.meta, "training": summary}))
+                   "final_coefficient": self.objective.coefficient(self.step_count),
+                   "final_metrics": self.last_row, "device_type": self.device.type,
+                   **self.matmul.as_metadata(), "config": recorded}
+        out = SAE(SAEConfig(d_in=self.sae.cfg.d_in, d_sae=cfg.d_sae, hook_name=self.hook_name,
+                            device=str(self.device), metadata={**self.meta, "training": summary},
+                            **self.objective.inference_config()))
         init.fold_scale(self.sae, self.scale, out)
-        if arch == "jumprelu":
-            with torch.no_grad():
-                out.threshold.fill_(self.theta)
+        self.objective.finish_inference_sae(out)
         return out.eval()
 
     def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current state (see :mod:`.checkpoint`)."""
         tensors, values = self.state()
         return checkpoint.save_checkpoint(self.out_dir, self.step_count, tensors, values,
                                           self.folded_sae())
 
     # ---- training ------------------------------------------------------------
-    def train_step(self) -> forward.ForwardOutput:
+    def train_step(self) -> ForwardOutput:
         """One optimizer step on the next batch."""
-        cfg, sae = self._step_cfg, self.sae  # the config with the matmul dtype resolved
+        cfg, sae = self.cfg, self.sae
         x = self._next_batch() * self.scale
         lr = lr_at(self.step_count, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        coefficient = coefficient_at(self.step_count, cfg) * math.exp(self.log_gain)
-        dead = self.tracker.dead
-        if cfg.architecture == "topk":
-            step_fn = forward.topk_forward if cfg.sparse_kernels else forward.topk_dense_forward
-            out = step_fn(sae, x, cfg, dead)
-        elif cfg.architecture == "batchtopk":
-            out = forward.batchtopk_forward(sae, x, cfg, dead)
-        else:
-            out = forward.relu_forward(sae, x, cfg, coefficient, self.kl_running, self.tokens)
+        state = StepState(self.step_count, self.tokens, self.tracker.dead)
+        coefficient = self.objective.coefficient(state.step)  # in force for this step
+        out = self.objective.forward(sae, x, state)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        if cfg.unit_norm_decoder:
+        unit_norm = self.objective.unit_norm_decoder
+        if unit_norm:
             with torch.no_grad():  # keep the step tangent to the unit sphere
                 w, g = sae.W_dec, sae.W_dec.grad
                 g -= (g * w).sum(-1, keepdim=True) * w
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        if cfg.unit_norm_decoder:
+        if unit_norm:
             with torch.no_grad():
                 sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         self.tracker.update(out.fired, x.shape[0])
-        warm = round(cfg.sparsity_warmup_fraction * cfg.total_steps)
-        if cfg.target_l0 > 0 and cfg.architecture in ("l1", "kl") and self.step_count >= warm:
-            error = math.log(max(out.l0, 1e-3) / cfg.target_l0)
-            bound = math.log(cfg.target_l0_max_factor)
-            self.log_gain += cfg.target_l0_rate * max(-1.0, min(1.0, error))
-            self.log_gain = max(-bound, min(bound, self.log_gain))
-        if cfg.architecture == "batchtopk":
-            self.theta = out.min_active if self.step_count == 0 else \
-                0.99 * self.theta + 0.01 * out.min_active
-        before = self.tokens
+        self.objective.after_step(sae, x, out, state,
+                                  LoopHandles(self.optimizer, self.tracker, self.generator))
         self.step_count += 1
         self.tokens += x.shape[0]
-        every = cfg.resample_every_tokens
-        if (cfg.architecture in ("l1", "kl") and cfg.resample_dead and every
-                and self.tokens // every > before // every
-                and self.tokens <= cfg.resample_stop_fraction * cfg.total_tokens):
-            resample.resample_dead_latents(sae, self.tracker.dead, x, out.x_hat, self.optimizer,
-                                           self.generator, cfg.unit_norm_decoder)
-            self.tracker.revive(self.tracker.dead.nonzero().squeeze(1))
         acc = self.acc
         acc["n"] += 1
         acc["loss"] += float(out.loss.detach())
         acc["mse"] += float(out.mse)
-        acc["fvu"] += float(out.mse) / float((x - x.mean(0)).pow(2).sum(-1).mean())
+        acc["fvu"] += metrics.fvu(x, out.x_hat)
         acc["l0"] += out.l0
         acc["aux"] += float(out.aux)
         self._lr, self._coefficient = lr, coefficient
@@ -387,11 +312,20 @@ class Trainer:
         self.acc = self._empty_acc()
         return row
 
+    def logs_at(self, step: int) -> bool:
+        """Whether a metrics row is written after ``step`` steps: the first step, every
+        ``log_every_steps``-th, and the last."""
+        return step == 1 or step % self.cfg.log_every_steps == 0 or step == self.cfg.total_steps
+
     def run(self, max_steps: int | None = None) -> SAE | None:
         """Train to ``cfg.total_tokens`` and save; or stop after ``max_steps`` steps
         without a final save (as a killed run would), returning None.
 
-        The progress bar's line names the device and the matmul dtype in use, e.g.
+        The metrics log (``metrics.csv``, the progress bar's loss / FVU / L0 / dead
+        fraction, W&B) gets a row after the first step, then every
+        ``log_every_steps`` steps and after the last (:meth:`logs_at`); each row
+        averages the steps since the previous one. The progress bar's line names the
+        device and the matmul dtype in use, e.g.
         ``topk blocks.2.hook_resid_post [cpu, float32 matmul]``.
 
         Returns:
@@ -408,8 +342,8 @@ class Trainer:
         wandb_run = _wandb_init(cfg) if cfg.wandb else None
         bar = tqdm(total=cfg.total_tokens, initial=self.tokens, unit="tok", unit_scale=True,
                    disable=not cfg.progress_bar, desc=self.describe())
-        metrics = (self.out_dir / METRICS_FILE).open("a", newline="")
-        writer = csv.writer(metrics)
+        log = (self.out_dir / METRICS_FILE).open("a", newline="")
+        writer = csv.writer(log)
         steps_done, tick, tick_tokens = 0, time.perf_counter(), self.tokens
         try:
             while self.step_count < cfg.total_steps:
@@ -421,13 +355,13 @@ class Trainer:
                 steps_done += 1
                 bar.update(cfg.batch_size)
                 last = self.step_count == cfg.total_steps
-                if self.step_count % cfg.log_every_steps == 0 or last:
+                if self.logs_at(self.step_count):
                     now = time.perf_counter()
                     row = self._log_row((self.tokens - tick_tokens) / max(now - tick, 1e-9))
                     tick, tick_tokens = now, self.tokens
                     self.last_row = {k: round(float(v), 6) for k, v in row.items()}
                     writer.writerow([row[c] for c in METRIC_COLUMNS])
-                    metrics.flush()
+                    log.flush()
                     bar.set_postfix(loss=f"{row['loss']:.3g}", L0=f"{row['l0']:.1f}",
                                     FVU=f"{row['fvu']:.4f}", dead=f"{row['dead_fraction']:.3f}")
                     if wandb_run is not None:
@@ -437,7 +371,7 @@ class Trainer:
                         and not last:
                     self.save_checkpoint()
         finally:
-            metrics.close()
+            log.close()
             bar.close()
             if wandb_run is not None:
                 wandb_run.finish()
@@ -452,6 +386,18 @@ class Trainer:
         bar's label."""
         return (f"{self.cfg.architecture} {self.cfg.hook_name} "
                 f"[{self.device.type}, {self.matmul.dtype} matmul]")
+
+
+def _objective_state(tensors: dict[str, Tensor], values: dict[str, Any]
+                     ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The objective's part of a checkpoint (also from checkpoints written before the
+    objectives had their own: ``theta``, ``log_gain`` and ``kl_running`` at top level)."""
+    if "objective" in values:
+        return ({k[len("objective."):]: v for k, v in tensors.items()
+                 if k.startswith("objective.")}, values["objective"])
+    legacy = {"running": tensors["kl_running"]} if "kl_running" in tensors else {}
+    return legacy, {"threshold": values.get("theta", 0.0),
+                    "log_gain": values.get("log_gain", 0.0)}
 
 
 def _wandb_init(cfg: TrainConfig):

@@ -1,0 +1,185 @@
+"""What every training objective implements, and what it hands the training loop.
+
+An objective is the part of an SAE recipe that differs between recipes: how a batch
+is encoded and scored (:meth:`Objective.forward`), what it carries from step to step
+(:meth:`Objective.after_step`: a threshold, a running estimate, a controller,
+resampling), which SAE the run is saved as (:attr:`Objective.inference_architecture`)
+and which :class:`~saehooks.training.config.TrainConfig` fields it reads
+(:attr:`Objective.fields`). The loop (:mod:`saehooks.training.trainer`) does the rest:
+batches, Adam, decoder normalisation, the dead-latent tracker, logs and checkpoints.
+
+An objective sees the config through :class:`ConfigFields`, which refuses every field
+it did not declare, so the declaration is the list of what it reads and cannot drift
+from the code. The shape follows saprmarks/dictionary_learning (one trainer per file
+over a small base class).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from saehooks.sae import SAE
+from saehooks.training.config import TrainConfig
+from saehooks.training.resample import DeadLatentTracker
+
+
+class ForwardOutput(NamedTuple):
+    """What a training step needs from an objective's forward pass."""
+
+    loss: Tensor
+    """Scalar loss to minimise (per token, normalised units)."""
+    x_hat: Tensor
+    """``[batch, d_in]`` reconstruction (normalised units, detached)."""
+    mse: Tensor
+    """Scalar ``mean_token ‖x − x̂‖²`` (normalised units, detached)."""
+    aux: Tensor
+    """Scalar auxiliary term before its coefficient: AuxK loss (the fraction of the
+    residual the dead latents leave), L1 penalty, or KL sum (nats)."""
+    fired: Tensor
+    """``[d_sae]`` bool: latents active on at least one token of the batch."""
+    l0: float
+    """Mean active latents per token."""
+    min_active: float = 0.0
+    """Smallest positive activation kept (BatchTopK's threshold sample); else 0."""
+    firing_rate: Tensor | None = None
+    """``[d_sae]`` the batch's per-latent (soft) firing rate ρ̂ (``kl``; detached), else
+    None."""
+
+
+class StepState(NamedTuple):
+    """Where the run stands when a step starts (read-only for the objective)."""
+
+    step: int
+    """Optimiser steps done before this one (0 at the first step)."""
+    tokens: int
+    """Activation tokens in the batches before this one."""
+    dead: Tensor
+    """``[d_sae]`` bool: latents dead before this batch (:class:`DeadLatentTracker`)."""
+
+
+class LoopHandles(NamedTuple):
+    """The loop's state an objective may change after a step (dead-latent resampling)."""
+
+    optimizer: torch.optim.Optimizer
+    """Adam over the SAE's parameters."""
+    tracker: DeadLatentTracker
+    """The dead-latent tracker, already updated with this batch."""
+    generator: torch.Generator
+    """The run's random generator (on the training device)."""
+
+
+# properties of TrainConfig and the fields they read
+_DERIVED = {"total_steps": frozenset({"total_tokens", "batch_size"})}
+
+
+class ConfigFields:
+    """A read-only view of a :class:`TrainConfig` that serves only the declared fields.
+
+    Reading any other field raises ``AttributeError`` naming the reader: an objective
+    that reads a field must declare it. :attr:`read` records the fields read so far
+    (the tests check that each declared field is really read).
+
+    Args:
+        cfg: the configuration.
+        fields: the field names that may be read (``total_steps`` needs
+            ``total_tokens`` and ``batch_size``).
+        owner: the reader's name, for the error message.
+    """
+
+    __slots__ = ("_cfg", "_fields", "_owner", "read")
+
+    def __init__(self, cfg: TrainConfig, fields: frozenset[str], owner: str) -> None:
+        self._cfg, self._fields, self._owner = cfg, frozenset(fields), owner
+        self.read: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        needs = _DERIVED.get(name, frozenset({name}))
+        missing = needs - self._fields
+        if missing:
+            raise AttributeError(f"{self._owner} reads TrainConfig.{name} but does not declare "
+                                 f"{', '.join(sorted(missing))} in {self._owner}.fields; add "
+                                 "it there (the declaration is the list of what it reads)")
+        self.read |= needs
+        return getattr(self._cfg, name)
+
+
+class Objective:
+    """Base class of the training objectives (one subclass per ``architecture``).
+
+    Class attributes, declared once per objective:
+
+    * :attr:`name`: the ``TrainConfig.architecture`` it implements;
+    * :attr:`fields`: the ``TrainConfig`` fields it reads (through :attr:`cfg`);
+    * :attr:`inference_architecture`: the ``SAEConfig.architecture`` the trained SAE
+      runs as (``topk``, ``jumprelu`` or ``relu``);
+    * :attr:`unit_norm_decoder`: whether the loop keeps decoder rows at unit norm.
+
+    Args:
+        cfg: the training configuration.
+        matmul_dtype: dtype of the dense encoder matmul, ``"float32"`` or
+            ``"bfloat16"`` (``TrainConfig.matmul_dtype`` resolved by the loop).
+    """
+
+    name: ClassVar[str] = ""
+    fields: ClassVar[frozenset[str]] = frozenset()
+    inference_architecture: ClassVar[str] = ""
+    unit_norm_decoder: ClassVar[bool] = True
+
+    def __init__(self, cfg: TrainConfig, matmul_dtype: str | torch.dtype = "float32") -> None:
+        self.cfg = ConfigFields(cfg, self.fields, type(self).__name__)
+        self.matmul_dtype = matmul_dtype
+
+    @property
+    def matmul_dtype(self) -> torch.dtype:
+        """Dtype of the dense encoder matmul (``torch.float32`` or ``torch.bfloat16``)."""
+        return self._matmul_dtype
+
+    @matmul_dtype.setter
+    def matmul_dtype(self, value: str | torch.dtype) -> None:
+        bf16 = value in ("bfloat16", torch.bfloat16)
+        self._matmul_dtype = torch.bfloat16 if bf16 else torch.float32
+
+    # ---- a training step -------------------------------------------------------------
+    def forward(self, sae: SAE, x: Tensor, state: StepState) -> ForwardOutput:
+        """Loss and statistics of one batch; changes nothing (the state moves in
+        :meth:`after_step`).
+
+        Args:
+            sae: the training-space SAE (normalised units).
+            x: normalised activations ``[batch, d_in]``.
+            state: the run's step, tokens and dead latents before this batch.
+        """
+        raise NotImplementedError
+
+    def after_step(self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState,
+                   loop: LoopHandles) -> None:
+        """Update the objective's own state after the optimiser step on ``x`` (whose
+        forward pass gave ``out``). The base class keeps no state."""
+
+    def coefficient(self, step: int) -> float:
+        """The sparsity coefficient in force at ``step`` (logged); 0 without one."""
+        return 0.0
+
+    def init_activation(self, pre: Tensor) -> Tensor:
+        """The activation the initial encoder scale is fitted with
+        (``init.fit_encoder_scale``): ``[n, d_sae] -> [n, d_sae]``. ReLU here."""
+        return torch.relu(pre)
+
+    # ---- the saved SAE ---------------------------------------------------------------
+    def inference_config(self) -> dict[str, Any]:
+        """``SAEConfig`` fields of the saved SAE: its ``architecture`` (and ``k``)."""
+        return {"architecture": self.inference_architecture}
+
+    def finish_inference_sae(self, sae: SAE) -> None:
+        """Fill what the saved SAE needs beyond the folded weights (e.g. a threshold)."""
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``(tensors, JSON values)`` an exact resumption needs."""
+        return {}, {}
+
+    def load_state_dict(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (tensors on the CPU; moved where they belong)."""
