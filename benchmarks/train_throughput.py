@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from saehooks.training.config import resolve_matmul_dtype
+    from saehooks.training.device import resolve_matmul_dtype
 
     start = time.perf_counter()
     auto = resolve_matmul_dtype("auto", "cpu")

@@ -46,8 +46,10 @@ def topk(pre: Tensor, k: int) -> Tensor:
         InputError: if ``k`` is outside ``[1, d_sae]``.
     """
     if not 1 <= k <= pre.shape[-1]:
-        raise InputError(f"topk needs 1 <= k <= d_sae={pre.shape[-1]}, got k={k}; pass a k "
-                         f"between 1 and {pre.shape[-1]}")
+        raise InputError(
+            f"topk needs 1 <= k <= d_sae={pre.shape[-1]}, got k={k}; pass a k "
+            f"between 1 and {pre.shape[-1]}"
+        )
     values, indices = pre.topk(k, dim=-1, sorted=False)
     return torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
 
@@ -81,8 +83,10 @@ def batch_topk_code(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise InputError(f"batch_topk needs k >= 1 (mean latents kept per row), got k={k!r}")
     if pre.ndim != 2:
-        raise InputError(f"batch_topk_code needs pre-activations [n_rows, d_sae], got shape "
-                         f"{tuple(pre.shape)}; flatten the leading dimensions first")
+        raise InputError(
+            f"batch_topk_code needs pre-activations [n_rows, d_sae], got shape "
+            f"{tuple(pre.shape)}; flatten the leading dimensions first"
+        )
     n, d_sae = pre.shape
     k = int(k)
     m = min(k * n, pre.numel())
@@ -100,10 +104,15 @@ def batch_topk_code(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
             part = ~full
             full_rows, part_rows = full.nonzero().squeeze(1), part.nonzero().squeeze(1)
             u_vals = torch.cat([cand_vals[part].flatten(), pre[full_rows].flatten()])
-            u_rows = torch.cat([part_rows.repeat_interleave(per_row),
-                                full_rows.repeat_interleave(d_sae)])
-            u_cols = torch.cat([cand_idx[part].flatten(),
-                                torch.arange(d_sae, device=pre.device).repeat(len(full_rows))])
+            u_rows = torch.cat(
+                [part_rows.repeat_interleave(per_row), full_rows.repeat_interleave(d_sae)]
+            )
+            u_cols = torch.cat(
+                [
+                    cand_idx[part].flatten(),
+                    torch.arange(d_sae, device=pre.device).repeat(len(full_rows)),
+                ]
+            )
             vals, pos = u_vals.topk(m, sorted=False)
             rows, cols = u_rows[pos], u_cols[pos]
     keep = vals > 0

@@ -29,12 +29,25 @@ def heldout_acts(model):
 
 def tiny_config(out_dir, **changes) -> TrainConfig:
     """A TopK config small enough for a test: d_sae 256, k 8, batch 256, 24 steps."""
-    base = TrainConfig(hook_name="blocks.1.hook_resid_post", architecture="topk", d_sae=256,
-                       k=8, total_tokens=24 * 256, batch_size=256, lr=3e-3,
-                       dead_window_tokens=1024, checkpoint_every_tokens=8 * 256,
-                       log_every_steps=4, buffer_tokens=1024, model_batch_rows=8,
-                       init_tokens=512, matmul_dtype="float32", progress_bar=False,
-                       out_dir=str(out_dir), seed=3)
+    base = TrainConfig(
+        hook_name="blocks.1.hook_resid_post",
+        architecture="topk",
+        d_sae=256,
+        k=8,
+        total_tokens=24 * 256,
+        batch_size=256,
+        lr=3e-3,
+        dead_window_tokens=1024,
+        checkpoint_every_tokens=8 * 256,
+        log_every_steps=4,
+        buffer_tokens=1024,
+        model_batch_rows=8,
+        init_tokens=512,
+        matmul_dtype="float32",
+        progress_bar=False,
+        out_dir=str(out_dir),
+        seed=3,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -50,8 +63,9 @@ class FakeStore:
         n_dirs: number of ground-truth directions.
     """
 
-    def __init__(self, d_in: int = 16, batch_size: int = 64, seed: int = 0,
-                 n_dirs: int = 32) -> None:
+    def __init__(
+        self, d_in: int = 16, batch_size: int = 64, seed: int = 0, n_dirs: int = 32
+    ) -> None:
         self.d_in, self.batch_size = d_in, batch_size
         fixed = torch.Generator().manual_seed(1000 + seed)
         self.dirs = torch.randn(n_dirs, d_in, generator=fixed)
@@ -66,8 +80,10 @@ class FakeStore:
         return codes @ self.dirs + self.mean + 0.05 * torch.randn(n, self.d_in, generator=g)
 
     def state_dict(self):
-        return {"generator": self.generator.get_state()}, {"kind": "fake",
-                                                           "batches": self.batches_served}
+        return {"generator": self.generator.get_state()}, {
+            "kind": "fake",
+            "batches": self.batches_served,
+        }
 
     def load_state_dict(self, tensors, values) -> None:
         self.generator.set_state(tensors["generator"].clone())
@@ -77,9 +93,21 @@ class FakeStore:
 def fake_config(out_dir, **changes) -> TrainConfig:
     """A TopK config for :class:`FakeStore` runs: d_sae 64, k 4, batch 64, 24 steps,
     checkpoints every 4 steps, fp32 matmul, no progress bar."""
-    base = TrainConfig(hook_name="blocks.0.hook_resid_post", architecture="topk", d_sae=64,
-                       k=4, total_tokens=24 * 64, batch_size=64, lr=3e-3,
-                       dead_window_tokens=256, checkpoint_every_tokens=4 * 64,
-                       log_every_steps=4, init_tokens=128, matmul_dtype="float32",
-                       progress_bar=False, out_dir=str(out_dir), seed=3)
+    base = TrainConfig(
+        hook_name="blocks.0.hook_resid_post",
+        architecture="topk",
+        d_sae=64,
+        k=4,
+        total_tokens=24 * 64,
+        batch_size=64,
+        lr=3e-3,
+        dead_window_tokens=256,
+        checkpoint_every_tokens=4 * 64,
+        log_every_steps=4,
+        init_tokens=128,
+        matmul_dtype="float32",
+        progress_bar=False,
+        out_dir=str(out_dir),
+        seed=3,
+    )
     return dataclasses.replace(base, **changes)

@@ -61,15 +61,17 @@ def _truncate(path: Path, n_bytes: int = 100) -> None:
     path.write_bytes(data[:-n_bytes])
 
 
-def test_a_truncated_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path,
-                                                                             uninterrupted):
+def test_a_truncated_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, uninterrupted):
     cfg = _killed_run(tmp_path)
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.glob("step_*")) == ["step_00000008", "step_00000012"]
     assert (root / "LATEST").read_text().strip() == "step_00000012"
     _truncate(root / "step_00000012" / ckpt.STATE_TENSORS)
-    with pytest.warns(UserWarning, match=r"step_00000008.*skipped step_00000012 "
-                                         r"\(state.safetensors is truncated"):
+    with pytest.warns(
+        UserWarning,
+        match=r"step_00000008.*skipped step_00000012 "
+        r"\(state.safetensors is truncated",
+    ):
         resumed = Trainer(None, FakeStore(), cfg, resume_from=tmp_path)
     assert resumed.step_count == 8 and resumed.tokens == 8 * 64
     resumed.run()
@@ -94,8 +96,11 @@ def test_a_latest_naming_a_deleted_folder_falls_back(tmp_path):
     _killed_run(tmp_path)
     root = tmp_path / "checkpoints"
     (root / "LATEST").write_text("step_00000099\n")
-    with pytest.warns(UserWarning, match=r"step_00000012.*skipped step_00000099 "
-                                         r"\(step_00000099 is missing\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"step_00000012.*skipped step_00000099 "
+        r"\(step_00000099 is missing\)",
+    ):
         assert ckpt.find_checkpoint(tmp_path).name == "step_00000012"
 
 
@@ -107,20 +112,28 @@ def test_no_checkpoint_and_only_damaged_ones_are_named_errors(tmp_path):
     root = tmp_path / "run" / "checkpoints"
     _truncate(root / "step_00000012" / ckpt.STATE_TENSORS)
     (root / "step_00000008" / ckpt.STATE_VALUES).write_text('{"step": 8, "tok')
-    with pytest.raises(SAEFileError, match=r"no intact checkpoint .*step_00000012 \(state"
-                                           r"\.safetensors is truncated.*step_00000008 "
-                                           r"\(state\.json is not valid JSON"):
+    with pytest.raises(
+        SAEFileError,
+        match=r"no intact checkpoint .*step_00000012 \(state"
+        r"\.safetensors is truncated.*step_00000008 "
+        r"\(state\.json is not valid JSON",
+    ):
         ckpt.find_checkpoint(tmp_path / "run")
     # a damaged step folder named directly is refused, not replaced by another one
-    with pytest.raises(SAEFileError, match="is damaged: state.safetensors is truncated.*pass "
-                                           "the run folder"):
+    with pytest.raises(
+        SAEFileError, match="is damaged: state.safetensors is truncated.*pass the run folder"
+    ):
         ckpt.find_checkpoint(root / "step_00000012")
 
 
 def test_train_sae_refuses_a_resume_without_checkpoint_before_loading_anything(tmp_path):
     with pytest.raises(SAENotFoundError, match="no checkpoint under"):
-        sh.train_sae(object(), torch.zeros(2, 4, dtype=torch.long), fake_config(tmp_path),
-                     resume_from=tmp_path)
+        sh.train_sae(
+            object(),
+            torch.zeros(2, 4, dtype=torch.long),
+            fake_config(tmp_path),
+            resume_from=tmp_path,
+        )
 
 
 def test_checkpoint_problem_reads_only_the_header(tmp_path):
@@ -162,8 +175,13 @@ _WRITER = textwrap.dedent("""
 
 def _kill_mid_write(out_dir: Path) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out_dir)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(out_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "WRITING", proc.stderr.read()
@@ -200,8 +218,13 @@ def _dead_pid() -> int:
 def test_the_next_save_or_resume_removes_a_killed_writers_leftovers(tmp_path):
     pid = _kill_mid_write(tmp_path / "other")
     assert (tmp_path / "other" / "checkpoints" / f".tmp_step_00000002_{pid}").is_dir()
-    ckpt.save_checkpoint(tmp_path / "other", 3, {"w": torch.zeros(2)}, {"step": 3},
-                         sh.SAE(sh.SAEConfig(d_in=4, d_sae=8)))
+    ckpt.save_checkpoint(
+        tmp_path / "other",
+        3,
+        {"w": torch.zeros(2)},
+        {"step": 3},
+        sh.SAE(sh.SAEConfig(d_in=4, d_sae=8)),
+    )
     assert not list((tmp_path / "other" / "checkpoints").glob(".tmp_*"))
     cfg = _killed_run(tmp_path, steps=9)
     root, dead = tmp_path / "checkpoints", _dead_pid()
@@ -255,7 +278,6 @@ def test_a_different_config_is_refused_with_the_differences_named(tmp_path):
     assert Trainer(None, FakeStore(), ok, resume_from=tmp_path).step_count == 8
 
 
-
 def test_the_final_sae_replaces_the_folder_whole(tmp_path):
     cfg = fake_config(tmp_path, total_tokens=4 * 64, checkpoint_every_tokens=0)
     old = tmp_path / "sae"
@@ -268,18 +290,21 @@ def test_the_final_sae_replaces_the_folder_whole(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes=st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4)), min_size=1,
-                       max_size=4),
-       cut=st.integers(0, 10_000), extra=st.integers(0, 3))
-def test_the_header_check_agrees_with_the_safetensors_reader(tmp_path_factory, shapes, cut,
-                                                             extra):
+@given(
+    shapes=st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4)), min_size=1, max_size=4),
+    cut=st.integers(0, 10_000),
+    extra=st.integers(0, 3),
+)
+def test_the_header_check_agrees_with_the_safetensors_reader(tmp_path_factory, shapes, cut, extra):
     """Plain reference: a file is intact iff safetensors reads back exactly what was
     written. Corners: empty tensors, cuts inside the 8-byte length, inside the header,
     inside the data, at the very end; and trailing bytes."""
     from safetensors.torch import load_file, save_file
 
-    tensors = {f"t{i}": torch.arange(a * b, dtype=torch.float32).reshape(a, b)
-               for i, (a, b) in enumerate(shapes)}
+    tensors = {
+        f"t{i}": torch.arange(a * b, dtype=torch.float32).reshape(a, b)
+        for i, (a, b) in enumerate(shapes)
+    }
     path = tmp_path_factory.mktemp("st") / "x.safetensors"
     save_file(tensors, str(path))
     data = path.read_bytes()
@@ -287,8 +312,9 @@ def test_the_header_check_agrees_with_the_safetensors_reader(tmp_path_factory, s
     path.write_bytes(data[:cut] + b"\0" * extra)
     try:
         back = load_file(str(path))
-        readable = set(back) == set(tensors) and all(torch.equal(back[k], tensors[k])
-                                                     for k in tensors)
+        readable = set(back) == set(tensors) and all(
+            torch.equal(back[k], tensors[k]) for k in tensors
+        )
     except Exception:
         readable = False
     intact = cut == len(data) and extra == 0

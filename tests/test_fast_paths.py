@@ -108,10 +108,12 @@ def relu_step(sae: SAE, x, cfg: TrainConfig, running, tokens_seen: int):
         objective.running = running.clone()
     d_sae = sae.cfg.d_sae
     out = objective.forward(sae, x, StepState(0, tokens_seen, torch.zeros(d_sae, dtype=bool)))
-    loop = LoopHandles(torch.optim.Adam(sae.parameters()), DeadLatentTracker(d_sae, 10**9),
-                       torch.Generator())
-    objective.after_step(sae, x, out, StepState(0, tokens_seen, torch.zeros(d_sae, dtype=bool)),
-                         loop)
+    loop = LoopHandles(
+        torch.optim.Adam(sae.parameters()), DeadLatentTracker(d_sae, 10**9), torch.Generator()
+    )
+    objective.after_step(
+        sae, x, out, StepState(0, tokens_seen, torch.zeros(d_sae, dtype=bool)), loop
+    )
     return out, objective
 
 
@@ -128,7 +130,7 @@ def _twins(d_sae: int) -> torch.Tensor:
     """Group id of each latent: latent ``h + j`` is the twin of latent ``j``."""
     twin = torch.arange(d_sae)
     half = d_sae // 2
-    twin[half:2 * half] = torch.arange(half)
+    twin[half : 2 * half] = torch.arange(half)
     return twin
 
 
@@ -150,8 +152,11 @@ def sae_problems(draw):
     n = draw(st.integers(1, 10))
     d_in = draw(st.integers(1, 6))
     d_sae = draw(st.integers(1, 40))
-    k = draw(st.one_of(st.just(d_sae), st.just(1), st.integers(1, max(1, d_sae // 4)),
-                       st.integers(1, d_sae)))
+    k = draw(
+        st.one_of(
+            st.just(d_sae), st.just(1), st.integers(1, max(1, d_sae // 4)), st.integers(1, d_sae)
+        )
+    )
     corner = draw(st.sampled_from(CORNERS))
     dead_kind = draw(st.sampled_from(("none", "all", "some")))
     seed = draw(st.integers(0, 2**31 - 1))
@@ -215,14 +220,24 @@ def selection_is_decided(pre, k, dead, k_aux, twin, batch: bool) -> bool:
     if not bool(dead.any()):
         return main
     ids = dead.nonzero().squeeze(1)
-    return main and tie_decided(pre[:, ids], min(k_aux, ids.numel()),
-                                twin[ids].expand(n, ids.numel()), False)
+    return main and tie_decided(
+        pre[:, ids], min(k_aux, ids.numel()), twin[ids].expand(n, ids.numel()), False
+    )
 
 
 def _cfg(arch: str, d_sae: int, k: int, n: int, aux_k: int = 3, **changes) -> TrainConfig:
-    base = dict(architecture=arch, d_sae=d_sae, k=k, aux_k=aux_k, aux_coefficient=0.25,
-                matmul_dtype="float32", total_tokens=n, batch_size=n,
-                sparsity_warmup_fraction=0.0, resample_dead=False)
+    base = dict(
+        architecture=arch,
+        d_sae=d_sae,
+        k=k,
+        aux_k=aux_k,
+        aux_coefficient=0.25,
+        matmul_dtype="float32",
+        total_tokens=n,
+        batch_size=n,
+        sparsity_warmup_fraction=0.0,
+        resample_dead=False,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -234,8 +249,10 @@ def _check_against_reference(sae: SAE, x, out, mask, dead, cfg: TrainConfig, twi
     assert torch.allclose(out.x_hat, x_hat, rtol=1e-10, atol=1e-12)
     assert torch.allclose(out.aux, aux, rtol=1e-10, atol=1e-12)
     assert out.l0 == float(active.sum()) / n
-    assert torch.equal(fold_twins(out.fired.long(), twin, 0) > 0,  # some twin fired
-                       fold_twins(active.any(0).long(), twin, 0) > 0)
+    assert torch.equal(
+        fold_twins(out.fired.long(), twin, 0) > 0,  # some twin fired
+        fold_twins(active.any(0).long(), twin, 0) > 0,
+    )
     got, ref = ref_grads(sae, out.loss), ref_grads(sae, loss)
     for (name, _), a, b in zip(sae.named_parameters(), got, ref):
         dim = {"W_enc": 1, "b_enc": 0, "W_dec": 0}.get(name)
@@ -292,15 +309,18 @@ def pre_matrices(draw):
     """(pre, k) with the corners of the candidate pruning, exact dyadic values."""
     n = draw(st.integers(1, 12))
     d_sae = draw(st.integers(1, 48))
-    k = draw(st.one_of(st.just(1), st.just(d_sae), st.integers(1, max(1, d_sae // 4)),
-                       st.integers(1, d_sae)))
+    k = draw(
+        st.one_of(
+            st.just(1), st.just(d_sae), st.integers(1, max(1, d_sae // 4)), st.integers(1, d_sae)
+        )
+    )
     corner = draw(st.sampled_from(CORNERS))
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
     if corner == "ties":  # few distinct values: ties at every cut
         pre = torch.randint(-2, 3, (n, d_sae), generator=g).double()
     else:
-        pre = torch.randint(-2**20, 2**20, (n, d_sae), generator=g).double() / 2**16
+        pre = torch.randint(-(2**20), 2**20, (n, d_sae), generator=g).double() / 2**16
     if corner == "few_positive":
         pre = pre - 40.0
         hot = torch.rand(n, d_sae, generator=g) < 0.05
@@ -379,8 +399,9 @@ def test_auxk_default_k_aux_with_every_latent_dead(step):
     dead = torch.ones(24, dtype=torch.bool)
     out = step(sae, x, _cfg("topk", 24, 3, 6, aux_k=0), dead)
     pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).detach()
-    _check_against_reference(sae, x, out, ref_topk_mask(pre, 3), dead,
-                             _cfg("topk", 24, 3, 6, aux_k=4), torch.arange(24))
+    _check_against_reference(
+        sae, x, out, ref_topk_mask(pre, 3), dead, _cfg("topk", 24, 3, 6, aux_k=4), torch.arange(24)
+    )
 
 
 # ---- ReLU objectives: sparse path vs dense path vs reference ---------------------------
@@ -405,10 +426,15 @@ def ref_relu_loss(sae, x, arch, coefficient, scale, rho, running, tokens_seen, w
 
 
 @SETTINGS
-@given(sae_problems(), st.sampled_from(("l1", "kl")), st.booleans(), st.integers(0, 10**6),
-       st.sampled_from((0.0, 2.0, 6.0)), st.sampled_from((1, 7, 64, 32768)))
-def test_relu_paths_equal_dense_reference(problem, arch, use_running, tokens_seen, shift,
-                                          window):
+@given(
+    sae_problems(),
+    st.sampled_from(("l1", "kl")),
+    st.booleans(),
+    st.integers(0, 10**6),
+    st.sampled_from((0.0, 2.0, 6.0)),
+    st.sampled_from((1, 7, 64, 32768)),
+)
+def test_relu_paths_equal_dense_reference(problem, arch, use_running, tokens_seen, shift, window):
     # window 1 / 7: shorter than most batches (the estimate is the batch's own)
     sae, x, _, _, _ = problem
     n, d_sae = x.shape[0], sae.cfg.d_sae
@@ -417,13 +443,24 @@ def test_relu_paths_equal_dense_reference(problem, arch, use_running, tokens_see
     start = torch.linspace(0.0, 0.2, d_sae, dtype=torch.float64) if use_running else None
     results = []
     for sparse_kernels in (True, False):
-        cfg = _cfg(arch, d_sae, 1, n, kl_rho=0.05, kl_scale=0.3, kl_window_tokens=window,
-                   l1_coefficient=0.7, kl_beta=0.7, sparse_kernels=sparse_kernels)
+        cfg = _cfg(
+            arch,
+            d_sae,
+            1,
+            n,
+            kl_rho=0.05,
+            kl_scale=0.3,
+            kl_window_tokens=window,
+            l1_coefficient=0.7,
+            kl_beta=0.7,
+            sparse_kernels=sparse_kernels,
+        )
         out, objective = relu_step(sae, x, cfg, start, tokens_seen)
         results.append((out, objective, ref_grads(sae, out.loss)))
     zeros = torch.zeros(d_sae, dtype=torch.float64)  # the estimate before any batch
-    loss, r = ref_relu_loss(sae, x, arch, 0.7, 0.3, 0.05, zeros if start is None else start,
-                            tokens_seen, window)
+    loss, r = ref_relu_loss(
+        sae, x, arch, 0.7, 0.3, 0.05, zeros if start is None else start, tokens_seen, window
+    )
     ref = ref_grads(sae, loss)
     pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).detach()
     for out, objective, grads in results:
@@ -451,8 +488,9 @@ def test_relu_sparse_path_is_taken_and_equals_dense():
     for arch in ("l1", "kl"):
         outs = []
         for sparse_kernels in (True, False):
-            cfg = _cfg(arch, 128, 1, 32, sparse_kernels=sparse_kernels, l1_coefficient=0.5,
-                       kl_beta=0.5)
+            cfg = _cfg(
+                arch, 128, 1, 32, sparse_kernels=sparse_kernels, l1_coefficient=0.5, kl_beta=0.5
+            )
             running = torch.full((128,), 0.01, dtype=torch.float64)
             outs.append(relu_step(sae, x, cfg, running, 4096)[0])
         assert torch.allclose(outs[0].loss, outs[1].loss, rtol=1e-12)
@@ -474,8 +512,10 @@ def sparse_codes(draw):
     if draw(st.booleans()):
         mask[draw(st.integers(0, n - 1))] = True  # one row holding every latent
     rows, cols = mask.nonzero(as_tuple=True)
-    tensors = [torch.randn(s, generator=g, dtype=torch.float64)
-               for s in ((n, d_in), (d_in, d_sae), (d_sae,), (d_sae, d_in), (n, d_in))]
+    tensors = [
+        torch.randn(s, generator=g, dtype=torch.float64)
+        for s in ((n, d_in), (d_in, d_sae), (d_sae,), (d_sae, d_in), (n, d_in))
+    ]
     return n, d_sae, rows, cols, tensors
 
 
@@ -514,13 +554,16 @@ def _check_kernels(n, d_sae, rows, cols, x_c, W_enc, b_enc, W_dec, upstream) -> 
 @given(st.integers(0, 2**31 - 1), st.integers(0, 50), st.sampled_from((1, 3, 16, 2048)))
 def test_rowwise_dots_equal_a_python_loop(seed, nnz, chunk):
     g = torch.Generator().manual_seed(seed)
-    a, b = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g,
-                                                                            dtype=torch.float64)
+    a, b = (
+        torch.randn(7, 5, generator=g, dtype=torch.float64),
+        torch.randn(4, 5, generator=g, dtype=torch.float64),
+    )
     ai, bi = torch.randint(0, 7, (nnz,), generator=g), torch.randint(0, 4, (nnz,), generator=g)
     with chunk_size(chunk):
         got = sparse._rowwise_dots(a, ai, b, bi)
-    ref = torch.tensor([float(a[i] @ b[j]) for i, j in zip(ai.tolist(), bi.tolist())],
-                       dtype=torch.float64)
+    ref = torch.tensor(
+        [float(a[i] @ b[j]) for i, j in zip(ai.tolist(), bi.tolist())], dtype=torch.float64
+    )
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-14)
 
 
@@ -533,8 +576,9 @@ def test_chunk_boundary_is_crossed_at_the_real_chunk_size():
     cols = torch.arange(d_sae).repeat(n)
     vals = torch.randn(n * d_sae, generator=g, dtype=torch.float64, requires_grad=True)
     W_dec = torch.randn(d_sae, d_in, generator=g, dtype=torch.float64, requires_grad=True)
-    out = sparse.sparse_decode(sparse.code_from_rows(vals, rows, cols, n), W_dec,
-                               sparse.latent_bags(cols, d_sae))
+    out = sparse.sparse_decode(
+        sparse.code_from_rows(vals, rows, cols, n), W_dec, sparse.latent_bags(cols, d_sae)
+    )
     upstream = torch.randn(n, d_in, generator=g, dtype=torch.float64)
     (out * upstream).sum().backward()
     ref = (upstream @ W_dec.detach().t()).flatten()  # ∂/∂vals[b, j] = upstream[b] · W_dec[j]

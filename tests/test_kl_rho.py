@@ -29,16 +29,19 @@ def test_hard_firings_give_the_fraction_of_tokens():
     # the simulation below stands for firing_probability on clear firings (a >> scale)
     acts = torch.zeros(512, 3)
     acts[:3, 0], acts[:7, 1] = 5.0, 9.0
-    assert torch.equal(losses.firing_probability(acts, scale=0.05),
-                       torch.tensor([3 / 512, 7 / 512, 0.0]))
+    assert torch.equal(
+        losses.firing_probability(acts, scale=0.05), torch.tensor([3 / 512, 7 / 512, 0.0])
+    )
 
 
 def test_batch_only_penalty_depends_on_the_batch_size_as_the_issue_says():
     # The fault (issue #10): every latent fires at exactly ρ, yet the batch estimate's
     # noise alone costs ≈ d_sae / (2 · batch) nats: 44 at 256, 0.54 at 4096, 0.13 at
     # 16384 (the silent latents of a small batch are clamped at 1e-6, hence 44 > 8).
-    got = {n: sum(float(losses.kl_sparsity_penalty(r, RHO)) for r in batch_rates(n, 6, n)) / 6
-           for n in (256, 4096, 16384)}
+    got = {
+        n: sum(float(losses.kl_sparsity_penalty(r, RHO)) for r in batch_rates(n, 6, n)) / 6
+        for n in (256, 4096, 16384)
+    }
     assert got[256] == pytest.approx(44.0, rel=0.1)
     assert got[4096] == pytest.approx(0.54, rel=0.15)
     assert got[16384] == pytest.approx(0.13, rel=0.15)
@@ -65,8 +68,7 @@ def test_running_penalty_is_near_zero_at_every_batch_size(n):
 
 
 def test_running_estimate_hand_values():
-    b1, b2, b3 = (torch.tensor([0.5, 0.0]), torch.tensor([0.0, 0.25]),
-                  torch.tensor([1.0, 1.0]))
+    b1, b2, b3 = (torch.tensor([0.5, 0.0]), torch.tensor([0.0, 0.25]), torch.tensor([1.0, 1.0]))
     r = losses.running_firing_rate(b1, torch.tensor([9.0, 9.0]), 2, 0, window=8)
     assert torch.equal(r, b1)  # first batch: its own estimate (the start value is unused)
     r = losses.running_firing_rate(b2, r, 2, 2, window=8)  # a = 2/4: mean of two batches
@@ -102,8 +104,15 @@ class Source:
     Gaussian vectors (no sparse structure, so β alone sets the L0).
     """
 
-    def __init__(self, batch_size: int, kind: str = "sparse", d_in: int = 16,
-                 n_dirs: int = 48, p: float = 0.04, seed: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        kind: str = "sparse",
+        d_in: int = 16,
+        n_dirs: int = 48,
+        p: float = 0.04,
+        seed: int = 0,
+    ) -> None:
         fixed = torch.Generator().manual_seed(100 + seed)
         dirs = torch.randn(n_dirs, d_in, generator=fixed)
         self.dirs, self.p, self.kind = dirs / dirs.norm(dim=-1, keepdim=True), p, kind
@@ -129,12 +138,26 @@ class Source:
 
 
 def kl_config(out_dir, batch_size: int, steps: int, **changes) -> TrainConfig:
-    base = dict(hook_name="blocks.0.hook_resid_post", architecture="kl", d_sae=48,
-                kl_rho=0.04, kl_scale=0.05, kl_beta=1.0, batch_size=batch_size,
-                total_tokens=batch_size * steps, lr=3e-3, sparsity_warmup_fraction=0.1,
-                resample_dead=False, init_tokens=2048, matmul_dtype="float32",
-                checkpoint_every_tokens=0, log_every_steps=10**6, progress_bar=False,
-                out_dir=str(out_dir), seed=0)
+    base = dict(
+        hook_name="blocks.0.hook_resid_post",
+        architecture="kl",
+        d_sae=48,
+        kl_rho=0.04,
+        kl_scale=0.05,
+        kl_beta=1.0,
+        batch_size=batch_size,
+        total_tokens=batch_size * steps,
+        lr=3e-3,
+        sparsity_warmup_fraction=0.1,
+        resample_dead=False,
+        init_tokens=2048,
+        matmul_dtype="float32",
+        checkpoint_every_tokens=0,
+        log_every_steps=10**6,
+        progress_bar=False,
+        out_dir=str(out_dir),
+        seed=0,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -170,8 +193,11 @@ def test_running_value_leaves_the_training_step_unchanged(tmp_path):
         trainer = Trainer(None, Source(256), cfg)
         with pytest.MonkeyPatch.context() as patch:
             if not with_running:  # the batch-only penalty: value and gradient on ρ̂_batch
-                patch.setattr(losses, "kl_penalty_running",
-                              lambda rate, running, rho: losses.kl_sparsity_penalty(rate, rho))
+                patch.setattr(
+                    losses,
+                    "kl_penalty_running",
+                    lambda rate, running, rho: losses.kl_sparsity_penalty(rate, rho),
+                )
             auxes = [float(trainer.train_step().aux) for _ in range(6)]
         runs.append(([p.detach().clone() for p in trainer.sae.parameters()], auxes))
     (weights, aux_running), (weights_batch, aux_batch) = runs
@@ -216,7 +242,6 @@ def test_kl_window_tokens_sets_the_memory_of_the_logged_estimate(tmp_path):
         expected = rates[-1] if window == 256 else (rates[0] + rates[1] + rates[2]) / 3
         assert torch.allclose(trainer.objective.running, expected, rtol=1e-6, atol=1e-9)
         last = float(outs[window][-1].aux)
-        assert last == pytest.approx(float(losses.kl_sparsity_penalty(expected, 0.04)),
-                                     rel=1e-5)
+        assert last == pytest.approx(float(losses.kl_sparsity_penalty(expected, 0.04)), rel=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(weights[256], weights[WINDOW]))
     assert float(outs[256][-1].aux) != float(outs[WINDOW][-1].aux)

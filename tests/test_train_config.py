@@ -46,44 +46,77 @@ BAD_CONFIGS = [
     ({"seed": True}, InputTypeError, r"seed must be an integer, got True"),
     ({"context_size": 1}, InputError, r"context_size must be >= 2, got 1"),
     ({"k": 0}, InputError, r"k must be >= 1, got 0"),
-    ({"k": 65, "d_sae": 64}, InputError, r"topk needs 1 <= k <= d_sae=64, got k=65; pass a "
-                                         r"smaller k or a larger d_sae"),
+    (
+        {"k": 65, "d_sae": 64},
+        InputError,
+        r"topk needs 1 <= k <= d_sae=64, got k=65; pass a "
+        r"smaller k or a larger d_sae",
+    ),
     ({"architecture": "batchtopk", "k": 100, "d_sae": 64}, InputError, r"batchtopk needs"),
-    ({"total_tokens": 100, "batch_size": 4096}, InputError,
-     r"total_tokens=100 is less than one batch .*pass total_tokens >= batch_size"),
+    (
+        {"total_tokens": 100, "batch_size": 4096},
+        InputError,
+        r"total_tokens=100 is less than one batch .*pass total_tokens >= batch_size",
+    ),
     ({"lr": 0}, InputError, r"lr must be > 0\.0, got 0\.0"),
     ({"lr": math.nan}, InputError, r"lr must be a finite number, got nan"),
     ({"lr": "1e-3"}, InputTypeError, r"lr must be a real number, got '1e-3'"),
     ({"grad_clip": -1.0}, InputError, r"grad_clip must be >= 0\.0"),
-    ({"adam_betas": (0.9,)}, InputTypeError, r"adam_betas must be a pair .*pass e\.g\. "
-                                             r"\(0\.9, 0\.999\)"),
+    (
+        {"adam_betas": (0.9,)},
+        InputTypeError,
+        r"adam_betas must be a pair .*pass e\.g\. "
+        r"\(0\.9, 0\.999\)",
+    ),
     ({"adam_betas": (0.9, 1.0)}, InputError, r"adam_betas must lie in \[0, 1\)"),
     ({"adam_betas": "0.9,0.99"}, InputTypeError, r"adam_betas must be a pair"),
     ({"lr_warmup_fraction": 1.5}, InputError, r"lr_warmup_fraction must be <= 1\.0"),
-    ({"lr_warmup_fraction": 0.6, "lr_decay_fraction": 0.6}, InputError,
-     r"lr_warmup_fraction \+ lr_decay_fraction must be <= 1.*shorten one"),
-    ({"architecture": "gated"}, InputError, r"architecture must be one of 'topk', "
-                                            r"'batchtopk', 'l1', 'kl'; got 'gated'"),
+    (
+        {"lr_warmup_fraction": 0.6, "lr_decay_fraction": 0.6},
+        InputError,
+        r"lr_warmup_fraction \+ lr_decay_fraction must be <= 1.*shorten one",
+    ),
+    (
+        {"architecture": "gated"},
+        InputError,
+        r"architecture must be one of 'topk', "
+        r"'batchtopk', 'l1', 'kl'; got 'gated'",
+    ),
     ({"b_dec_init": "random"}, InputError, r"b_dec_init must be one of 'zeros', 'mean'"),
-    ({"matmul_dtype": "fp16"}, InputError, r"matmul_dtype must be one of 'auto', "
-                                           r"'float32', 'bfloat16'"),
+    (
+        {"matmul_dtype": "fp16"},
+        InputError,
+        r"matmul_dtype must be one of 'auto', "
+        r"'float32', 'bfloat16'",
+    ),
     ({"auxk": "false"}, InputTypeError, r"auxk must be True or False, got 'false'"),
     ({"progress_bar": 1}, InputTypeError, r"progress_bar must be True or False"),
     ({"hook_name": ""}, InputError, r"hook_name is empty; pass a hook name such as"),
     ({"hook_name": 3}, InputTypeError, r"hook_name must be a string.*pass a hook name"),
     ({"out_dir": ""}, InputError, r"out_dir is empty; pass a folder path"),
-    ({"out_dir": None}, InputTypeError, r"out_dir must be a folder path \(str or "
-                                        r"pathlib\.Path\)"),
+    (
+        {"out_dir": None},
+        InputTypeError,
+        r"out_dir must be a folder path \(str or "
+        r"pathlib\.Path\)",
+    ),
     ({"kl_rho": 0.0}, InputError, r"kl_rho must be > 0\.0"),
     ({"kl_rho": 1.0}, InputError, r"kl_rho must be < 1"),
     ({"kl_scale": 0.0}, InputError, r"kl_scale must be > 0\.0"),
     ({"target_l0_max_factor": 0.5}, InputError, r"target_l0_max_factor must be >= 1\.0"),
-    ({"device": "gpu"}, DeviceError, r"device='gpu' is not a device name .*pass 'cpu', "
-                                     r"'cuda' or 'cuda:N'"),
+    (
+        {"device": "gpu"},
+        DeviceError,
+        r"device='gpu' is not a device name .*pass 'cpu', "
+        r"'cuda' or 'cuda:N'",
+    ),
     ({"device": 3.5}, InputTypeError, r"device must be a string such as 'cpu' or 'cuda:0'"),
-    pytest.param({"device": "cuda"}, DeviceError,
-                 r"device='cuda' is not available: this machine has 'cpu'; pass one of those",
-                 marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")),
+    pytest.param(
+        {"device": "cuda"},
+        DeviceError,
+        r"device='cuda' is not available: this machine has 'cpu'; pass one of those",
+        marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA"),
+    ),
     ({"device": "cuda:99"}, DeviceError, r"device='cuda:99' is not available"),
 ]
 
@@ -105,8 +138,15 @@ def test_dataclasses_replace_checks_too():
 
 
 def test_good_values_come_out_canonical(tmp_path):
-    cfg = TrainConfig(d_sae=np.int64(512), k=torch.tensor(8), lr=1, adam_betas=[0.8, 0.9],
-                      out_dir=tmp_path, cache_dir=Path("cache"), device="cpu")
+    cfg = TrainConfig(
+        d_sae=np.int64(512),
+        k=torch.tensor(8),
+        lr=1,
+        adam_betas=[0.8, 0.9],
+        out_dir=tmp_path,
+        cache_dir=Path("cache"),
+        device="cpu",
+    )
     assert type(cfg.d_sae) is int and cfg.d_sae == 512 and type(cfg.k) is int and cfg.k == 8
     assert type(cfg.lr) is float and cfg.adam_betas == (0.8, 0.9)
     assert cfg.out_dir == str(tmp_path) and cfg.cache_dir == "cache" and cfg.device == "cpu"
@@ -115,15 +155,20 @@ def test_good_values_come_out_canonical(tmp_path):
 
 
 def test_from_dict_names_unknown_fields():
-    with pytest.raises(InputTypeError, match=r"unknown TrainConfig field\(s\) 'dsae' \(did "
-                                             r"you mean 'd_sae'\?\)"):
+    with pytest.raises(
+        InputTypeError,
+        match=r"unknown TrainConfig field\(s\) 'dsae' \(did "
+        r"you mean 'd_sae'\?\)",
+    ):
         TrainConfig.from_dict({"dsae": 10})
     with pytest.raises(InputTypeError, match="needs a dict"):
         TrainConfig.from_dict([("d_sae", 10)])
 
 
-@pytest.mark.parametrize("text,expected", [("20M", 20_000_000), ("1.5e6", 1_500_000),
-                                           ("64k", 64_000), ("4_096", 4096), (4096, 4096)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [("20M", 20_000_000), ("1.5e6", 1_500_000), ("64k", 64_000), ("4_096", 4096), (4096, 4096)],
+)
 def test_parse_count_accepts_counts(text, expected):
     assert parse_count(text) == expected
 
@@ -158,21 +203,35 @@ def test_cli_refuses_bad_values_before_loading_anything(monkeypatch, tmp_path):
 
 # ---- train_sae and the activation store, on the reference model -------------------------
 
+
 @pytest.fixture
 def cfg(tmp_path):
-    return TrainConfig(hook_name=HOOK, d_sae=64, k=4, total_tokens=256, batch_size=64,
-                       buffer_tokens=256, model_batch_rows=2, init_tokens=64,
-                       matmul_dtype="float32", progress_bar=False, out_dir=str(tmp_path / "o"),
-                       checkpoint_every_tokens=0)
+    return TrainConfig(
+        hook_name=HOOK,
+        d_sae=64,
+        k=4,
+        total_tokens=256,
+        batch_size=64,
+        buffer_tokens=256,
+        model_batch_rows=2,
+        init_tokens=64,
+        matmul_dtype="float32",
+        progress_bar=False,
+        out_dir=str(tmp_path / "o"),
+        checkpoint_every_tokens=0,
+    )
 
 
 def test_out_of_vocabulary_ids_in_a_token_tensor_fail_before_training(model, cfg, tmp_path):
     d_vocab = model.cfg.d_vocab
     tokens = sh.load_eval_tokens(4)[:, :32].clone()
     tokens[2, 5] = d_vocab
-    with pytest.raises(InputError, match=rf"token source rows hold ids \[{d_vocab}\] outside "
-                                         rf"the model's vocabulary 0 … {d_vocab - 1}; "
-                                         r"tokenize with this model's tokenizer"):
+    with pytest.raises(
+        InputError,
+        match=rf"token source rows hold ids \[{d_vocab}\] outside "
+        rf"the model's vocabulary 0 … {d_vocab - 1}; "
+        r"tokenize with this model's tokenizer",
+    ):
         sh.train_sae(model, tokens, cfg)
     assert not (tmp_path / "o" / "metrics.csv").exists()  # nothing started
     tokens[2, 5] = -1
@@ -184,8 +243,9 @@ def test_out_of_vocabulary_ids_in_an_iterable_fail_at_their_batch(model):
     good = sh.load_eval_tokens(4)[:, :32].clone()
     bad = good.clone()
     bad[0, 3] = model.cfg.d_vocab + 7
-    store = ActivationStore(model, [good[:2], bad], HOOK, batch_size=16, buffer_tokens=32,
-                            model_batch_rows=2)
+    store = ActivationStore(
+        model, [good[:2], bad], HOOK, batch_size=16, buffer_tokens=32, model_batch_rows=2
+    )
     assert store.next_batch().shape == (16, 256)  # the first model batch is fine
     with pytest.raises(InputError, match=rf"ids \[{model.cfg.d_vocab + 7}\] outside"):
         for _ in range(10):
@@ -195,17 +255,24 @@ def test_out_of_vocabulary_ids_in_an_iterable_fail_at_their_batch(model):
 def test_rows_longer_than_the_context_window_are_refused(model):
     n_ctx = model.cfg.n_ctx
     tokens = torch.ones(1, n_ctx + 1, dtype=torch.long)
-    with pytest.raises(InputError, match=rf"have {n_ctx + 1} positions but the model's "
-                                         rf"context window is n_ctx={n_ctx}; cut them"):
+    with pytest.raises(
+        InputError,
+        match=rf"have {n_ctx + 1} positions but the model's "
+        rf"context window is n_ctx={n_ctx}; cut them",
+    ):
         ActivationStore(model, tokens, HOOK)
 
 
 def test_bad_token_sources_raise_named_errors(model, cfg, tmp_path):
-    with pytest.raises(InputTypeError, match="token arrays must hold integer ids, got "
-                                             "torch.float32; tokenize"):
+    with pytest.raises(
+        InputTypeError, match="token arrays must hold integer ids, got torch.float32; tokenize"
+    ):
         sh.train_sae(model, torch.zeros(4, 8), cfg)
-    with pytest.raises(InputError, match=r"must be \[n_seq >= 1, n_ctx >= 1\], got shape "
-                                         r"\(2, 3, 4\)"):
+    with pytest.raises(
+        InputError,
+        match=r"must be \[n_seq >= 1, n_ctx >= 1\], got shape "
+        r"\(2, 3, 4\)",
+    ):
         TokenSource(torch.zeros(2, 3, 4, dtype=torch.long))
     with pytest.raises(SAENotFoundError, match="does not exist; pass a LongTensor"):
         sh.train_sae(model, tmp_path / "missing.safetensors", cfg)
@@ -214,8 +281,11 @@ def test_bad_token_sources_raise_named_errors(model, cfg, tmp_path):
     from safetensors.torch import save_file
 
     save_file({"ids": torch.zeros(2, 4, dtype=torch.long)}, str(tmp_path / "t.safetensors"))
-    with pytest.raises(SAEFileError, match=r"holds no 'tokens' tensor \(it has \['ids'\]\); "
-                                           "save the token ids under the name 'tokens'"):
+    with pytest.raises(
+        SAEFileError,
+        match=r"holds no 'tokens' tensor \(it has \['ids'\]\); "
+        "save the token ids under the name 'tokens'",
+    ):
         sh.train_sae(model, tmp_path / "t.safetensors", cfg)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no text files .* pass a folder that holds some"):
@@ -227,11 +297,17 @@ def test_bad_token_sources_raise_named_errors(model, cfg, tmp_path):
 
 def test_train_sae_checks_its_other_arguments(model, cfg, tmp_path):
     tokens = sh.load_eval_tokens(2)[:, :32]
-    with pytest.raises(InputTypeError, match="cfg must be a TrainConfig, got dict; pass "
-                                             r"saehooks\.TrainConfig\(\.\.\.\)"):
+    with pytest.raises(
+        InputTypeError,
+        match="cfg must be a TrainConfig, got dict; pass "
+        r"saehooks\.TrainConfig\(\.\.\.\)",
+    ):
         sh.train_sae(model, tokens, {"d_sae": 64})
-    with pytest.raises(sh.errors.HookNameError, match=r"hook 'blocks\.9\.hook_resid_post' "
-                                                      r"not found.*the model has 4 layers"):
+    with pytest.raises(
+        sh.errors.HookNameError,
+        match=r"hook 'blocks\.9\.hook_resid_post' "
+        r"not found.*the model has 4 layers",
+    ):
         sh.train_sae(model, tokens, dataclasses.replace(cfg, hook_name="blocks.9.hook_resid_post"))
     with pytest.raises(SAENotFoundError, match="no checkpoint under"):
         sh.train_sae(model, tokens, cfg, resume_from=tmp_path)

@@ -93,8 +93,9 @@ def test_cache_serves_every_activation_once_per_epoch_and_resumes(model, train_t
     assert served.shape == reference.shape
     assert not torch.equal(served, reference)  # shuffled
     key = [1, 0]  # sort rows to compare as multisets
-    assert torch.equal(served[torch.argsort(served[:, key[0]])],
-                       reference[torch.argsort(reference[:, key[0]])])
+    assert torch.equal(
+        served[torch.argsort(served[:, key[0]])], reference[torch.argsort(reference[:, key[0]])]
+    )
     state = cached.state_dict()
     ahead = [cached.next_batch() for _ in range(5)]
     again = CachedActivationStore(tmp_path, batch_size=127, seed=2, shards_per_group=2)
@@ -104,8 +105,15 @@ def test_cache_serves_every_activation_once_per_epoch_and_resumes(model, train_t
 
 
 def test_short_topk_run_lowers_fvu_and_keeps_l0(model, train_tokens, heldout_acts, tmp_path):
-    cfg = tiny_config(tmp_path, d_sae=512, k=16, total_tokens=60 * 512, batch_size=512,
-                      cache_dir=str(tmp_path / "cache"), checkpoint_every_tokens=0)
+    cfg = tiny_config(
+        tmp_path,
+        d_sae=512,
+        k=16,
+        total_tokens=60 * 512,
+        batch_size=512,
+        cache_dir=str(tmp_path / "cache"),
+        checkpoint_every_tokens=0,
+    )
     store = make_store(model, train_tokens, cfg)
     trainer = Trainer(model, store, cfg)
     fvu_init = _fvu(trainer.folded_sae(), heldout_acts)
@@ -135,10 +143,20 @@ def test_short_topk_run_lowers_fvu_and_keeps_l0(model, train_tokens, heldout_act
 
 @pytest.mark.parametrize("arch", ["batchtopk", "l1", "kl"])
 def test_short_runs_of_other_objectives(arch, model, train_tokens, heldout_acts, tmp_path):
-    cfg = tiny_config(tmp_path, architecture=arch, d_sae=512, k=16, total_tokens=60 * 512,
-                      batch_size=512, checkpoint_every_tokens=0,
-                      lr=3e-3 if arch == "batchtopk" else 1e-3, l1_coefficient=1.0,
-                      kl_beta=0.3, kl_rho=16 / 512, resample_every_tokens=8 * 512)
+    cfg = tiny_config(
+        tmp_path,
+        architecture=arch,
+        d_sae=512,
+        k=16,
+        total_tokens=60 * 512,
+        batch_size=512,
+        checkpoint_every_tokens=0,
+        lr=3e-3 if arch == "batchtopk" else 1e-3,
+        l1_coefficient=1.0,
+        kl_beta=0.3,
+        kl_rho=16 / 512,
+        resample_every_tokens=8 * 512,
+    )
     store = make_store(model, train_tokens, cfg)
     trainer = Trainer(model, store, cfg)
     initial = trainer.folded_sae()
@@ -167,8 +185,9 @@ def _rows(path):
 
 
 @pytest.mark.parametrize("arch,cached", [("topk", False), ("l1", True)])
-def test_kill_and_resume_reproduces_the_uninterrupted_weights(arch, cached, model, train_tokens,
-                                                              tmp_path):
+def test_kill_and_resume_reproduces_the_uninterrupted_weights(
+    arch, cached, model, train_tokens, tmp_path
+):
     extra = {"cache_dir": str(tmp_path / "cache")} if cached else {}
     extra |= {"resample_every_tokens": 5 * 256, "l1_coefficient": 1.0} if arch == "l1" else {}
     cfg_a = tiny_config(tmp_path / "a", architecture=arch, **extra)
@@ -179,8 +198,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(arch, cached, mode
     cfg_b = tiny_config(tmp_path / "b", architecture=arch, **extra)
     killed = Trainer(model, make_store(model, train_tokens, cfg_b), cfg_b)
     assert killed.run(max_steps=13) is None  # checkpoint at step 8, killed at step 13
-    resumed = Trainer(model, make_store(model, train_tokens, cfg_b), cfg_b,
-                      resume_from=tmp_path / "b")
+    resumed = Trainer(
+        model, make_store(model, train_tokens, cfg_b), cfg_b, resume_from=tmp_path / "b"
+    )
     assert resumed.step_count == 8
     resumed.run()
     a, b = _final_params(full), _final_params(resumed)
@@ -190,8 +210,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(arch, cached, mode
     assert torch.equal(sae_a.W_dec, sae_b.W_dec)
 
 
-def test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one(model, train_tokens, tmp_path,
-                                                                  monkeypatch):
+def test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one(
+    model, train_tokens, tmp_path, monkeypatch
+):
     cache = str(tmp_path / "cache")  # no model forward passes after the first store
     cfg_a = tiny_config(tmp_path / "a", cache_dir=cache)
     full = Trainer(model, make_store(model, train_tokens, cfg_a), cfg_a)
@@ -216,7 +237,8 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one(model, train_t
 
 
 def test_mid_run_checkpoint_reconstructs_raw_activations_like_the_trainer(
-        model, train_tokens, heldout_acts, tmp_path):
+    model, train_tokens, heldout_acts, tmp_path
+):
     cfg = tiny_config(tmp_path, cache_dir=str(tmp_path / "cache"))
     trainer = Trainer(model, make_store(model, train_tokens, cfg), cfg)
     trainer.run(max_steps=10)  # checkpoint written at step 8
@@ -226,27 +248,68 @@ def test_mid_run_checkpoint_reconstructs_raw_activations_like_the_trainer(
     x = heldout_acts[:200]
     no_dead = torch.zeros(cfg.d_sae, dtype=torch.bool)
     with torch.no_grad():
-        inside = trainer2.objective.forward(trainer2.sae, x * trainer2.scale,
-                                            StepState(8, 8 * 256, no_dead)).x_hat
+        inside = trainer2.objective.forward(
+            trainer2.sae, x * trainer2.scale, StepState(8, 8 * 256, no_dead)
+        ).x_hat
         assert torch.allclose(saved(x), inside / trainer2.scale, rtol=1e-4, atol=1e-4)
 
 
 def test_cli_flags_come_from_the_config(model, train_tokens, tmp_path, capsys, monkeypatch):
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    args = parser.parse_args(["--data", "x", "--hook", HOOK, "--tokens", "20M", "--k", "16",
-                              "--no-auxk", "--adam-betas", "0.8", "0.9", "--out", "o"])
+    args = parser.parse_args(
+        [
+            "--data",
+            "x",
+            "--hook",
+            HOOK,
+            "--tokens",
+            "20M",
+            "--k",
+            "16",
+            "--no-auxk",
+            "--adam-betas",
+            "0.8",
+            "0.9",
+            "--out",
+            "o",
+        ]
+    )
     cfg = config_from_args(args)
-    assert (cfg.hook_name, cfg.total_tokens, cfg.k, cfg.auxk, cfg.adam_betas, cfg.out_dir) == \
-        (HOOK, 20_000_000, 16, False, (0.8, 0.9), "o")
+    assert (cfg.hook_name, cfg.total_tokens, cfg.k, cfg.auxk, cfg.adam_betas, cfg.out_dir) == (
+        HOOK,
+        20_000_000,
+        16,
+        False,
+        (0.8, 0.9),
+        "o",
+    )
     from safetensors.torch import save_file
 
     save_file({"tokens": train_tokens[:8].contiguous()}, str(tmp_path / "tokens.safetensors"))
-    args = parser.parse_args(["--data", str(tmp_path / "tokens.safetensors"), "--hook", HOOK,
-                              "--tokens", "2048", "--batch-size", "256", "--d-sae", "256",
-                              "--k", "8", "--init-tokens", "256", "--buffer-tokens", "1024",
-                              "--out", str(tmp_path / "run"),
-                              "--no-progress-bar"])
+    args = parser.parse_args(
+        [
+            "--data",
+            str(tmp_path / "tokens.safetensors"),
+            "--hook",
+            HOOK,
+            "--tokens",
+            "2048",
+            "--batch-size",
+            "256",
+            "--d-sae",
+            "256",
+            "--k",
+            "8",
+            "--init-tokens",
+            "256",
+            "--buffer-tokens",
+            "1024",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress-bar",
+        ]
+    )
     monkeypatch.setattr("saehooks.models.load_model", lambda name=None, **kw: model)
     assert run_train(args) == 0
     assert "saved" in capsys.readouterr().out
@@ -264,10 +327,27 @@ def test_cli_trains_on_the_reference_split_by_default(model, train_tokens, tmp_p
 
     monkeypatch.setattr("saehooks.reference.load_train_tokens", fake_split)
     monkeypatch.setattr("saehooks.models.load_model", lambda name=None, **kw: model)
-    args = parser.parse_args(["--hook", HOOK, "--tokens", "1024", "--batch-size", "256",
-                              "--d-sae", "256", "--k", "8", "--init-tokens", "256",
-                              "--buffer-tokens", "1024", "--out", str(tmp_path / "run"),
-                              "--no-progress-bar"])
+    args = parser.parse_args(
+        [
+            "--hook",
+            HOOK,
+            "--tokens",
+            "1024",
+            "--batch-size",
+            "256",
+            "--d-sae",
+            "256",
+            "--k",
+            "8",
+            "--init-tokens",
+            "256",
+            "--buffer-tokens",
+            "1024",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress-bar",
+        ]
+    )
     assert run_train(args) == 0 and calls == [None]
     args = parser.parse_args(["--model", "gpt2", "--out", str(tmp_path / "run2")])
     with pytest.raises(InputError, match="--data is required with --model"):
@@ -280,7 +360,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def test_the_training_device_is_the_configs_else_the_models_else_the_cpu(model, tmp_path):
-    from saehooks.training.config import training_device
+    from saehooks.training.device import training_device
 
     cfg = fake_config(tmp_path)
     assert cfg.device is None
@@ -290,16 +370,21 @@ def test_the_training_device_is_the_configs_else_the_models_else_the_cpu(model, 
 
 
 def test_everything_the_trainer_makes_lives_on_its_device(tmp_path):
-    cfg = fake_config(tmp_path, device="cpu", architecture="l1", d_sae=64,
-                      resample_every_tokens=4 * 64)
+    cfg = fake_config(
+        tmp_path, device="cpu", architecture="l1", d_sae=64, resample_every_tokens=4 * 64
+    )
     trainer = Trainer(None, FakeStore(), cfg)
     trainer.run(max_steps=6)
     dev = torch.device("cpu")
     assert trainer.device == dev and trainer.generator.device == dev
     assert trainer.tracker.since_fired.device == dev
     assert all(p.device == dev for p in trainer.sae.parameters())
-    assert all(v.device == dev for s in trainer.optimizer.state.values() for k, v in s.items()
-               if k != "step")
+    assert all(
+        v.device == dev
+        for s in trainer.optimizer.state.values()
+        for k, v in s.items()
+        if k != "step"
+    )
     assert trainer.folded_sae().device == dev
 
 
@@ -317,9 +402,18 @@ def test_a_run_without_a_model_records_no_machine_paths(tmp_path):
 @CUDA
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "l1", "kl"])
 def test_a_50_step_run_on_cuda(arch, tmp_path):
-    cfg = fake_config(tmp_path, architecture=arch, device="cuda", total_tokens=50 * 64,
-                      checkpoint_every_tokens=20 * 64, resample_every_tokens=10 * 64,
-                      matmul_dtype="auto", l1_coefficient=0.3, kl_beta=0.3, kl_rho=4 / 64)
+    cfg = fake_config(
+        tmp_path,
+        architecture=arch,
+        device="cuda",
+        total_tokens=50 * 64,
+        checkpoint_every_tokens=20 * 64,
+        resample_every_tokens=10 * 64,
+        matmul_dtype="auto",
+        l1_coefficient=0.3,
+        kl_beta=0.3,
+        kl_rho=4 / 64,
+    )
     trainer = Trainer(None, FakeStore(), cfg)
     assert trainer.matmul.dtype in ("bfloat16", "float32") and trainer.matmul.source == "cuda"
     sae = trainer.run()

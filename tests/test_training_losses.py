@@ -87,10 +87,12 @@ def test_activation_functions_reject_bad_k_with_input_error():
 
 def test_batch_topk_shares_the_budget_over_every_leading_dimension():
     # [2, 2, 3]: 4 rows share k · 4 = 4 slots; row [0, 0] holds three of the four largest
-    pre = torch.tensor([[[9.0, 8.0, 7.0], [-1.0, 0.5, -2.0]],
-                        [[6.0, -3.0, -4.0], [0.25, 0.0, -5.0]]])
-    expected = torch.tensor([[[9.0, 8.0, 7.0], [0.0, 0.0, 0.0]],
-                             [[6.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    pre = torch.tensor(
+        [[[9.0, 8.0, 7.0], [-1.0, 0.5, -2.0]], [[6.0, -3.0, -4.0], [0.25, 0.0, -5.0]]]
+    )
+    expected = torch.tensor(
+        [[[9.0, 8.0, 7.0], [0.0, 0.0, 0.0]], [[6.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
+    )
     assert torch.equal(activation_fns.batch_topk(pre, 1), expected)
     # k = 2: 8 slots but only 6 positive values; zeros and negatives are never kept
     vals, rows, cols = activation_fns.batch_topk_code(pre.view(4, 3), 2)
@@ -113,7 +115,8 @@ def test_auxk_loss_and_topk_loss_hand_values():
     assert losses.topk_loss(x, x_hat).item() == 3.0  # (1 + 4 + 0 + 1) / 2
     # Var(x): mean [2, 1.5], deviations ±[1, 0.5] -> 1.25 per token
     assert losses.topk_loss(x, x_hat, residual, aux, 0.5).item() == pytest.approx(
-        3.0 + 0.5 * 1.25 * 5 / 6, rel=1e-7)
+        3.0 + 0.5 * 1.25 * 5 / 6, rel=1e-7
+    )
 
 
 def _auxk_sae() -> SAE:
@@ -169,9 +172,18 @@ def test_sparse_kernels_match_dense_autograd(arch):
     sae, x = _params(0)
     dead = torch.zeros(128, dtype=torch.bool)
     dead[:40] = True
-    cfg = TrainConfig(architecture=arch, d_sae=128, k=6, aux_k=4, matmul_dtype="float32",
-                      total_tokens=64, batch_size=64, l1_coefficient=0.3, kl_beta=0.3,
-                      sparsity_warmup_fraction=0.0)
+    cfg = TrainConfig(
+        architecture=arch,
+        d_sae=128,
+        k=6,
+        aux_k=4,
+        matmul_dtype="float32",
+        total_tokens=64,
+        batch_size=64,
+        l1_coefficient=0.3,
+        kl_beta=0.3,
+        sparsity_warmup_fraction=0.0,
+    )
     results = []
     for use_sparse in (True, False):
         sae.zero_grad()
@@ -216,8 +228,11 @@ def test_geometric_median_is_robust_and_normalisation_scale():
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
 def test_fold_scale_reads_raw_activations(arch):
     sae, x = _params(2)
-    train = SAE(SAEConfig(d_in=16, d_sae=128, architecture=arch, k=8 if arch == "topk" else None,
-                          dtype="float64"))
+    train = SAE(
+        SAEConfig(
+            d_in=16, d_sae=128, architecture=arch, k=8 if arch == "topk" else None, dtype="float64"
+        )
+    )
     train.load_state_dict(sae.state_dict(), strict=False)
     if arch == "jumprelu":
         with torch.no_grad():
@@ -233,9 +248,16 @@ def test_fold_scale_reads_raw_activations(arch):
 
 
 def test_schedules():
-    cfg = TrainConfig(architecture="l1", total_tokens=100 * 10, batch_size=10, lr=1.0,
-                      lr_warmup_fraction=0.1, lr_decay_fraction=0.2, l1_coefficient=4.0,
-                      sparsity_warmup_fraction=0.5)
+    cfg = TrainConfig(
+        architecture="l1",
+        total_tokens=100 * 10,
+        batch_size=10,
+        lr=1.0,
+        lr_warmup_fraction=0.1,
+        lr_decay_fraction=0.2,
+        l1_coefficient=4.0,
+        sparsity_warmup_fraction=0.5,
+    )
     assert cfg.total_steps == 100
     assert [lr_at(s, cfg) for s in (0, 9, 10, 79, 80, 99)] == [0.1, 1.0, 1.0, 1.0, 1.0, 0.05]
     l1 = L1Objective(cfg)

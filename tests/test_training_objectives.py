@@ -15,7 +15,7 @@ import torch
 
 import saehooks.training as training_pkg
 from saehooks.errors import SAEHooksError
-from saehooks.training import Trainer, config
+from saehooks.training import Trainer, device
 from saehooks.training.config import ARCHITECTURES, TrainConfig
 from saehooks.training.objectives import (
     OBJECTIVES,
@@ -41,11 +41,17 @@ TRAINING = Path(training_pkg.__file__).parent
 
 def test_there_is_one_objective_per_architecture():
     assert tuple(OBJECTIVES) == ARCHITECTURES
-    assert [cls.inference_architecture for cls in OBJECTIVES.values()] == \
-        ["topk", "jumprelu", "relu", "relu"]
+    assert [cls.inference_architecture for cls in OBJECTIVES.values()] == [
+        "topk",
+        "jumprelu",
+        "relu",
+        "relu",
+    ]
     assert [cls.unit_norm_decoder for cls in OBJECTIVES.values()] == [True, True, False, True]
-    with pytest.raises(SAEHooksError, match="unknown training architecture 'gated'; pass one "
-                                            "of topk, batchtopk, l1, kl"):
+    with pytest.raises(
+        SAEHooksError,
+        match="unknown training architecture 'gated'; pass one of topk, batchtopk, l1, kl",
+    ):
         objective_class("gated")
 
 
@@ -57,14 +63,22 @@ def test_every_config_field_is_read_by_an_objective_or_the_loop():
 
 def test_objective_fields_as_declared():
     aux = {"k", "auxk", "aux_k", "aux_coefficient"}
-    penalised = {"sparse_kernels", "sparsity_warmup_fraction", "total_tokens", "batch_size",
-                 "target_l0", "target_l0_rate", "target_l0_max_factor", "resample_dead",
-                 "resample_every_tokens", "resample_stop_fraction"}
+    penalised = {
+        "sparse_kernels",
+        "sparsity_warmup_fraction",
+        "total_tokens",
+        "batch_size",
+        "target_l0",
+        "target_l0_rate",
+        "target_l0_max_factor",
+        "resample_dead",
+        "resample_every_tokens",
+        "resample_stop_fraction",
+    }
     assert TopKObjective.fields == aux | {"sparse_kernels"}
     assert BatchTopKObjective.fields == aux
     assert L1Objective.fields == penalised | {"l1_coefficient"}
-    assert KLObjective.fields == penalised | {"kl_beta", "kl_rho", "kl_scale",
-                                              "kl_window_tokens"}
+    assert KLObjective.fields == penalised | {"kl_beta", "kl_rho", "kl_scale", "kl_window_tokens"}
 
 
 def test_an_undeclared_read_fails_and_names_the_reader():
@@ -72,8 +86,10 @@ def test_an_undeclared_read_fails_and_names_the_reader():
     assert view.k == 32 and view.read == {"k"}
     assert view.total_steps == 20_000_000 // 4096 + 1  # a property of declared fields
     assert view.read == {"k", "total_tokens", "batch_size"}
-    with pytest.raises(AttributeError, match="Mine reads TrainConfig.kl_beta but does not "
-                                             "declare kl_beta in Mine.fields"):
+    with pytest.raises(
+        AttributeError,
+        match="Mine reads TrainConfig.kl_beta but does not declare kl_beta in Mine.fields",
+    ):
         _ = view.kl_beta
     with pytest.raises(AttributeError, match="does not declare batch_size"):
         _ = ConfigFields(TrainConfig(), frozenset({"total_tokens"}), "Mine").total_steps
@@ -83,15 +99,34 @@ def test_an_undeclared_read_fails_and_names_the_reader():
 
 # every branch: dead latents (AuxK), resampling at every batch, the L0 controller after
 # a warm-up of 0 steps; both forward paths of topk
-BRANCHY = dict(d_sae=256, k=1, dead_window_tokens=64, total_tokens=6 * 64,
-               checkpoint_every_tokens=0, resample_every_tokens=64, resample_stop_fraction=1.0,
-               target_l0=2.0, sparsity_warmup_fraction=0.0, l1_coefficient=0.1, kl_beta=0.1,
-               kl_rho=0.05)
+BRANCHY = dict(
+    d_sae=256,
+    k=1,
+    dead_window_tokens=64,
+    total_tokens=6 * 64,
+    checkpoint_every_tokens=0,
+    resample_every_tokens=64,
+    resample_stop_fraction=1.0,
+    target_l0=2.0,
+    sparsity_warmup_fraction=0.0,
+    l1_coefficient=0.1,
+    kl_beta=0.1,
+    kl_rho=0.05,
+)
 
 
-@pytest.mark.parametrize("arch,sparse_kernels", [("topk", True), ("topk", False),
-                                                 ("batchtopk", True), ("l1", True),
-                                                 ("l1", False), ("kl", True), ("kl", False)])
+@pytest.mark.parametrize(
+    "arch,sparse_kernels",
+    [
+        ("topk", True),
+        ("topk", False),
+        ("batchtopk", True),
+        ("l1", True),
+        ("l1", False),
+        ("kl", True),
+        ("kl", False),
+    ],
+)
 def test_each_objective_reads_exactly_the_fields_it_declares(arch, sparse_kernels, tmp_path):
     cfg = fake_config(tmp_path, architecture=arch, sparse_kernels=sparse_kernels, **BRANCHY)
     trainer = Trainer(None, FakeStore(), cfg)
@@ -105,25 +140,30 @@ def test_each_objective_reads_exactly_the_fields_it_declares(arch, sparse_kernel
 
 def _loop_reads() -> set[str]:
     """Field names the loop reads as ``cfg.<name>`` / ``self.cfg.<name>``: trainer.py,
-    stores.py and config.training_device (parsed, not run)."""
+    stores.py and device.training_device (parsed, not run)."""
     trees = [ast.parse((TRAINING / name).read_text()) for name in ("trainer.py", "stores.py")]
-    trees.append(ast.parse(inspect.getsource(config.training_device)))
+    trees.append(ast.parse(inspect.getsource(device.training_device)))
     names = set()
     for tree in trees:
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
                 owner = node.value
                 if (isinstance(owner, ast.Name) and owner.id == "cfg") or (
-                        isinstance(owner, ast.Attribute) and owner.attr == "cfg"
-                        and isinstance(owner.value, ast.Name) and owner.value.id == "self"):
+                    isinstance(owner, ast.Attribute)
+                    and owner.attr == "cfg"
+                    and isinstance(owner.value, ast.Name)
+                    and owner.value.id == "self"
+                ):
                     names.add(node.attr)
     return names
 
 
 def test_the_loop_reads_exactly_its_declared_fields():
     reads = _loop_reads()
-    assert reads & FIELDS == LOOP_FIELDS, (sorted(LOOP_FIELDS - reads),
-                                           sorted((reads & FIELDS) - LOOP_FIELDS))
+    assert reads & FIELDS == LOOP_FIELDS, (
+        sorted(LOOP_FIELDS - reads),
+        sorted((reads & FIELDS) - LOOP_FIELDS),
+    )
 
 
 def test_no_training_module_reads_another_modules_private_names():
@@ -131,13 +171,20 @@ def test_no_training_module_reads_another_modules_private_names():
     found = []
     for path in sorted(TRAINING.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
-                    and not node.attr.startswith("__") and node.attr not in allowed \
-                    and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and node.attr not in allowed
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+            ):
                 found.append(f"{path.name}:{node.lineno} .{node.attr}")
             if isinstance(node, ast.ImportFrom):
-                found += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names
-                          if a.name.startswith("_")]
+                found += [
+                    f"{path.name}:{node.lineno} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                ]
     assert not found
 
 
@@ -147,19 +194,30 @@ def test_resume_checks_follow_from_the_declarations(tmp_path):
     cfg = fake_config(tmp_path / "topk")
     Trainer(None, FakeStore(), cfg).run(max_steps=5)  # checkpoint at step 4
     # fields topk does not read may change (target_l0_max_factor was refused before)
-    same = dataclasses.replace(cfg, kl_beta=9.0, l1_coefficient=0.5, target_l0_max_factor=2.0,
-                               kl_window_tokens=64)
+    same = dataclasses.replace(
+        cfg, kl_beta=9.0, l1_coefficient=0.5, target_l0_max_factor=2.0, kl_window_tokens=64
+    )
     assert Trainer(None, FakeStore(), same, resume_from=tmp_path / "topk").step_count == 4
     with pytest.raises(SAEHooksError, match=r"the run had aux_k=0 \(now 3\)"):
-        Trainer(None, FakeStore(), dataclasses.replace(cfg, aux_k=3),
-                resume_from=tmp_path / "topk")
+        Trainer(None, FakeStore(), dataclasses.replace(cfg, aux_k=3), resume_from=tmp_path / "topk")
     kl_cfg = fake_config(tmp_path / "kl", architecture="kl", kl_rho=0.05)
     Trainer(None, FakeStore(), kl_cfg).run(max_steps=5)
-    assert Trainer(None, FakeStore(), dataclasses.replace(kl_cfg, k=7, auxk=False),
-                   resume_from=tmp_path / "kl").step_count == 4
+    assert (
+        Trainer(
+            None,
+            FakeStore(),
+            dataclasses.replace(kl_cfg, k=7, auxk=False),
+            resume_from=tmp_path / "kl",
+        ).step_count
+        == 4
+    )
     with pytest.raises(SAEHooksError, match=r"kl_window_tokens=32768 \(now 64\)"):
-        Trainer(None, FakeStore(), dataclasses.replace(kl_cfg, kl_window_tokens=64),
-                resume_from=tmp_path / "kl")
+        Trainer(
+            None,
+            FakeStore(),
+            dataclasses.replace(kl_cfg, kl_window_tokens=64),
+            resume_from=tmp_path / "kl",
+        )
 
 
 class RecordingStore(FakeStore):
@@ -177,8 +235,13 @@ class RecordingStore(FakeStore):
 
 def test_the_first_log_row_is_written_after_step_1(tmp_path, capsys):
     # issue #12: progress shows loss / FVU / L0 from the first steps, not only every 25
-    cfg = fake_config(tmp_path, total_tokens=10 * 64, log_every_steps=4,
-                      checkpoint_every_tokens=0, progress_bar=True)
+    cfg = fake_config(
+        tmp_path,
+        total_tokens=10 * 64,
+        log_every_steps=4,
+        checkpoint_every_tokens=0,
+        progress_bar=True,
+    )
     store = RecordingStore()
     trainer = Trainer(None, store, cfg)
     n_init = len(store.served)  # batches the initialisation read
@@ -201,8 +264,9 @@ def test_the_first_log_row_is_written_after_step_1(tmp_path, capsys):
     assert float(rows[0]["fvu"]) == pytest.approx(fvu, rel=1e-9)
     assert float(rows[0]["l0"]) == first.l0 > 0
     assert float(rows[0]["loss"]) == float(first.loss.detach())
-    assert float(rows[0]["mse"]) == pytest.approx(float(((x - x_hat) ** 2).sum(-1).mean()),
-                                                  rel=1e-6)
+    assert float(rows[0]["mse"]) == pytest.approx(
+        float(((x - x_hat) ** 2).sum(-1).mean()), rel=1e-6
+    )
     # the step-4 row averages steps 2-4
     assert float(rows[1]["l0"]) == pytest.approx(sum(o.l0 for o in outs[1:4]) / 3)
     capsys.readouterr()

@@ -73,11 +73,13 @@ def test_resampling_sets_the_dead_latent_to_the_worst_input_direction(unit_norm)
     assert n == 1
     # x[1] − b_dec = [3, 4], norm 5: direction [0.6, 0.8]
     dec_norm = 1.0 if unit_norm else (2.0 + 4.0) / 2  # mean norm of the live rows
-    assert torch.allclose(sae.W_dec[1], torch.tensor([0.6, 0.8], dtype=torch.float64)
-                          * dec_norm, rtol=1e-12)
+    assert torch.allclose(
+        sae.W_dec[1], torch.tensor([0.6, 0.8], dtype=torch.float64) * dec_norm, rtol=1e-12
+    )
     # encoder: the direction at 0.2 × the mean live column norm (1 + 3) / 2
-    assert torch.allclose(sae.W_enc[:, 1], torch.tensor([0.24, 0.32], dtype=torch.float64),
-                          rtol=1e-12)
+    assert torch.allclose(
+        sae.W_enc[:, 1], torch.tensor([0.24, 0.32], dtype=torch.float64), rtol=1e-12
+    )
     assert sae.b_enc[1].item() == 0.0
     for name in ("W_dec", "b_enc"):  # live latents untouched
         assert torch.equal(sae.state_dict()[name][[0, 2]], before[name][[0, 2]])
@@ -85,9 +87,11 @@ def test_resampling_sets_the_dead_latent_to_the_worst_input_direction(unit_norm)
     assert torch.equal(sae.b_dec, before["b_dec"])
     # Adam: the resampled latent's moments are zero, the others' and the step count kept
     state = optimizer.state
-    for param, index, rest in ((sae.W_dec, (1,), ([0, 2],)),
-                               (sae.W_enc, (slice(None), 1), (slice(None), [0, 2])),
-                               (sae.b_enc, (1,), ([0, 2],))):
+    for param, index, rest in (
+        (sae.W_dec, (1,), ([0, 2],)),
+        (sae.W_enc, (slice(None), 1), (slice(None), [0, 2])),
+        (sae.b_enc, (1,), ([0, 2],)),
+    ):
         for key in ("exp_avg", "exp_avg_sq"):
             assert bool((state[param][key][index] == 0).all()), key
             assert bool((state[param][key][rest] != 0).all()), key
@@ -131,10 +135,18 @@ def test_nothing_to_resample():
     optimizer = _adam_with_state(sae)
     x = torch.ones(2, 2, dtype=torch.float64)
     # no dead latent; and a perfect reconstruction (no input to draw)
-    assert resample_dead_latents(sae, torch.tensor([F, F, F]), x, x * 0, optimizer,
-                                 torch.Generator(), True) == 0
-    assert resample_dead_latents(sae, torch.tensor([F, T, F]), x, x, optimizer,
-                                 torch.Generator(), True) == 0
+    assert (
+        resample_dead_latents(
+            sae, torch.tensor([F, F, F]), x, x * 0, optimizer, torch.Generator(), True
+        )
+        == 0
+    )
+    assert (
+        resample_dead_latents(
+            sae, torch.tensor([F, T, F]), x, x, optimizer, torch.Generator(), True
+        )
+        == 0
+    )
     assert all(torch.equal(v, before[k]) for k, v in sae.state_dict().items())
 
 
@@ -143,11 +155,14 @@ def test_with_every_latent_dead_the_norms_come_from_all_latents():
     sae = _sae()
     x = torch.tensor([[4.0, 5.0]], dtype=torch.float64)
     optimizer = torch.optim.Adam(sae.parameters())
-    assert resample_dead_latents(sae, torch.tensor([T, T, T]), x, x * 0, optimizer,
-                                 torch.Generator(), False) == 3
+    assert (
+        resample_dead_latents(
+            sae, torch.tensor([T, T, T]), x, x * 0, optimizer, torch.Generator(), False
+        )
+        == 3
+    )
     dec_norm = (2.0 + 9.0 * 2**0.5 + 4.0) / 3
     enc_norm = (1.0 + 5.0 * 2**0.5 + 3.0) / 3
     direction = torch.tensor([0.6, 0.8], dtype=torch.float64)
     assert torch.allclose(sae.W_dec, (direction * dec_norm).expand(3, 2), rtol=1e-12)
-    assert torch.allclose(sae.W_enc, (direction[:, None] * enc_norm * 0.2).expand(2, 3),
-                          rtol=1e-12)
+    assert torch.allclose(sae.W_enc, (direction[:, None] * enc_norm * 0.2).expand(2, 3), rtol=1e-12)

@@ -11,5 +11,12 @@ from saehooks.training.activation_store import ActivationStore, TokenSource
 from saehooks.training.config import TrainConfig
 from saehooks.training.trainer import Trainer, train_sae
 
-__all__ = ["ActivationStore", "CachedActivationStore", "TokenSource", "TrainConfig",
-           "Trainer", "train_sae", "write_activation_cache"]
+__all__ = [
+    "ActivationStore",
+    "CachedActivationStore",
+    "TokenSource",
+    "TrainConfig",
+    "Trainer",
+    "train_sae",
+    "write_activation_cache",
+]

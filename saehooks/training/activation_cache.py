@@ -29,8 +29,13 @@ def model_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(sums.encode()).hexdigest()[:16]
 
 
-def write_activation_cache(store: ActivationStore, cache_dir: str | Path, n_tokens: int | None,
-                           shard_tokens: int = 65536, progress: bool = True) -> Path:
+def write_activation_cache(
+    store: ActivationStore,
+    cache_dir: str | Path,
+    n_tokens: int | None,
+    shard_tokens: int = 65536,
+    progress: bool = True,
+) -> Path:
     """Write ``n_tokens`` activations of ``store`` into safetensors shards.
 
     Shards (``shard_00000.safetensors`` with one tensor ``acts [n, d_in]``) are written
@@ -65,14 +70,15 @@ def write_activation_cache(store: ActivationStore, cache_dir: str | Path, n_toke
     if n_tokens is None:
         row_limit = store.source.finite_rows
         if row_limit is None:
-            raise InputError("pass n_tokens for a token source of unknown length (an "
-                             "iterable or a text folder): how many activations to cache")
+            raise InputError(
+                "pass n_tokens for a token source of unknown length (an "
+                "iterable or a text folder): how many activations to cache"
+            )
         row_limit += store.source.rows_served
     target = n_tokens if n_tokens is not None else -1
     pool = torch.empty(0, store.d_in, device=getattr(store, "device", "cpu"))
     written, n_shards, source_done = 0, 0, False
-    bar = tqdm(total=n_tokens, unit="tok", disable=not progress,
-               desc=f"caching {store.hook_name}")
+    bar = tqdm(total=n_tokens, unit="tok", disable=not progress, desc=f"caching {store.hook_name}")
     while True:
         enough = target >= 0 and written + pool.shape[0] >= target
         if row_limit is not None and store.source.rows_served >= row_limit:
@@ -100,12 +106,18 @@ def write_activation_cache(store: ActivationStore, cache_dir: str | Path, n_toke
         if (enough or source_done) and pool.shape[0] == 0:
             break
     bar.close()
-    info = {"hook_name": store.hook_name, "d_in": store.d_in, "n_tokens": written,
-            "n_shards": n_shards, "shard_tokens": shard_tokens,
-            "model_name": models.model_name(store.model),
-            "model_fingerprint": model_fingerprint(store.model),
-            "model_processing": models.model_processing(store.model),
-            "drop_bos": store.drop_bos, "rows_read": store.source.rows_served}
+    info = {
+        "hook_name": store.hook_name,
+        "d_in": store.d_in,
+        "n_tokens": written,
+        "n_shards": n_shards,
+        "shard_tokens": shard_tokens,
+        "model_name": models.model_name(store.model),
+        "model_fingerprint": model_fingerprint(store.model),
+        "model_processing": models.model_processing(store.model),
+        "drop_bos": store.drop_bos,
+        "rows_read": store.source.rows_served,
+    }
     atomic_write_text(out / CACHE_INFO, json.dumps(info, indent=2) + "\n")
     return out
 
@@ -137,18 +149,25 @@ class CachedActivationStore:
         SAENotFoundError: the folder holds no finished cache.
     """
 
-    def __init__(self, cache_dir: str | Path, batch_size: int = 4096, seed: int = 0,
-                 shards_per_group: int = 4,
-                 context: tuple[int, bool | None] | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        batch_size: int = 4096,
+        seed: int = 0,
+        shards_per_group: int = 4,
+        context: tuple[int, bool | None] | None = None,
+    ) -> None:
         batch_size = check_positive_int(batch_size, "batch_size")
         seed = check_int(seed, "seed", minimum=0)
         shards_per_group = check_positive_int(shards_per_group, "shards_per_group")
         self.cache_dir = Path(cache_dir)
         info = read_cache_info(self.cache_dir)
         if info is None:
-            raise SAENotFoundError(f"{self.cache_dir} holds no finished activation cache "
-                                    f"({CACHE_INFO} missing); write one with "
-                                    "write_activation_cache")
+            raise SAENotFoundError(
+                f"{self.cache_dir} holds no finished activation cache "
+                f"({CACHE_INFO} missing); write one with "
+                "write_activation_cache"
+            )
         self.info, self.d_in, self.hook_name = info, int(info["d_in"]), info["hook_name"]
         self.batch_size, self.seed, self.shards_per_group = batch_size, seed, shards_per_group
         self.n_shards = int(info["n_shards"])
@@ -163,11 +182,16 @@ class CachedActivationStore:
     def _load_group(self) -> Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n_shards, generator=gen)
-        ids = order[self.group * self.shards_per_group:(self.group + 1) * self.shards_per_group]
-        data = torch.cat([read_safetensors(self.cache_dir / f"shard_{int(i):05d}.safetensors")
-                          ["acts"].float() for i in ids])
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 7919
-                                            + self.group)
+        ids = order[self.group * self.shards_per_group : (self.group + 1) * self.shards_per_group]
+        data = torch.cat(
+            [
+                read_safetensors(self.cache_dir / f"shard_{int(i):05d}.safetensors")["acts"].float()
+                for i in ids
+            ]
+        )
+        gen = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * 7919 + self.group
+        )
         return data[torch.randperm(data.shape[0], generator=gen)]
 
     def next_batch(self) -> Tensor:
@@ -176,7 +200,7 @@ class CachedActivationStore:
         while need:
             if self._data is None:
                 self._data = self._load_group()
-            take = self._data[self.offset:self.offset + need]
+            take = self._data[self.offset : self.offset + need]
             parts.append(take)
             need -= take.shape[0]
             self.offset += take.shape[0]
@@ -193,8 +217,12 @@ class CachedActivationStore:
         return self.epoch + self.group / self._groups_per_epoch()
 
     def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        return {}, {"kind": "cache", "epoch": self.epoch, "group": self.group,
-                    "offset": self.offset}
+        return {}, {
+            "kind": "cache",
+            "epoch": self.epoch,
+            "group": self.group,
+            "offset": self.offset,
+        }
 
     def load_state_dict(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> None:
         self.epoch, self.group = int(values["epoch"]), int(values["group"])

@@ -65,8 +65,9 @@ class TokenSource:
 
     TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
 
-    def __init__(self, source: Any, tokenizer: Any = None, context_size: int = 256,
-                 bos_id: int | None = None) -> None:
+    def __init__(
+        self, source: Any, tokenizer: Any = None, context_size: int = 256, bos_id: int | None = None
+    ) -> None:
         self.tokenizer, self.context_size, self.bos_id = tokenizer, context_size, bos_id
         self.rows_served = 0
         self._warned_repeat = False
@@ -76,44 +77,63 @@ class TokenSource:
         if isinstance(source, Tensor):
             self._tensor = self._check_rows(source)
         elif isinstance(source, (str, Path)) and Path(source).is_dir():
-            self._files = sorted(p for p in Path(source).rglob("*")
-                                 if p.is_file() and p.suffix in self.TEXT_SUFFIXES)
+            self._files = sorted(
+                p for p in Path(source).rglob("*") if p.is_file() and p.suffix in self.TEXT_SUFFIXES
+            )
             if not self._files:
-                raise InputError(f"no text files ({', '.join(self.TEXT_SUFFIXES)}) under "
-                                 f"{str(source)!r}; pass a folder that holds some, or a "
-                                 ".safetensors file of token ids")
+                raise InputError(
+                    f"no text files ({', '.join(self.TEXT_SUFFIXES)}) under "
+                    f"{str(source)!r}; pass a folder that holds some, or a "
+                    ".safetensors file of token ids"
+                )
             if tokenizer is None or bos_id is None:
-                raise InputError("a text folder needs the model's tokenizer and BOS id; pass "
-                                 "tokenizer= and bos_id= (or token ids instead of text)")
+                raise InputError(
+                    "a text folder needs the model's tokenizer and BOS id; pass "
+                    "tokenizer= and bos_id= (or token ids instead of text)"
+                )
         elif isinstance(source, (str, Path)):
             path = Path(source)
             if not path.is_file():
-                raise SAENotFoundError(f"token source {str(path)!r} does not exist; pass a "
-                                       "LongTensor, a .safetensors file or a text folder")
+                raise SAENotFoundError(
+                    f"token source {str(path)!r} does not exist; pass a "
+                    "LongTensor, a .safetensors file or a text folder"
+                )
             stored = read_safetensors(path)
             if "tokens" not in stored:
-                raise SAEFileError(f"{path} holds no 'tokens' tensor (it has "
-                                   f"{sorted(stored)}); save the token ids under the name "
-                                   "'tokens'")
+                raise SAEFileError(
+                    f"{path} holds no 'tokens' tensor (it has "
+                    f"{sorted(stored)}); save the token ids under the name "
+                    "'tokens'"
+                )
             self._tensor = self._check_rows(stored["tokens"])
         elif isinstance(source, Iterable) and not isinstance(source, (bytes, dict)):
             self._iterable = source
         else:
-            raise InputTypeError(f"unsupported token source {type(source).__name__}; pass a "
-                                 "LongTensor [n_seq, n_ctx], a path, or an iterable of "
-                                 "tensors")
+            raise InputTypeError(
+                f"unsupported token source {type(source).__name__}; pass a "
+                "LongTensor [n_seq, n_ctx], a path, or an iterable of "
+                "tensors"
+            )
 
     @staticmethod
     def _check_rows(tokens: Tensor) -> Tensor:
-        if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or \
-                tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        if (
+            not isinstance(tokens, Tensor)
+            or tokens.dtype.is_floating_point
+            or tokens.dtype.is_complex
+            or tokens.dtype == torch.bool
+        ):
             got = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise InputTypeError(f"token arrays must hold integer ids, got {got}; tokenize "
-                                 "with the model's tokenizer (model.to_tokens)")
+            raise InputTypeError(
+                f"token arrays must hold integer ids, got {got}; tokenize "
+                "with the model's tokenizer (model.to_tokens)"
+            )
         if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
-            raise InputError(f"token arrays must be [n_seq >= 1, n_ctx >= 1], got shape "
-                             f"{tuple(tokens.shape)}; stack rows with torch.stack, or use "
-                             "tokens[None] for a single row")
+            raise InputError(
+                f"token arrays must be [n_seq >= 1, n_ctx >= 1], got shape "
+                f"{tuple(tokens.shape)}; stack rows with torch.stack, or use "
+                "tokens[None] for a single row"
+            )
         return tokens.long()
 
     @property
@@ -183,13 +203,15 @@ class TokenSource:
             if not restartable:
                 return
             if n_this_epoch == 0:
-                raise InputError("the token source is empty; pass at least one row of "
-                                 "token ids")
+                raise InputError("the token source is empty; pass at least one row of token ids")
             if not self._warned_repeat:
                 self._warned_repeat = True
-                warnings.warn(f"the token source ran out after {n_this_epoch} rows and starts "
-                              "over: the SAE will see its tokens more than once (give more "
-                              "data or fewer total_tokens to avoid it)", stacklevel=2)
+                warnings.warn(
+                    f"the token source ran out after {n_this_epoch} rows and starts "
+                    "over: the SAE will see its tokens more than once (give more "
+                    "data or fewer total_tokens to avoid it)",
+                    stacklevel=2,
+                )
             skip %= n_this_epoch
 
 
@@ -220,10 +242,19 @@ class ActivationStore:
             batch by batch).
     """
 
-    def __init__(self, model: nn.Module, tokens: Any, hook_name: str, batch_size: int = 4096,
-                 buffer_tokens: int = 131072, model_batch_rows: int = 32,
-                 drop_bos: bool = True, seed: int = 0, context_size: int = 256,
-                 device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokens: Any,
+        hook_name: str,
+        batch_size: int = 4096,
+        buffer_tokens: int = 131072,
+        model_batch_rows: int = 32,
+        drop_bos: bool = True,
+        seed: int = 0,
+        context_size: int = 256,
+        device: str | torch.device | None = None,
+    ) -> None:
         batch_size = check_positive_int(batch_size, "batch_size")
         buffer_tokens = check_positive_int(buffer_tokens, "buffer_tokens")
         model_batch_rows = check_positive_int(model_batch_rows, "model_batch_rows")
@@ -238,16 +269,23 @@ class ActivationStore:
         tokenizer = getattr(model, "tokenizer", None)
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         if drop_bos and self.bos_id is None:
-            raise InputError("drop_bos needs the model's tokenizer BOS id, and this model has "
-                             "no tokenizer; pass drop_bos=False")
-        self.source = tokens if isinstance(tokens, TokenSource) else TokenSource(
-            tokens, tokenizer, context_size, self.bos_id)
+            raise InputError(
+                "drop_bos needs the model's tokenizer BOS id, and this model has "
+                "no tokenizer; pass drop_bos=False"
+            )
+        self.source = (
+            tokens
+            if isinstance(tokens, TokenSource)
+            else TokenSource(tokens, tokenizer, context_size, self.bos_id)
+        )
         rows = self.source.tensor
         if rows is not None:  # check all of it now, not minutes in
             self._check_ids(rows)
             if drop_bos and bool((rows == self.bos_id).all()):
-                raise InputError("every token of the token source is BOS, so with drop_bos "
-                                 "there are no activations to train on; pass real text")
+                raise InputError(
+                    "every token of the token source is BOS, so with drop_bos "
+                    "there are no activations to train on; pass real text"
+                )
         n_ctx, prepend_bos = self.source.context(self.bos_id)
         self.context: tuple[int, bool | None] = (n_ctx or context_size, prepend_bos)
         """``(context_size, prepend_bos)`` of the rows, for a trained SAE's metadata
@@ -297,8 +335,7 @@ class ActivationStore:
             StopIteration: the token source is exhausted.
             InputError: bad token ids, or too many batches without an activation.
         """
-        limit = self.model_batch_rows if max_rows is None else min(max_rows,
-                                                                   self.model_batch_rows)
+        limit = self.model_batch_rows if max_rows is None else min(max_rows, self.model_batch_rows)
         if self._rows is None:
             self._rows = self.source.iter_rows()
         rows: list[Tensor] = []
@@ -312,9 +349,11 @@ class ActivationStore:
         acts = self.activations(torch.stack(rows))
         self._empty_batches = 0 if acts.shape[0] else self._empty_batches + 1
         if self._empty_batches >= _MAX_EMPTY_BATCHES:
-            raise InputError(f"the token source gave {_MAX_EMPTY_BATCHES} model batches in a "
-                             "row without one activation (every token is BOS, dropped by "
-                             "drop_bos); pass rows of real text")
+            raise InputError(
+                f"the token source gave {_MAX_EMPTY_BATCHES} model batches in a "
+                "row without one activation (every token is BOS, dropped by "
+                "drop_bos); pass rows of real text"
+            )
         return acts
 
     def _refill(self) -> None:
@@ -339,13 +378,16 @@ class ActivationStore:
         :attr:`device`)."""
         while self._ready.shape[0] < self.batch_size:
             self._refill()
-        batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size:]
+        batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
         return batch
 
     def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """``(tensors, values)``: buffer contents and RNG state, and the source cursor."""
-        tensors = {"pool": self._pool, "ready": self._ready,
-                   "generator": _generator_state(self.generator)}
+        tensors = {
+            "pool": self._pool,
+            "ready": self._ready,
+            "generator": _generator_state(self.generator),
+        }
         return tensors, {"kind": "live", "rows_served": self.source.rows_served}
 
     def load_state_dict(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> None:

@@ -88,8 +88,14 @@ def remove_leftovers(out_dir: str | Path) -> list[Path]:
     return removed
 
 
-def save_checkpoint(out_dir: str | Path, step: int, tensors: dict[str, Tensor],
-                    values: dict[str, Any], sae: SAE, keep: int = 2) -> Path:
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    tensors: dict[str, Tensor],
+    values: dict[str, Any],
+    sae: SAE,
+    keep: int = 2,
+) -> Path:
     """Write a checkpoint atomically and point ``LATEST`` at it.
 
     Args:
@@ -141,13 +147,13 @@ def _safetensors_problem(path: Path) -> str | None:
             if n > size - 8:
                 return f"{path.name} is truncated ({size} bytes; its header alone says more)"
             header = json.loads(f.read(n))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items()
-                   if k != "__metadata__"), default=0)
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
+        )
     except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return f"{path.name} has no readable safetensors header"
     if 8 + n + end != size:
-        return (f"{path.name} is truncated or padded ({size} bytes, its header says "
-                f"{8 + n + end})")
+        return f"{path.name} is truncated or padded ({size} bytes, its header says {8 + n + end})"
     return None
 
 
@@ -184,8 +190,9 @@ def _candidates(path: Path) -> tuple[list[Path], bool]:
         named = latest.read_text().strip()
         if named:
             found.append(root / named)
-    steps = sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: p.name,
-                   reverse=True)
+    steps = sorted(
+        (p for p in root.glob("step_*") if p.is_dir()), key=lambda p: p.name, reverse=True
+    )
     found += [p for p in steps if p not in found]
     return found, False
 
@@ -206,24 +213,33 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     candidates, direct = _candidates(path)
     if not candidates:
-        raise SAENotFoundError(f"no checkpoint under {str(path)!r}: expected a run folder "
-                               f"with checkpoints/step_* folders written by a training run; "
-                               "pass the out_dir of a run that saved a checkpoint, or train "
-                               "without resume_from")
+        raise SAENotFoundError(
+            f"no checkpoint under {str(path)!r}: expected a run folder "
+            f"with checkpoints/step_* folders written by a training run; "
+            "pass the out_dir of a run that saved a checkpoint, or train "
+            "without resume_from"
+        )
     skipped: list[str] = []
     for folder in candidates:
         problem = checkpoint_problem(folder)
         if problem is None:
             if skipped:
-                warnings.warn(f"resuming from {folder.name}, the newest intact checkpoint; "
-                              f"skipped {'; '.join(skipped)}", stacklevel=2)
+                warnings.warn(
+                    f"resuming from {folder.name}, the newest intact checkpoint; "
+                    f"skipped {'; '.join(skipped)}",
+                    stacklevel=2,
+                )
             return folder
         skipped.append(f"{folder.name} ({problem})")
         if direct:
-            raise SAEFileError(f"checkpoint {str(folder)!r} is damaged: {problem}; pass the "
-                               "run folder instead to fall back to an older checkpoint")
-    raise SAEFileError(f"no intact checkpoint under {str(path)!r}: {'; '.join(skipped)}; "
-                       "start the run afresh (without resume_from)")
+            raise SAEFileError(
+                f"checkpoint {str(folder)!r} is damaged: {problem}; pass the "
+                "run folder instead to fall back to an older checkpoint"
+            )
+    raise SAEFileError(
+        f"no intact checkpoint under {str(path)!r}: {'; '.join(skipped)}; "
+        "start the run afresh (without resume_from)"
+    )
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -10,9 +10,8 @@ the dataclass and never drift from it. Every field is checked when a config is m
 (:meth:`TrainConfig.__post_init__`), so a bad value fails at once, with a message
 saying what to pass, instead of minutes into a run.
 
-:func:`training_device` says where a run trains, and :func:`resolve_matmul_dtype`
-turns ``matmul_dtype="auto"`` into the dtype this machine multiplies fastest (a short
-timed probe, once per process and device type).
+What the machine decides (the training device, the ``"auto"`` matmul dtype) is
+resolved by :mod:`saehooks.training.device`.
 """
 
 from __future__ import annotations
@@ -23,15 +22,9 @@ import difflib
 import inspect
 import math
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-import torch
-from torch import nn
-
-from saehooks import models
 from saehooks.checks import (
     check_bool,
     check_choice,
@@ -198,24 +191,29 @@ class TrainConfig:
         for name in _BOOLS:
             setattr(self, name, check_bool(getattr(self, name), name))
         for name in _FRACTIONS:
-            setattr(self, name, check_float(getattr(self, name), name, minimum=0.0,
-                                            maximum=1.0))
+            setattr(self, name, check_float(getattr(self, name), name, minimum=0.0, maximum=1.0))
         for name in _NONNEGATIVE_FLOATS:
             setattr(self, name, check_float(getattr(self, name), name, minimum=0.0))
         for name in _POSITIVE_FLOATS:
-            setattr(self, name, check_float(getattr(self, name), name, minimum=0.0,
-                                            exclusive_minimum=True))
-        self.kl_rho = check_float(self.kl_rho, "kl_rho", minimum=0.0, maximum=1.0,
-                                  exclusive_minimum=True)
+            setattr(
+                self,
+                name,
+                check_float(getattr(self, name), name, minimum=0.0, exclusive_minimum=True),
+            )
+        self.kl_rho = check_float(
+            self.kl_rho, "kl_rho", minimum=0.0, maximum=1.0, exclusive_minimum=True
+        )
         if self.kl_rho == 1.0:
             raise InputError("kl_rho must be < 1 (a target firing probability); got 1.0")
-        self.target_l0_max_factor = check_float(self.target_l0_max_factor,
-                                                "target_l0_max_factor", minimum=1.0)
+        self.target_l0_max_factor = check_float(
+            self.target_l0_max_factor, "target_l0_max_factor", minimum=1.0
+        )
         self.architecture = check_choice(self.architecture, "architecture", ARCHITECTURES)
         self.b_dec_init = check_choice(self.b_dec_init, "b_dec_init", B_DEC_INITS)
         self.matmul_dtype = check_choice(self.matmul_dtype, "matmul_dtype", MATMUL_DTYPES)
-        self.hook_name = _check_text(self.hook_name, "hook_name",
-                                     "a hook name such as 'blocks.2.hook_resid_post'")
+        self.hook_name = _check_text(
+            self.hook_name, "hook_name", "a hook name such as 'blocks.2.hook_resid_post'"
+        )
         self.wandb_project = _check_text(self.wandb_project, "wandb_project", "a project name")
         self.out_dir = _check_path(self.out_dir, "out_dir", allow_empty=False)
         self.cache_dir = _check_path(self.cache_dir, "cache_dir", allow_empty=True)
@@ -223,15 +221,21 @@ class TrainConfig:
             self.device = str(check_device(self.device, "device"))
         self.adam_betas = _check_betas(self.adam_betas)
         if self.lr_warmup_fraction + self.lr_decay_fraction > 1.0:
-            raise InputError(f"lr_warmup_fraction + lr_decay_fraction must be <= 1, got "
-                             f"{self.lr_warmup_fraction} + {self.lr_decay_fraction}; shorten "
-                             "one of them")
+            raise InputError(
+                f"lr_warmup_fraction + lr_decay_fraction must be <= 1, got "
+                f"{self.lr_warmup_fraction} + {self.lr_decay_fraction}; shorten "
+                "one of them"
+            )
         if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
-            raise InputError(f"{self.architecture} needs 1 <= k <= d_sae={self.d_sae}, got "
-                             f"k={self.k}; pass a smaller k or a larger d_sae")
+            raise InputError(
+                f"{self.architecture} needs 1 <= k <= d_sae={self.d_sae}, got "
+                f"k={self.k}; pass a smaller k or a larger d_sae"
+            )
         if self.total_tokens < self.batch_size:
-            raise InputError(f"total_tokens={self.total_tokens} is less than one batch "
-                             f"(batch_size={self.batch_size}); pass total_tokens >= batch_size")
+            raise InputError(
+                f"total_tokens={self.total_tokens} is less than one batch "
+                f"(batch_size={self.batch_size}); pass total_tokens >= batch_size"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -254,22 +258,24 @@ class TrainConfig:
             InputError, DeviceError: as the constructor.
         """
         if not isinstance(raw, dict):
-            raise InputTypeError(f"TrainConfig.from_dict needs a dict, got "
-                                 f"{type(raw).__name__}")
+            raise InputTypeError(f"TrainConfig.from_dict needs a dict, got {type(raw).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in raw if k not in names]
         if unknown:
             hints = {k: difflib.get_close_matches(str(k), names, n=1) for k in unknown}
-            said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
-                             for k, h in hints.items())
-            raise InputTypeError(f"unknown TrainConfig field(s) {said}; the fields are "
-                                 f"{', '.join(names)}")
+            said = ", ".join(
+                f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items()
+            )
+            raise InputTypeError(
+                f"unknown TrainConfig field(s) {said}; the fields are {', '.join(names)}"
+            )
         raw = dict(raw)
         if isinstance(raw.get("adam_betas"), list):
             raw["adam_betas"] = tuple(raw["adam_betas"])
         return cls(**raw)
 
 
+# fmt: off
 _POSITIVE_INTS = ("d_sae", "k", "total_tokens", "batch_size", "dead_window_tokens",
                   "init_tokens", "log_every_steps", "model_batch_rows", "buffer_tokens",
                   "shard_tokens", "kl_window_tokens")
@@ -279,15 +285,16 @@ _BOOLS = ("auxk", "init_encoder_as_decoder_transpose", "fit_encoder_scale", "res
           "normalize_activations", "sparse_kernels", "drop_bos", "wandb", "progress_bar")
 _FRACTIONS = ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction",
               "resample_stop_fraction")
-_NONNEGATIVE_FLOATS = ("grad_clip", "l1_coefficient", "kl_beta", "target_l0",
-                       "aux_coefficient")
+_NONNEGATIVE_FLOATS = ("grad_clip", "l1_coefficient", "kl_beta", "target_l0", "aux_coefficient")
 _POSITIVE_FLOATS = ("lr", "kl_scale", "target_l0_rate", "decoder_init_norm")
+# fmt: on
 
 
 def _check_text(value: Any, name: str, what: str) -> str:
     if not isinstance(value, str):
-        raise InputTypeError(f"{name} must be a string, got {type(value).__name__} "
-                             f"{value!r:.60}; pass {what}")
+        raise InputTypeError(
+            f"{name} must be a string, got {type(value).__name__} {value!r:.60}; pass {what}"
+        )
     if not value.strip():
         raise InputError(f"{name} is empty; pass {what}")
     return value
@@ -297,8 +304,10 @@ def _check_path(value: Any, name: str, allow_empty: bool) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str):
-        raise InputTypeError(f"{name} must be a folder path (str or pathlib.Path), got "
-                             f"{type(value).__name__} {value!r:.60}")
+        raise InputTypeError(
+            f"{name} must be a folder path (str or pathlib.Path), got "
+            f"{type(value).__name__} {value!r:.60}"
+        )
     if not allow_empty and not value.strip():
         raise InputError(f"{name} is empty; pass a folder path such as 'runs/sae'")
     return value
@@ -306,12 +315,12 @@ def _check_path(value: Any, name: str, allow_empty: bool) -> str:
 
 def _check_betas(value: Any) -> tuple[float, float]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise InputTypeError(f"adam_betas must be a pair (beta1, beta2), got {value!r:.60}; "
-                             "pass e.g. (0.9, 0.999)")
+        raise InputTypeError(
+            f"adam_betas must be a pair (beta1, beta2), got {value!r:.60}; pass e.g. (0.9, 0.999)"
+        )
     b1, b2 = (check_float(b, "each of adam_betas", minimum=0.0) for b in value)
     if b1 >= 1.0 or b2 >= 1.0:
-        raise InputError(f"adam_betas must lie in [0, 1), got ({b1}, {b2}); pass e.g. "
-                         "(0.9, 0.999)")
+        raise InputError(f"adam_betas must lie in [0, 1), got ({b1}, {b2}); pass e.g. (0.9, 0.999)")
     return (b1, b2)
 
 
@@ -325,9 +334,13 @@ def field_docs(cls: type = TrainConfig) -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -353,158 +366,3 @@ def parse_count(text: str | int | float) -> int:
     if not math.isfinite(value) or abs(value - round(value)) > 1e-6 * max(1.0, abs(value)):
         raise InputError(f"expected a whole count such as 4096, 20M or 1.5e6, got {text!r}")
     return int(round(value))
-
-
-# ---- where a run trains ---------------------------------------------------------------
-
-def training_device(model: nn.Module | None, cfg: TrainConfig) -> torch.device:
-    """Where a run trains: ``cfg.device``, else the model's device, else the CPU.
-
-    Raises:
-        DeviceError: a device this machine does not have.
-    """
-    if cfg.device is not None:
-        return check_device(cfg.device, "TrainConfig.device")
-    if model is not None and next(iter(model.parameters()), None) is not None:
-        return models.model_device(model)
-    return torch.device("cpu")
-
-
-# ---- matmul dtype: what this device multiplies fastest ------------------------------
-
-BF16_MIN_SPEEDUP = 1.25
-"""bfloat16 is chosen only if its matmul is at least this many times faster than fp32
-(it carries ~3 significant digits; a tie is not worth the precision)."""
-
-
-class MatmulChoice(NamedTuple):
-    """The encoder matmul dtype of a run and how it was chosen."""
-
-    dtype: str
-    """``"float32"`` or ``"bfloat16"``."""
-    source: str
-    """``"explicit"`` (set by the user), ``"probe"`` (timed here), ``"cuda"`` (bf16 on
-    a GPU with bf16 support), or ``"default"`` (no probe for this device type)."""
-    float32_ms: float | None
-    """Probe time of one fp32 ``[rows, d_in] @ [d_in, d_sae]`` matmul (ms), if timed."""
-    bfloat16_ms: float | None
-    """The same in bfloat16 (ms), if timed."""
-
-    def as_metadata(self) -> dict[str, Any]:
-        """JSON-ready dict for the SAE's training metadata."""
-        return {"matmul_dtype_resolved": self.dtype, "matmul_dtype_source": self.source,
-                "matmul_probe_ms": {"float32": self.float32_ms, "bfloat16": self.bfloat16_ms}}
-
-
-def choose_matmul_dtype(float32_seconds: float, bfloat16_seconds: float,
-                        min_speedup: float = BF16_MIN_SPEEDUP) -> str:
-    """The faster matmul dtype given measured times (a pure function).
-
-    Args:
-        float32_seconds: time of one fp32 probe matmul (s).
-        bfloat16_seconds: time of the same matmul in bfloat16 (s); ``inf`` or NaN if it
-            could not run.
-        min_speedup: bf16 must be at least this many times faster.
-
-    Returns:
-        ``"bfloat16"`` if ``float32_seconds >= min_speedup * bfloat16_seconds``, else
-        ``"float32"`` (also for non-positive or non-finite timings).
-    """
-    if not (math.isfinite(float32_seconds) and math.isfinite(bfloat16_seconds)) or \
-            bfloat16_seconds <= 0 or float32_seconds <= 0:
-        return "float32"
-    return "bfloat16" if float32_seconds >= min_speedup * bfloat16_seconds else "float32"
-
-
-def probe_matmul_seconds(device: str | torch.device = "cpu", rows: int = 128, d_in: int = 256,
-                         d_sae: int = 1024, repeats: int = 7,
-                         budget_seconds: float = 0.1) -> tuple[float, float]:
-    """Best-of-``repeats`` time of a ``[rows, d_in] @ [d_in, d_sae]`` matmul in fp32 and
-    in bf16 on ``device`` (after a small warm-up product, which pays for kernel set-up).
-
-    Each dtype stops repeating once it has spent ``budget_seconds``, so the probe takes
-    ~0.1 s on a CPU whose bf16 is emulated (~1 GFLOP/s: ~50 ms per product) and a few
-    ms where it is fast.
-
-    Returns:
-        ``(float32_seconds, bfloat16_seconds)``; bf16 is ``inf`` if it cannot run.
-    """
-    dev = torch.device(device)
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(rows, d_in, generator=gen).to(dev)
-    b = torch.randn(d_in, d_sae, generator=gen).to(dev)
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    def best_time(dtype: torch.dtype) -> float:
-        x, w = a.to(dtype), b.to(dtype)
-        x[:8] @ w
-        sync()
-        best, spent = math.inf, 0.0
-        for _ in range(repeats):
-            start = time.perf_counter()
-            x @ w
-            sync()
-            took = time.perf_counter() - start
-            best, spent = min(best, took), spent + took
-            if spent > budget_seconds:
-                break
-        return best
-
-    fp32 = best_time(torch.float32)
-    try:
-        bf16 = best_time(torch.bfloat16)
-    except RuntimeError:  # no bf16 matmul on this backend
-        bf16 = math.inf
-    return fp32, bf16
-
-
-_MATMUL_CACHE: dict[str, MatmulChoice] = {}
-
-
-def resolve_matmul_dtype(requested: str, device: str | torch.device = "cpu",
-                         probe: Callable[[torch.device], tuple[float, float]] | None = None
-                         ) -> MatmulChoice:
-    """The matmul dtype a run uses: an explicit ``requested`` dtype always wins;
-    ``"auto"`` is decided once per process and device type (and CPU thread count).
-
-    On CPU the probe (:func:`probe_matmul_seconds`, or ``probe`` if given) times both
-    dtypes and :func:`choose_matmul_dtype` decides: bf16 is ~3x faster than fp32 with
-    AMX / AVX512-BF16 units and ~40x slower without them (measured on an AVX2 AMD EPYC:
-    1.3 vs 45 GFLOP/s). On CUDA it is bf16 when the GPU supports it (its tensor cores
-    are made for it), without a probe; on other devices fp32.
-
-    Args:
-        requested: ``"auto"``, ``"float32"`` or ``"bfloat16"``.
-        device: where the SAE trains.
-        probe: ``device -> (float32_seconds, bfloat16_seconds)``, for tests; a result
-            obtained through it is not cached.
-
-    Returns:
-        A :class:`MatmulChoice`.
-
-    Raises:
-        InputError: an unknown ``requested``.
-    """
-    requested = check_choice(requested, "matmul_dtype", MATMUL_DTYPES)
-    if requested != "auto":
-        return MatmulChoice(requested, "explicit", None, None)
-    dev = torch.device(device)
-    key = f"cpu/{torch.get_num_threads()}threads" if dev.type == "cpu" else dev.type
-    if probe is None and key in _MATMUL_CACHE:
-        return _MATMUL_CACHE[key]
-    if dev.type == "cuda" and probe is None:
-        supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        choice = MatmulChoice("bfloat16" if supported else "float32", "cuda", None, None)
-    elif dev.type == "cpu" or probe is not None:
-        fp32, bf16 = (probe or probe_matmul_seconds)(dev)
-        choice = MatmulChoice(choose_matmul_dtype(fp32, bf16), "probe",
-                              round(fp32 * 1e3, 4), round(bf16 * 1e3, 4)
-                              if math.isfinite(bf16) else None)
-    else:
-        choice = MatmulChoice("float32", "default", None, None)
-    if probe is None:
-        _MATMUL_CACHE[key] = choice
-    return choice

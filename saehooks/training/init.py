@@ -32,8 +32,10 @@ def normalisation_scale(x: Tensor) -> float:
     """
     norm = x.double().norm(dim=-1).mean().item()
     if norm == 0.0:
-        raise InputError("all sampled activations are zero: cannot normalise them; check "
-                         "the hook name, or pass tokens that are not all BOS")
+        raise InputError(
+            "all sampled activations are zero: cannot normalise them; check "
+            "the hook name, or pass tokens that are not all BOS"
+        )
     return math.sqrt(x.shape[-1]) / norm
 
 
@@ -65,8 +67,15 @@ def geometric_median(x: Tensor, n_iter: int = 100, tol: float = 1e-7) -> Tensor:
 
 
 @torch.no_grad()
-def init_sae(sae: SAE, x: Tensor, *, b_dec_init: str, decoder_norm: float,
-             encoder_as_decoder_transpose: bool, generator: torch.Generator) -> None:
+def init_sae(
+    sae: SAE,
+    x: Tensor,
+    *,
+    b_dec_init: str,
+    decoder_norm: float,
+    encoder_as_decoder_transpose: bool,
+    generator: torch.Generator,
+) -> None:
     """Initialise a training SAE in place.
 
     Decoder rows are random directions of norm ``decoder_norm``; the encoder is the
@@ -87,8 +96,7 @@ def init_sae(sae: SAE, x: Tensor, *, b_dec_init: str, decoder_norm: float,
         InputError: an unknown ``b_dec_init``.
     """
     d_sae, d_in = sae.W_dec.shape
-    w = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float32,
-                    device=generator.device)
+    w = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float32, device=generator.device)
     w *= decoder_norm / w.norm(dim=-1, keepdim=True)
     sae.W_dec.copy_(w)
     if encoder_as_decoder_transpose:
@@ -105,8 +113,9 @@ def init_sae(sae: SAE, x: Tensor, *, b_dec_init: str, decoder_norm: float,
     elif b_dec_init == "geometric_median":
         sae.b_dec.copy_(geometric_median(x))
     else:
-        raise InputError(f"unknown b_dec_init {b_dec_init!r}; pass one of 'zeros', 'mean', "
-                         "'geometric_median'")
+        raise InputError(
+            f"unknown b_dec_init {b_dec_init!r}; pass one of 'zeros', 'mean', 'geometric_median'"
+        )
 
 
 @torch.no_grad()
@@ -134,8 +143,9 @@ def fold_scale(train_sae: SAE, scale: float, out: SAE) -> SAE:
 
 
 @torch.no_grad()
-def fit_encoder_scale(sae: SAE, x: Tensor,
-                      activation: Callable[[Tensor], Tensor] = torch.relu) -> float:
+def fit_encoder_scale(
+    sae: SAE, x: Tensor, activation: Callable[[Tensor], Tensor] = torch.relu
+) -> float:
     """Scale ``W_enc`` so that the initial reconstruction has the right size.
 
     With ``b_enc = 0`` and a positively homogeneous activation (ReLU, top-k) scaling

@@ -52,8 +52,7 @@ def l1_penalty(acts: Tensor, W_dec: Tensor) -> Tensor:
     return (acts * W_dec.norm(dim=-1)).sum(-1).mean()
 
 
-def l1_loss(x: Tensor, x_hat: Tensor, acts: Tensor, W_dec: Tensor,
-            l1_coefficient: float) -> Tensor:
+def l1_loss(x: Tensor, x_hat: Tensor, acts: Tensor, W_dec: Tensor, l1_coefficient: float) -> Tensor:
     """``mse(x, x̂) + λ · l1_penalty(acts, W_dec)`` (Anthropic, April 2024 update).
 
     Args:
@@ -119,15 +118,18 @@ def kl_sparsity_penalty(rho_hat: Tensor, rho: float, eps: float = 1e-6) -> Tenso
         InputError: ``rho`` outside (0, 1).
     """
     if not 0.0 < rho < 1.0:
-        raise InputError(f"the KL target rho must lie in (0, 1), got {rho}; pass a target "
-                         "firing probability such as 0.006")
+        raise InputError(
+            f"the KL target rho must lie in (0, 1), got {rho}; pass a target "
+            "firing probability such as 0.006"
+        )
     q = rho_hat.clamp(eps, 1.0 - eps)
     kl = rho * (math.log(rho) - q.log()) + (1.0 - rho) * (math.log1p(-rho) - torch.log1p(-q))
     return kl.sum()
 
 
-def running_firing_rate(rho_batch: Tensor, rho_running: Tensor, n_tokens: int,
-                        tokens_seen: int, window: int) -> Tensor:
+def running_firing_rate(
+    rho_batch: Tensor, rho_running: Tensor, n_tokens: int, tokens_seen: int, window: int
+) -> Tensor:
     """Running estimate of each latent's firing probability, updated by one batch.
 
     ``R_t = (1 − a) · R_{t−1} + a · ρ̂_batch`` with ``a = n_tokens / min(window,
@@ -165,8 +167,9 @@ def running_firing_rate(rho_batch: Tensor, rho_running: Tensor, n_tokens: int,
     return torch.lerp(rho_running.detach().to(rho_batch.dtype), rho_batch.detach(), a)
 
 
-def kl_penalty_running(rho_batch: Tensor, rho_running: Tensor, rho: float,
-                       eps: float = 1e-6) -> Tensor:
+def kl_penalty_running(
+    rho_batch: Tensor, rho_running: Tensor, rho: float, eps: float = 1e-6
+) -> Tensor:
     """``Σ_j KL(ρ ‖ R_j)`` on the running estimate, with the batch penalty's gradient.
 
     The value is :func:`kl_sparsity_penalty` of the running estimate ``R`` (from
@@ -199,8 +202,9 @@ def kl_penalty_running(rho_batch: Tensor, rho_running: Tensor, rho: float,
     return value + (batch - batch.detach())
 
 
-def kl_loss(x: Tensor, x_hat: Tensor, acts: Tensor, rho: float, beta: float,
-            scale: float = 1.0) -> Tensor:
+def kl_loss(
+    x: Tensor, x_hat: Tensor, acts: Tensor, rho: float, beta: float, scale: float = 1.0
+) -> Tensor:
     """``mse(x, x̂) + β · Σ_j KL(ρ ‖ ρ̂_j)`` with ``ρ̂`` from :func:`firing_probability`.
 
     Source: the average-activation (KL) sparsity penalty of Ng 2011 ("Sparse
@@ -246,8 +250,13 @@ def auxk_loss(residual: Tensor, aux_recons: Tensor) -> Tensor:
     return (aux_recons - residual).pow(2).sum() / energy
 
 
-def topk_loss(x: Tensor, x_hat: Tensor, residual: Tensor | None = None,
-              aux_recons: Tensor | None = None, aux_coefficient: float = 1 / 32) -> Tensor:
+def topk_loss(
+    x: Tensor,
+    x_hat: Tensor,
+    residual: Tensor | None = None,
+    aux_recons: Tensor | None = None,
+    aux_coefficient: float = 1 / 32,
+) -> Tensor:
     """``mse(x, x̂) + α · Var(x) · auxk_loss(e, ê)`` for TopK / BatchTopK SAEs.
 
     Gao et al. 2024 minimise ``NMSE(x, x̂) + α · L_aux`` with the main term normalised

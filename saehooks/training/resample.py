@@ -50,9 +50,16 @@ class DeadLatentTracker:
 
 
 @torch.no_grad()
-def resample_dead_latents(sae: SAE, dead: Tensor, x: Tensor, x_hat: Tensor,
-                          optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                          unit_norm_decoder: bool, encoder_scale: float = 0.2) -> int:
+def resample_dead_latents(
+    sae: SAE,
+    dead: Tensor,
+    x: Tensor,
+    x_hat: Tensor,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    unit_norm_decoder: bool,
+    encoder_scale: float = 0.2,
+) -> int:
     """Re-initialise dead latents on inputs the SAE reconstructs badly.
 
     Source: Bricken et al. 2023, "Towards Monosemanticity", appendix "Neuron
@@ -88,8 +95,9 @@ def resample_dead_latents(sae: SAE, dead: Tensor, x: Tensor, x_hat: Tensor,
     n_positive = int((err > 0).sum())
     if n_positive == 0:
         return 0
-    picks = torch.multinomial(err.double(), ids.numel(), replacement=ids.numel() > n_positive,
-                              generator=generator)
+    picks = torch.multinomial(
+        err.double(), ids.numel(), replacement=ids.numel() > n_positive, generator=generator
+    )
     direction = x[picks] - sae.b_dec
     direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     alive = ~dead if bool((~dead).any()) else torch.ones_like(dead)  # all dead: all
@@ -98,8 +106,7 @@ def resample_dead_latents(sae: SAE, dead: Tensor, x: Tensor, x_hat: Tensor,
     sae.W_dec[ids] = direction * dec_norm
     sae.W_enc[:, ids] = direction.t() * enc_norm * encoder_scale
     sae.b_enc[ids] = 0.0
-    for param, index in ((sae.W_dec, (ids,)), (sae.W_enc, (slice(None), ids)),
-                         (sae.b_enc, (ids,))):
+    for param, index in ((sae.W_dec, (ids,)), (sae.W_enc, (slice(None), ids)), (sae.b_enc, (ids,))):
         state = optimizer.state.get(param, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:

@@ -95,9 +95,9 @@ def _rowwise_dots(a_table: Tensor, a_idx: Tensor, b_table: Tensor, b_idx: Tensor
     """``out[n] = a_table[a_idx[n]] · b_table[b_idx[n]]``, in cache-sized chunks."""
     out = torch.empty(a_idx.numel(), dtype=a_table.dtype, device=a_table.device)
     for s in range(0, a_idx.numel(), _CHUNK):
-        a = a_table.index_select(0, a_idx[s:s + _CHUNK])
-        b = b_table.index_select(0, b_idx[s:s + _CHUNK])
-        out[s:s + _CHUNK] = torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+        a = a_table.index_select(0, a_idx[s : s + _CHUNK])
+        b = b_table.index_select(0, b_idx[s : s + _CHUNK])
+        out[s : s + _CHUNK] = torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
     return out
 
 
@@ -105,8 +105,17 @@ class _SelectedPre(Function):
     """Selected pre-activations ``pre[rows, cols]`` with sparse gradients to the encoder."""
 
     @staticmethod
-    def forward(ctx, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, selected: Tensor,
-                rows: Tensor, cols: Tensor, offsets: Tensor, bags: LatentBags) -> Tensor:
+    def forward(
+        ctx,
+        x_c: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        selected: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        offsets: Tensor,
+        bags: LatentBags,
+    ) -> Tensor:
         ctx.save_for_backward(x_c, W_enc, rows, cols, offsets)
         ctx.bags = bags
         return selected.clone()
@@ -131,8 +140,15 @@ class _SparseDecode(Function):
     """``x̂[b] = Σ_{n: row=b} vals[n] · W_dec[cols[n]]`` (no bias)."""
 
     @staticmethod
-    def forward(ctx, vals: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor,
-                W_dec: Tensor, bags: LatentBags) -> Tensor:
+    def forward(
+        ctx,
+        vals: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        offsets: Tensor,
+        W_dec: Tensor,
+        bags: LatentBags,
+    ) -> Tensor:
         ctx.save_for_backward(vals, rows, cols, W_dec)
         ctx.bags = bags
         return _bag_sum(cols, W_dec, offsets, vals)
@@ -150,8 +166,9 @@ class _SparseDecode(Function):
         return g_vals, None, None, None, g_w, None
 
 
-def selected_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, code: SparseCode,
-                 bags: LatentBags) -> Tensor:
+def selected_pre(
+    x_c: Tensor, W_enc: Tensor, b_enc: Tensor, code: SparseCode, bags: LatentBags
+) -> Tensor:
     """Attach sparse encoder gradients to already computed pre-activations.
 
     Args:
@@ -165,8 +182,9 @@ def selected_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, code: SparseCode,
         ``[nnz]`` equal to ``code.vals``, whose gradient flows to ``x_c``, ``W_enc``
         and ``b_enc`` as if it were ``(x_c @ W_enc + b_enc)[rows, cols]``.
     """
-    return _SelectedPre.apply(x_c, W_enc, b_enc, code.vals, code.rows, code.cols,
-                              code.offsets, bags)
+    return _SelectedPre.apply(
+        x_c, W_enc, b_enc, code.vals, code.rows, code.cols, code.offsets, bags
+    )
 
 
 def sparse_decode(code: SparseCode, W_dec: Tensor, bags: LatentBags) -> Tensor:
@@ -183,8 +201,9 @@ def sparse_decode(code: SparseCode, W_dec: Tensor, bags: LatentBags) -> Tensor:
     return _SparseDecode.apply(code.vals, code.rows, code.cols, code.offsets, W_dec, bags)
 
 
-def encoder_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor,
-                dtype: torch.dtype = torch.float32) -> Tensor:
+def encoder_pre(
+    x_c: Tensor, W_enc: Tensor, b_enc: Tensor, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Dense pre-activations ``x_c @ W_enc + b_enc`` without autograd.
 
     Args:

@@ -22,7 +22,8 @@ from saehooks.training.activation_cache import (
     write_activation_cache,
 )
 from saehooks.training.activation_store import ActivationStore
-from saehooks.training.config import TrainConfig, training_device
+from saehooks.training.config import TrainConfig
+from saehooks.training.device import training_device
 
 
 class Store(Protocol):
@@ -46,13 +47,14 @@ class Store(Protocol):
         ...
 
 
-def make_store(model: nn.Module, token_source: Any,
-               cfg: TrainConfig) -> ActivationStore | CachedActivationStore:
+def make_store(
+    model: nn.Module, token_source: Any, cfg: TrainConfig
+) -> ActivationStore | CachedActivationStore:
     """The activation store of a run: live, or over the on-disk cache of ``cfg.cache_dir``
     (written first if missing, too small, or made for another hook or model).
 
     A live store keeps its buffer on the training device
-    (:func:`~saehooks.training.config.training_device`). Reads ``hook_name``,
+    (:func:`~saehooks.training.device.training_device`). Reads ``hook_name``,
     ``batch_size``, ``buffer_tokens``, ``model_batch_rows``, ``drop_bos``, ``seed``,
     ``context_size``, ``device``, ``cache_dir``, ``cache_tokens``, ``shard_tokens``,
     ``total_tokens`` and ``progress_bar``.
@@ -62,15 +64,27 @@ def make_store(model: nn.Module, token_source: Any,
         InputTypeError, InputError: a bad token source (see :class:`ActivationStore`).
         DeviceError: ``cfg.device`` is not on this machine.
     """
-    live = ActivationStore(model, token_source, cfg.hook_name, cfg.batch_size,
-                           cfg.buffer_tokens, cfg.model_batch_rows, cfg.drop_bos, cfg.seed,
-                           cfg.context_size, device=training_device(model, cfg))
+    live = ActivationStore(
+        model,
+        token_source,
+        cfg.hook_name,
+        cfg.batch_size,
+        cfg.buffer_tokens,
+        cfg.model_batch_rows,
+        cfg.drop_bos,
+        cfg.seed,
+        cfg.context_size,
+        device=training_device(model, cfg),
+    )
     if not cfg.cache_dir:
         return live
     info = read_cache_info(cfg.cache_dir)
-    stale = info is None or info["hook_name"] != cfg.hook_name or \
-        info.get("model_fingerprint") != model_fingerprint(model) or \
-        (cfg.cache_tokens and info["n_tokens"] < cfg.cache_tokens)
+    stale = (
+        info is None
+        or info["hook_name"] != cfg.hook_name
+        or info.get("model_fingerprint") != model_fingerprint(model)
+        or (cfg.cache_tokens and info["n_tokens"] < cfg.cache_tokens)
+    )
     if stale:
         finite = live.source.finite_rows is not None
         n = cfg.cache_tokens or (None if finite else cfg.total_tokens)

@@ -23,7 +23,7 @@ from saehooks.checks import check_int
 from saehooks.errors import InputError, InputTypeError
 from saehooks.io import save_sae
 from saehooks.sae import SAE, SAEConfig
-from saehooks.training import checkpoint, config, init, resample
+from saehooks.training import checkpoint, device, init, resample
 from saehooks.training.config import TrainConfig
 from saehooks.training.objectives import (
     ForwardOutput,
@@ -35,8 +35,10 @@ from saehooks.training.objectives import (
 from saehooks.training.stores import Store, make_store
 
 METRICS_FILE = "metrics.csv"
+# fmt: off
 METRIC_COLUMNS = ("step", "tokens", "lr", "coefficient", "loss", "mse", "fvu", "l0", "aux",
                   "dead_fraction", "tokens_per_s", "wall_seconds")
+"""Columns of ``metrics.csv``: one row after step 1, then every ``log_every_steps``."""
 LOOP_FIELDS = frozenset({
     "hook_name", "architecture", "d_sae", "total_tokens", "batch_size", "lr", "adam_betas",
     "lr_warmup_fraction", "lr_decay_fraction", "grad_clip", "dead_window_tokens",
@@ -46,13 +48,15 @@ LOOP_FIELDS = frozenset({
     "model_batch_rows", "buffer_tokens", "drop_bos", "cache_dir", "cache_tokens",
     "shard_tokens", "wandb", "wandb_project", "progress_bar"})
 """``TrainConfig`` fields the loop reads (here, in :func:`~.stores.make_store` and in
-:mod:`.init`); each objective declares its own (``Objective.fields``)."""
+:func:`~.device.training_device`); each objective declares its own
+(``Objective.fields``). A test checks both against the code."""
 RESUME_FREE = frozenset({"progress_bar", "wandb", "wandb_project", "out_dir",
                          "checkpoint_every_tokens", "log_every_steps", "cache_dir", "device"})
 """Loop fields a resumed run may change: where and how often it logs and saves, and the
 device. A resumed run must agree on every other loop field and on its objective's."""
-_NOT_IN_METADATA = ("out_dir", "cache_dir", "device")
+# fmt: on
 # machine-specific fields left out of the config recorded in a saved SAE's metadata
+_NOT_IN_METADATA = ("out_dir", "cache_dir", "device")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -79,7 +83,7 @@ class Trainer:
     The SAE, its Adam state, the dead-latent counters and each batch live on
     :attr:`device` (``cfg.device``, else the model's, else the CPU); the running
     metrics are Python floats. The encoder matmul dtype is ``cfg.matmul_dtype``, with
-    ``"auto"`` resolved by :func:`~saehooks.training.config.resolve_matmul_dtype`
+    ``"auto"`` resolved by :func:`~saehooks.training.device.resolve_matmul_dtype`
     (:attr:`matmul`). :attr:`objective` is the ``cfg.architecture`` objective.
 
     Args:
@@ -96,25 +100,42 @@ class Trainer:
         InputError: a resume with a different config.
     """
 
-    def __init__(self, model: nn.Module | None, store: Store, cfg: TrainConfig,
-                 resume_from: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None,
+        store: Store,
+        cfg: TrainConfig,
+        resume_from: str | Path | None = None,
+    ) -> None:
         if not isinstance(cfg, TrainConfig):
-            raise InputTypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass "
-                                 "saehooks.TrainConfig(...)")
+            raise InputTypeError(
+                f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass "
+                "saehooks.TrainConfig(...)"
+            )
         self.cfg, self.store, self.out_dir = cfg, store, Path(cfg.out_dir)
-        self.device = config.training_device(model, cfg)
-        self.matmul = config.resolve_matmul_dtype(cfg.matmul_dtype, self.device)
+        self.device = device.training_device(model, cfg)
+        self.matmul = device.resolve_matmul_dtype(cfg.matmul_dtype, self.device)
         self.objective = make_objective(cfg, self.matmul.dtype)
         context = getattr(store, "context", None) or (cfg.context_size, None)
-        self.meta = {} if model is None else {
-            "model_name": models.model_name(model),
-            "model_processing": models.model_processing(model),
-            "context_size": context[0], "prepend_bos": context[1]}
+        self.meta = (
+            {}
+            if model is None
+            else {
+                "model_name": models.model_name(model),
+                "model_processing": models.model_processing(model),
+                "context_size": context[0],
+                "prepend_bos": context[1],
+            }
+        )
         # the SAE records the hook's classic name, whichever alias the config used
-        self.hook_name = cfg.hook_name if model is None else \
-            models.classic_hook_name(model, cfg.hook_name)
-        self.sae = SAE(SAEConfig(d_in=store.d_in, d_sae=cfg.d_sae, hook_name=self.hook_name,
-                                 device=str(self.device)))
+        self.hook_name = (
+            cfg.hook_name if model is None else models.classic_hook_name(model, cfg.hook_name)
+        )
+        self.sae = SAE(
+            SAEConfig(
+                d_in=store.d_in, d_sae=cfg.d_sae, hook_name=self.hook_name, device=str(self.device)
+            )
+        )
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.tracker = resample.DeadLatentTracker(cfg.d_sae, cfg.dead_window_tokens, self.device)
@@ -145,12 +166,16 @@ class Trainer:
         x = torch.cat([self._next_batch() for _ in range(n_batches)])
         self.scale = init.normalisation_scale(x) if cfg.normalize_activations else 1.0
         norm = 1.0 if self.objective.unit_norm_decoder else cfg.decoder_init_norm
-        init.init_sae(self.sae, x * self.scale, b_dec_init=cfg.b_dec_init, decoder_norm=norm,
-                      encoder_as_decoder_transpose=cfg.init_encoder_as_decoder_transpose,
-                      generator=self.generator)
+        init.init_sae(
+            self.sae,
+            x * self.scale,
+            b_dec_init=cfg.b_dec_init,
+            decoder_norm=norm,
+            encoder_as_decoder_transpose=cfg.init_encoder_as_decoder_transpose,
+            generator=self.generator,
+        )
         if cfg.fit_encoder_scale:
-            init.fit_encoder_scale(self.sae, x[:8192] * self.scale,
-                                   self.objective.init_activation)
+            init.fit_encoder_scale(self.sae, x[:8192] * self.scale, self.objective.init_activation)
 
     def _check_resumed_config(self, path: str | Path, saved_config: dict[str, Any]) -> None:
         raw = {k: v for k, v in saved_config.items() if k != "device"}
@@ -158,23 +183,29 @@ class Trainer:
         checked = resume_checked_fields(self.objective)
         diffs = [k for k, v in self.cfg.to_dict().items() if k in checked and saved.get(k) != v]
         if diffs:
-            said = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(self.cfg, k)!r})"
-                             for k in diffs)
-            raise InputError(f"cannot resume {str(path)!r} with a different config: the run "
-                             f"had {said}; pass the run's own TrainConfig (or start a new "
-                             "out_dir)")
+            said = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(self.cfg, k)!r})" for k in diffs)
+            raise InputError(
+                f"cannot resume {str(path)!r} with a different config: the run "
+                f"had {said}; pass the run's own TrainConfig (or start a new "
+                "out_dir)"
+            )
 
     def _resume(self, path: str | Path) -> None:
         tensors, values = checkpoint.load_checkpoint(path)
         # to the training device, except RNG states and Adam's step counts (CPU scalars)
-        tensors = {k: v if k.endswith(("generator", ".step")) else v.to(self.device)
-                   for k, v in tensors.items()}
+        tensors = {
+            k: v if k.endswith(("generator", ".step")) else v.to(self.device)
+            for k, v in tensors.items()
+        }
         self._check_resumed_config(path, values["config"])
         resolved = values.get("matmul_dtype_resolved")
-        if self.cfg.matmul_dtype == "auto" and resolved in ("float32", "bfloat16") \
-                and resolved != self.matmul.dtype:
+        if (
+            self.cfg.matmul_dtype == "auto"
+            and resolved in ("float32", "bfloat16")
+            and resolved != self.matmul.dtype
+        ):
             # keep the run's own choice: an exact resumption needs the same arithmetic
-            self.matmul = config.MatmulChoice(resolved, "resumed", None, None)
+            self.matmul = device.MatmulChoice(resolved, "resumed", None, None)
             self.objective.matmul_dtype = resolved
         with torch.no_grad():
             for name, p in self.sae.named_parameters():
@@ -184,14 +215,18 @@ class Trainer:
                 self.optimizer.state[p] = {
                     "step": tensors[f"adam.{name}.step"].clone(),
                     "exp_avg": tensors[f"adam.{name}.exp_avg"].clone(),
-                    "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].clone()}
+                    "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].clone(),
+                }
         saved_type = values.get("device_type", "cpu")
         if saved_type == self.device.type:
             self.generator.set_state(tensors["generator"].clone())
         else:  # a CPU generator state does not fit a CUDA generator, and vice versa
-            warnings.warn(f"resuming a run checkpointed on {saved_type!r} on "
-                          f"{self.device.type!r}: its random generator starts afresh, so "
-                          "resampling differs from an uninterrupted run", stacklevel=3)
+            warnings.warn(
+                f"resuming a run checkpointed on {saved_type!r} on "
+                f"{self.device.type!r}: its random generator starts afresh, so "
+                "resampling differs from an uninterrupted run",
+                stacklevel=3,
+            )
         self.tracker.load(tensors["since_fired"])
         self.objective.load_state_dict(*_objective_state(tensors, values))
         store_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("store.")}
@@ -216,8 +251,10 @@ class Trainer:
     # ---- state ---------------------------------------------------------------
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Everything a resumed run needs: ``(tensors, JSON values)``."""
-        tensors: dict[str, Tensor] = {"generator": self.generator.get_state(),
-                                      "since_fired": self.tracker.since_fired}
+        tensors: dict[str, Tensor] = {
+            "generator": self.generator.get_state(),
+            "since_fired": self.tracker.since_fired,
+        }
         for name, p in self.sae.named_parameters():
             tensors[f"param.{name}"] = p.detach()
             for key, value in self.optimizer.state.get(p, {}).items():
@@ -226,10 +263,18 @@ class Trainer:
         tensors.update({f"objective.{k}": v for k, v in obj_tensors.items()})
         store_tensors, store_values = self.store.state_dict()
         tensors.update({f"store.{k}": v for k, v in store_tensors.items()})
-        values = {"step": self.step_count, "tokens": self.tokens, "scale": self.scale,
-                  "objective": obj_values, "wall_seconds": self.wall_seconds, "acc": self.acc,
-                  "store": store_values, "config": self.cfg.to_dict(),
-                  "device_type": self.device.type, "matmul_dtype_resolved": self.matmul.dtype}
+        values = {
+            "step": self.step_count,
+            "tokens": self.tokens,
+            "scale": self.scale,
+            "objective": obj_values,
+            "wall_seconds": self.wall_seconds,
+            "acc": self.acc,
+            "store": store_values,
+            "config": self.cfg.to_dict(),
+            "device_type": self.device.type,
+            "matmul_dtype_resolved": self.matmul.dtype,
+        }
         return tensors, values
 
     def folded_sae(self) -> SAE:
@@ -244,15 +289,28 @@ class Trainer:
         """
         cfg = self.cfg
         recorded = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_METADATA}
-        summary = {"architecture_trained": cfg.architecture, "tokens": self.tokens,
-                   "steps": self.step_count, "wall_seconds": round(self.wall_seconds, 1),
-                   "normalisation_scale": self.scale,
-                   "final_coefficient": self.objective.coefficient(self.step_count),
-                   "final_metrics": self.last_row, "device_type": self.device.type,
-                   **self.matmul.as_metadata(), "config": recorded}
-        out = SAE(SAEConfig(d_in=self.sae.cfg.d_in, d_sae=cfg.d_sae, hook_name=self.hook_name,
-                            device=str(self.device), metadata={**self.meta, "training": summary},
-                            **self.objective.inference_config()))
+        summary = {
+            "architecture_trained": cfg.architecture,
+            "tokens": self.tokens,
+            "steps": self.step_count,
+            "wall_seconds": round(self.wall_seconds, 1),
+            "normalisation_scale": self.scale,
+            "final_coefficient": self.objective.coefficient(self.step_count),
+            "final_metrics": self.last_row,
+            "device_type": self.device.type,
+            **self.matmul.as_metadata(),
+            "config": recorded,
+        }
+        out = SAE(
+            SAEConfig(
+                d_in=self.sae.cfg.d_in,
+                d_sae=cfg.d_sae,
+                hook_name=self.hook_name,
+                device=str(self.device),
+                metadata={**self.meta, "training": summary},
+                **self.objective.inference_config(),
+            )
+        )
         init.fold_scale(self.sae, self.scale, out)
         self.objective.finish_inference_sae(out)
         return out.eval()
@@ -260,8 +318,9 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of the current state (see :mod:`.checkpoint`)."""
         tensors, values = self.state()
-        return checkpoint.save_checkpoint(self.out_dir, self.step_count, tensors, values,
-                                          self.folded_sae())
+        return checkpoint.save_checkpoint(
+            self.out_dir, self.step_count, tensors, values, self.folded_sae()
+        )
 
     # ---- training ------------------------------------------------------------
     def train_step(self) -> ForwardOutput:
@@ -288,8 +347,9 @@ class Trainer:
             with torch.no_grad():
                 sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         self.tracker.update(out.fired, x.shape[0])
-        self.objective.after_step(sae, x, out, state,
-                                  LoopHandles(self.optimizer, self.tracker, self.generator))
+        self.objective.after_step(
+            sae, x, out, state, LoopHandles(self.optimizer, self.tracker, self.generator)
+        )
         self.step_count += 1
         self.tokens += x.shape[0]
         acc = self.acc
@@ -304,11 +364,16 @@ class Trainer:
 
     def _log_row(self, rate: float) -> dict[str, float]:
         n = max(1, self.acc["n"])
-        row = {"step": self.step_count, "tokens": self.tokens, "lr": self._lr,
-               "coefficient": self._coefficient,
-               **{k: self.acc[k] / n for k in ("loss", "mse", "fvu", "l0", "aux")},
-               "dead_fraction": self.tracker.dead_fraction, "tokens_per_s": rate,
-               "wall_seconds": self.wall_seconds}
+        row = {
+            "step": self.step_count,
+            "tokens": self.tokens,
+            "lr": self._lr,
+            "coefficient": self._coefficient,
+            **{k: self.acc[k] / n for k in ("loss", "mse", "fvu", "l0", "aux")},
+            "dead_fraction": self.tracker.dead_fraction,
+            "tokens_per_s": rate,
+            "wall_seconds": self.wall_seconds,
+        }
         self.acc = self._empty_acc()
         return row
 
@@ -340,8 +405,14 @@ class Trainer:
         if max_steps is not None:
             max_steps = check_int(max_steps, "max_steps", minimum=0)
         wandb_run = _wandb_init(cfg) if cfg.wandb else None
-        bar = tqdm(total=cfg.total_tokens, initial=self.tokens, unit="tok", unit_scale=True,
-                   disable=not cfg.progress_bar, desc=self.describe())
+        bar = tqdm(
+            total=cfg.total_tokens,
+            initial=self.tokens,
+            unit="tok",
+            unit_scale=True,
+            disable=not cfg.progress_bar,
+            desc=self.describe(),
+        )
         log = (self.out_dir / METRICS_FILE).open("a", newline="")
         writer = csv.writer(log)
         steps_done, tick, tick_tokens = 0, time.perf_counter(), self.tokens
@@ -362,13 +433,20 @@ class Trainer:
                     self.last_row = {k: round(float(v), 6) for k, v in row.items()}
                     writer.writerow([row[c] for c in METRIC_COLUMNS])
                     log.flush()
-                    bar.set_postfix(loss=f"{row['loss']:.3g}", L0=f"{row['l0']:.1f}",
-                                    FVU=f"{row['fvu']:.4f}", dead=f"{row['dead_fraction']:.3f}")
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.3g}",
+                        L0=f"{row['l0']:.1f}",
+                        FVU=f"{row['fvu']:.4f}",
+                        dead=f"{row['dead_fraction']:.3f}",
+                    )
                     if wandb_run is not None:
                         wandb_run.log(row, step=self.step_count)
                 every = cfg.checkpoint_every_tokens
-                if every and (self.tokens // every > (self.tokens - cfg.batch_size) // every) \
-                        and not last:
+                if (
+                    every
+                    and (self.tokens // every > (self.tokens - cfg.batch_size) // every)
+                    and not last
+                ):
                     self.save_checkpoint()
         finally:
             log.close()
@@ -384,34 +462,38 @@ class Trainer:
     def describe(self) -> str:
         """``"<architecture> <hook> [<device type>, <dtype> matmul]"``: the progress
         bar's label."""
-        return (f"{self.cfg.architecture} {self.cfg.hook_name} "
-                f"[{self.device.type}, {self.matmul.dtype} matmul]")
+        return (
+            f"{self.cfg.architecture} {self.cfg.hook_name} "
+            f"[{self.device.type}, {self.matmul.dtype} matmul]"
+        )
 
 
-def _objective_state(tensors: dict[str, Tensor], values: dict[str, Any]
-                     ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _objective_state(
+    tensors: dict[str, Tensor], values: dict[str, Any]
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The objective's part of a checkpoint (also from checkpoints written before the
     objectives had their own: ``theta``, ``log_gain`` and ``kl_running`` at top level)."""
     if "objective" in values:
-        return ({k[len("objective."):]: v for k, v in tensors.items()
-                 if k.startswith("objective.")}, values["objective"])
+        return (
+            {k[len("objective.") :]: v for k, v in tensors.items() if k.startswith("objective.")},
+            values["objective"],
+        )
     legacy = {"running": tensors["kl_running"]} if "kl_running" in tensors else {}
-    return legacy, {"threshold": values.get("theta", 0.0),
-                    "log_gain": values.get("log_gain", 0.0)}
+    return legacy, {"threshold": values.get("theta", 0.0), "log_gain": values.get("log_gain", 0.0)}
 
 
 def _wandb_init(cfg: TrainConfig):
     try:
         import wandb
     except ImportError:
-        warnings.warn("wandb=True but wandb is not installed; logging to CSV only",
-                      stacklevel=3)
+        warnings.warn("wandb=True but wandb is not installed; logging to CSV only", stacklevel=3)
         return None
     return wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), dir=cfg.out_dir)
 
 
-def train_sae(model: nn.Module, token_source: Any, cfg: TrainConfig,
-              resume_from: str | Path | None = None) -> SAE:
+def train_sae(
+    model: nn.Module, token_source: Any, cfg: TrainConfig, resume_from: str | Path | None = None
+) -> SAE:
     """Train an SAE on ``model``'s activations at ``cfg.hook_name``.
 
     Args:
@@ -440,8 +522,9 @@ def train_sae(model: nn.Module, token_source: Any, cfg: TrainConfig,
         SAEFileError: every checkpoint in ``resume_from`` is damaged.
     """
     if not isinstance(cfg, TrainConfig):
-        raise InputTypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass "
-                             "saehooks.TrainConfig(...)")
+        raise InputTypeError(
+            f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass saehooks.TrainConfig(...)"
+        )
     if resume_from is not None:  # fail before any model or cache work (warnings come later)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

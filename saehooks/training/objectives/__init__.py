@@ -33,7 +33,8 @@ from saehooks.training.objectives.relu import ReLUObjective
 from saehooks.training.objectives.topk import TopKObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (TopKObjective, BatchTopKObjective, L1Objective, KLObjective)}
+    cls.name: cls for cls in (TopKObjective, BatchTopKObjective, L1Objective, KLObjective)
+}
 """``{architecture: objective class}``."""
 
 
@@ -44,8 +45,9 @@ def objective_class(architecture: str) -> type[Objective]:
         InputError: an unknown architecture.
     """
     if architecture not in OBJECTIVES:
-        raise InputError(f"unknown training architecture {architecture!r}; pass one of "
-                         f"{', '.join(OBJECTIVES)}")
+        raise InputError(
+            f"unknown training architecture {architecture!r}; pass one of {', '.join(OBJECTIVES)}"
+        )
     return OBJECTIVES[architecture]
 
 
@@ -62,6 +64,18 @@ def make_objective(cfg: TrainConfig, matmul_dtype: str | torch.dtype = "float32"
     return objective_class(cfg.architecture)(cfg, matmul_dtype)
 
 
-__all__ = ["OBJECTIVES", "BatchTopKObjective", "ConfigFields", "ForwardOutput", "KLObjective",
-           "L1Objective", "LoopHandles", "Objective", "ReLUObjective", "StepState",
-           "TopKObjective", "make_objective", "objective_class"]
+__all__ = [
+    "OBJECTIVES",
+    "BatchTopKObjective",
+    "ConfigFields",
+    "ForwardOutput",
+    "KLObjective",
+    "L1Objective",
+    "LoopHandles",
+    "Objective",
+    "ReLUObjective",
+    "StepState",
+    "TopKObjective",
+    "make_objective",
+    "objective_class",
+]

@@ -99,9 +99,11 @@ class ConfigFields:
         needs = _DERIVED.get(name, frozenset({name}))
         missing = needs - self._fields
         if missing:
-            raise AttributeError(f"{self._owner} reads TrainConfig.{name} but does not declare "
-                                 f"{', '.join(sorted(missing))} in {self._owner}.fields; add "
-                                 "it there (the declaration is the list of what it reads)")
+            raise AttributeError(
+                f"{self._owner} reads TrainConfig.{name} but does not declare "
+                f"{', '.join(sorted(missing))} in {self._owner}.fields; add "
+                "it there (the declaration is the list of what it reads)"
+            )
         self.read |= needs
         return getattr(self._cfg, name)
 
@@ -154,8 +156,9 @@ class Objective:
         """
         raise NotImplementedError
 
-    def after_step(self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState,
-                   loop: LoopHandles) -> None:
+    def after_step(
+        self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles
+    ) -> None:
         """Update the objective's own state after the optimiser step on ``x`` (whose
         forward pass gave ``out``). The base class keeps no state."""
 

@@ -57,13 +57,15 @@ class BatchTopKObjective(TopKObjective):
         code = sparse.code_from_rows(vals, rows, cols, pre.shape[0])
         return self.code_step(sae, x, x_c, pre, code, state.dead)
 
-    def after_step(self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState,
-                   loop: LoopHandles) -> None:
+    def after_step(
+        self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles
+    ) -> None:
         """θ ← the first batch's smallest kept activation, then ``(1 − r) θ + r · m``
         with ``r = threshold_rate``."""
         r = self.threshold_rate
-        self.threshold = out.min_active if state.step == 0 else \
-            (1.0 - r) * self.threshold + r * out.min_active
+        self.threshold = (
+            out.min_active if state.step == 0 else (1.0 - r) * self.threshold + r * out.min_active
+        )
 
     def inference_config(self) -> dict[str, Any]:
         """A ``jumprelu`` SAE (its threshold is set by :meth:`finish_inference_sae`)."""

@@ -48,11 +48,11 @@ class KLObjective(ReLUObjective):
         """The running estimate including a batch of ``n`` tokens whose firing rate is
         ``rate [d_sae]``, after ``tokens_seen`` tokens (no gradient)."""
         start = self.running if self.running is not None else torch.zeros_like(rate)
-        return losses.running_firing_rate(rate, start, n, tokens_seen,
-                                          self.cfg.kl_window_tokens)
+        return losses.running_firing_rate(rate, start, n, tokens_seen, self.cfg.kl_window_tokens)
 
-    def penalty(self, sae: SAE, acts: Tensor, cols: Tensor | None, n: int,
-                state: StepState) -> tuple[Tensor, Tensor]:
+    def penalty(
+        self, sae: SAE, acts: Tensor, cols: Tensor | None, n: int, state: StepState
+    ) -> tuple[Tensor, Tensor]:
         """``Σ_j KL(ρ ‖ R_j)`` on the running estimate ``R`` including this batch,
         with the gradient of the batch's ``Σ_j KL(ρ ‖ ρ̂_j)``; and ``ρ̂ [d_sae]``."""
         if cols is None:
@@ -63,8 +63,9 @@ class KLObjective(ReLUObjective):
         running = self.next_running(rate.detach(), n, state.tokens)
         return losses.kl_penalty_running(rate, running, self.cfg.kl_rho), rate.detach()
 
-    def after_step(self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState,
-                   loop: LoopHandles) -> None:
+    def after_step(
+        self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles
+    ) -> None:
         """Take this batch into the running estimate, then as :class:`ReLUObjective`."""
         if out.firing_rate is not None:
             self.running = self.next_running(out.firing_rate, x.shape[0], state.tokens)

@@ -28,8 +28,9 @@ class L1Objective(ReLUObjective):
         """λ (``l1_coefficient``)."""
         return self.cfg.l1_coefficient
 
-    def penalty(self, sae: SAE, acts: Tensor, cols: Tensor | None, n: int,
-                state: StepState) -> tuple[Tensor, None]:
+    def penalty(
+        self, sae: SAE, acts: Tensor, cols: Tensor | None, n: int, state: StepState
+    ) -> tuple[Tensor, None]:
         """``mean_token Σ_j a_j ‖W_dec[j]‖`` (no firing rate to report)."""
         if cols is None:
             return losses.l1_penalty(acts, sae.W_dec), None

@@ -38,9 +38,11 @@ class ReLUObjective(Objective):
             without a target).
     """
 
+    # fmt: off
     fields = frozenset({"sparse_kernels", "sparsity_warmup_fraction", "total_tokens",
                         "batch_size", "target_l0", "target_l0_rate", "target_l0_max_factor",
                         "resample_dead", "resample_every_tokens", "resample_stop_fraction"})
+    # fmt: on
     inference_architecture = "relu"
     sparse_max_density = 1 / 16
     """The sparse kernels run when at most this fraction of the code is non-zero."""
@@ -55,8 +57,9 @@ class ReLUObjective(Objective):
         """The configured coefficient (λ or β)."""
         raise NotImplementedError
 
-    def penalty(self, sae: SAE, acts: Tensor, cols: Tensor | None, n: int,
-                state: StepState) -> tuple[Tensor, Tensor | None]:
+    def penalty(
+        self, sae: SAE, acts: Tensor, cols: Tensor | None, n: int, state: StepState
+    ) -> tuple[Tensor, Tensor | None]:
         """The penalty per token of a batch's code and the firing rate to report.
 
         Args:
@@ -117,12 +120,19 @@ class ReLUObjective(Objective):
                 code = sparse.code_from_rows(pre[mask], rows, cols, n)
                 bags = sparse.latent_bags(cols, d_sae)
                 acts = torch.relu(sparse.selected_pre(x_c, sae.W_enc, sae.b_enc, code, bags))
-                x_hat = sparse.sparse_decode(code._replace(vals=acts), sae.W_dec, bags) \
-                    + sae.b_dec
+                x_hat = sparse.sparse_decode(code._replace(vals=acts), sae.W_dec, bags) + sae.b_dec
                 mse = losses.mse(x, x_hat)
                 aux, rate = self.penalty(sae, acts, cols, n, state)
-                return ForwardOutput(mse + coefficient * aux, x_hat.detach(), mse.detach(),
-                                     aux.detach(), bags.counts > 0, nnz / n, 0.0, rate)
+                return ForwardOutput(
+                    mse + coefficient * aux,
+                    x_hat.detach(),
+                    mse.detach(),
+                    aux.detach(),
+                    bags.counts > 0,
+                    nnz / n,
+                    0.0,
+                    rate,
+                )
         enabled = self.matmul_dtype == torch.bfloat16
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled):
             pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
@@ -132,18 +142,28 @@ class ReLUObjective(Objective):
         mse = losses.mse(x, x_hat)
         aux, rate = self.penalty(sae, acts, None, n, state)
         active = acts.detach() > 0
-        return ForwardOutput(mse + coefficient * aux, x_hat.detach(), mse.detach(),
-                             aux.detach(), active.any(0), float(active.sum()) / n, 0.0, rate)
+        return ForwardOutput(
+            mse + coefficient * aux,
+            x_hat.detach(),
+            mse.detach(),
+            aux.detach(),
+            active.any(0),
+            float(active.sum()) / n,
+            0.0,
+            rate,
+        )
 
-    def after_step(self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState,
-                   loop: LoopHandles) -> None:
+    def after_step(
+        self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles
+    ) -> None:
         """The L0 controller, then resampling when a ``resample_every_tokens`` boundary
         was crossed by this batch, up to ``resample_stop_fraction`` of the run."""
         self.update_controller(out.l0, state.step)
         self.maybe_resample(sae, x, out, state, loop)
 
-    def maybe_resample(self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState,
-                       loop: LoopHandles) -> int:
+    def maybe_resample(
+        self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles
+    ) -> int:
         """Resample the dead latents (:func:`resample.resample_dead_latents`) if this
         batch crossed a resampling boundary; revive them in the tracker.
 
@@ -152,12 +172,17 @@ class ReLUObjective(Objective):
         """
         every = self.cfg.resample_every_tokens
         after = state.tokens + x.shape[0]
-        if not (self.cfg.resample_dead and every and after // every > state.tokens // every
-                and after <= self.cfg.resample_stop_fraction * self.cfg.total_tokens):
+        if not (
+            self.cfg.resample_dead
+            and every
+            and after // every > state.tokens // every
+            and after <= self.cfg.resample_stop_fraction * self.cfg.total_tokens
+        ):
             return 0
         dead = loop.tracker.dead
-        n = resample.resample_dead_latents(sae, dead, x, out.x_hat, loop.optimizer,
-                                           loop.generator, self.unit_norm_decoder)
+        n = resample.resample_dead_latents(
+            sae, dead, x, out.x_hat, loop.optimizer, loop.generator, self.unit_norm_decoder
+        )
         if n:
             loop.tracker.revive(dead.nonzero().squeeze(1))
         return n

@@ -81,16 +81,23 @@ class TopKObjective(Objective):
             aux = losses.auxk_loss(residual, aux_recons)
         loss = losses.topk_loss(x, x_hat, residual, aux_recons, self.cfg.aux_coefficient)
         active = acts.detach() > 0
-        return ForwardOutput(loss, x_hat.detach(), losses.mse(x, x_hat.detach()), aux.detach(),
-                             active.any(0), float(active.sum()) / x.shape[0])
+        return ForwardOutput(
+            loss,
+            x_hat.detach(),
+            losses.mse(x, x_hat.detach()),
+            aux.detach(),
+            active.any(0),
+            float(active.sum()) / x.shape[0],
+        )
 
     def aux_k(self, d_in: int, n_dead: int) -> int:
         """AuxK's latents per token: ``aux_k`` (or :func:`default_aux_k`), at most the
         number of dead latents."""
         return min(self.cfg.aux_k or default_aux_k(d_in), n_dead)
 
-    def code_step(self, sae: SAE, x: Tensor, x_c: Tensor, pre: Tensor,
-                  code: sparse.SparseCode, dead: Tensor) -> ForwardOutput:
+    def code_step(
+        self, sae: SAE, x: Tensor, x_c: Tensor, pre: Tensor, code: sparse.SparseCode, dead: Tensor
+    ) -> ForwardOutput:
         """Sparse decode, AuxK and loss of a selected code.
 
         Args:
@@ -113,8 +120,9 @@ class TopKObjective(Objective):
         n_dead = int(dead.sum())
         if self.cfg.auxk and n_dead:
             dead_ids = dead.nonzero().squeeze(1)
-            a_vals, a_pos = pre[:, dead_ids].topk(self.aux_k(x.shape[1], n_dead), dim=-1,
-                                                  sorted=False)
+            a_vals, a_pos = pre[:, dead_ids].topk(
+                self.aux_k(x.shape[1], n_dead), dim=-1, sorted=False
+            )
             a_code = sparse.code_from_topk(a_vals, dead_ids[a_pos])
             a_bags = sparse.latent_bags(a_code.cols, d_sae)
             # Pre-ReLU values: dead latents mostly sit below zero, where a ReLU would
@@ -126,8 +134,15 @@ class TopKObjective(Objective):
         loss = losses.topk_loss(x, x_hat, residual, aux_recons, self.cfg.aux_coefficient)
         mse = losses.mse(x, x_hat.detach())
         min_active = float(acts.detach()[active].min()) if active.any() else 0.0
-        return ForwardOutput(loss, x_hat.detach(), mse, aux.detach(), fired,
-                             float(active.sum()) / x.shape[0], min_active)
+        return ForwardOutput(
+            loss,
+            x_hat.detach(),
+            mse,
+            aux.detach(),
+            fired,
+            float(active.sum()) / x.shape[0],
+            min_active,
+        )
 
     def init_activation(self, pre: Tensor) -> Tensor:
         """TopK with this run's ``k`` (:func:`saehooks.activation_fns.topk`)."""
