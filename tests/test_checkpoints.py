@@ -323,3 +323,31 @@ def test_the_header_check_agrees_with_the_safetensors_reader(tmp_path_factory, s
         assert readable
     elif cut < len(data):
         assert not readable  # every truncation the check reports, the reader confirms
+
+
+def test_a_checkpoint_written_before_the_objectives_had_their_own_state_resumes(tmp_path):
+    # older checkpoints kept theta / log_gain at the top of state.json and kl_running
+    # among the tensors; the objective reads them from there
+    from safetensors.torch import load_file, save_file
+
+    cfg = _killed_run(
+        tmp_path,
+        steps=9,
+        architecture="kl",
+        kl_rho=0.05,
+        target_l0=3.0,
+        sparsity_warmup_fraction=0.0,
+    )
+    folder = tmp_path / "checkpoints" / "step_00000008"
+    values = json.loads((folder / ckpt.STATE_VALUES).read_text())
+    tensors = load_file(str(folder / ckpt.STATE_TENSORS))
+    new_style = Trainer(None, FakeStore(), cfg, resume_from=tmp_path).objective
+    assert new_style.log_gain != 0.0 and float(new_style.running.sum()) > 0
+    objective = values.pop("objective")
+    values.update(theta=0.0, log_gain=objective["log_gain"])
+    tensors["kl_running"] = tensors.pop("objective.running")
+    (folder / ckpt.STATE_VALUES).write_text(json.dumps(values))
+    save_file(tensors, str(folder / ckpt.STATE_TENSORS))
+    old_style = Trainer(None, FakeStore(), cfg, resume_from=tmp_path).objective
+    assert old_style.log_gain == new_style.log_gain
+    assert torch.equal(old_style.running, new_style.running)
