@@ -54,10 +54,13 @@ def check_sae(sae: Any, name: str = "sae") -> SAE:
     if isinstance(sae, SAE):
         return sae
     if isinstance(sae, (list, tuple)):
-        raise InputTypeError(f"{name} must be one SAE, got a {type(sae).__name__} of "
-                             f"{len(sae)}; call once per SAE (sh.evaluate takes a list)")
-    raise InputTypeError(f"{name} must be an SAE, got {type(sae).__name__}; load one with "
-                         "sh.load_sae(...)")
+        raise InputTypeError(
+            f"{name} must be one SAE, got a {type(sae).__name__} of "
+            f"{len(sae)}; call once per SAE (sh.evaluate takes a list)"
+        )
+    raise InputTypeError(
+        f"{name} must be an SAE, got {type(sae).__name__}; load one with sh.load_sae(...)"
+    )
 
 
 def check_feature(sae: SAE, feature: Any, name: str = "feature") -> int:
@@ -69,13 +72,16 @@ def check_feature(sae: SAE, feature: Any, name: str = "feature") -> int:
         InputError: out of range.
     """
     if isinstance(feature, (list, tuple)) or (
-            isinstance(feature, (Tensor, np.ndarray)) and feature.ndim > 0):
-        raise InputTypeError(f"{name} must be one latent id (an int), got {len(feature)} ids; "
-                             "call once per feature")
+        isinstance(feature, (Tensor, np.ndarray)) and feature.ndim > 0
+    ):
+        raise InputTypeError(
+            f"{name} must be one latent id (an int), got {len(feature)} ids; call once per feature"
+        )
     f, d_sae = checks.check_int(feature, name), sae.cfg.d_sae
     if not 0 <= f < d_sae:
-        raise InputError(f"{name}={f} is out of range: this SAE has d_sae={d_sae} latents "
-                         f"(ids 0 … {d_sae - 1})")
+        raise InputError(
+            f"{name}={f} is out of range: this SAE has d_sae={d_sae} latents (ids 0 … {d_sae - 1})"
+        )
     return f
 
 
@@ -106,8 +112,9 @@ def broadcast_mask(mask: Tensor, act: Tensor) -> Tensor:
     return mask.to(act.device).reshape(mask.shape + (1,) * (act.ndim - 2))
 
 
-def iter_batches(tokens: Tensor, batch_size: int,
-                 device: torch.device | str | None = None) -> Iterator[tuple[int, Tensor]]:
+def iter_batches(
+    tokens: Tensor, batch_size: int, device: torch.device | str | None = None
+) -> Iterator[tuple[int, Tensor]]:
     """Yield ``(first_row_index, tokens[i : i + batch_size])`` (moved to ``device``).
 
     Raises:
@@ -115,7 +122,7 @@ def iter_batches(tokens: Tensor, batch_size: int,
     """
     batch_size = checks.check_batch_size(batch_size)
     for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start:start + batch_size]
+        batch = tokens[start : start + batch_size]
         yield start, batch if device is None else batch.to(device)
 
 
@@ -136,17 +143,20 @@ def _stop_layer(model: nn.Module, names: Sequence[str]) -> int | None:
 
 
 @overload
-def capture(model: nn.Module, tokens: Tensor, hook_names: str,
-            stop: bool = False) -> tuple[Tensor | None, Tensor]: ...
+def capture(
+    model: nn.Module, tokens: Tensor, hook_names: str, stop: bool = False
+) -> tuple[Tensor | None, Tensor]: ...
 
 
 @overload
-def capture(model: nn.Module, tokens: Tensor, hook_names: Sequence[str],
-            stop: bool = False) -> tuple[Tensor | None, dict[str, Tensor]]: ...
+def capture(
+    model: nn.Module, tokens: Tensor, hook_names: Sequence[str], stop: bool = False
+) -> tuple[Tensor | None, dict[str, Tensor]]: ...
 
 
-def capture(model: nn.Module, tokens: Tensor, hook_names: str | Sequence[str],
-            stop: bool = False) -> tuple[Tensor | None, Tensor | dict[str, Tensor]]:
+def capture(
+    model: nn.Module, tokens: Tensor, hook_names: str | Sequence[str], stop: bool = False
+) -> tuple[Tensor | None, Tensor | dict[str, Tensor]]:
     """Run ``model`` on ``tokens`` and read the activations at ``hook_names``.
 
     The one way the package reads activations from a forward pass: with whatever hooks
@@ -219,8 +229,9 @@ def replace_where(mask: Tensor, new: Tensor | float) -> HookFn:
 
 
 # ---- the positions argument of the interventions -------------------------------------------
-_POSITIONS_HELP = ("pass None or 'all', an int, a list of ints, a slice, or a boolean mask "
-                   "[pos] / [batch, pos]")
+_POSITIONS_HELP = (
+    "pass None or 'all', an int, a list of ints, a slice, or a boolean mask [pos] / [batch, pos]"
+)
 
 
 def _index_list(positions: Any) -> list[int]:
@@ -228,8 +239,10 @@ def _index_list(positions: Any) -> list[int]:
         positions = torch.from_numpy(positions)
     if isinstance(positions, Tensor):
         if positions.dtype.is_floating_point or positions.dtype.is_complex or positions.ndim > 1:
-            raise InputTypeError(f"positions must be integer indices, got a {positions.dtype} "
-                                 f"tensor of shape {tuple(positions.shape)}; {_POSITIONS_HELP}")
+            raise InputTypeError(
+                f"positions must be integer indices, got a {positions.dtype} "
+                f"tensor of shape {tuple(positions.shape)}; {_POSITIONS_HELP}"
+            )
         positions = positions.reshape(-1).tolist()
     if isinstance(positions, (str, bytes)) or not isinstance(positions, Sequence):
         return [checks.check_int(positions, "positions")]
@@ -252,6 +265,7 @@ def position_selector(positions: Positions) -> Callable[[int, int, torch.device]
             a slice with a step < 1; at run time a mask with another batch size.
     """
     if positions is None or (isinstance(positions, str) and positions == "all"):
+
         def every(batch: int, n_pos: int, device: torch.device) -> None:
             return None
 
@@ -263,8 +277,10 @@ def position_selector(positions: Positions) -> Callable[[int, int, torch.device]
         positions = torch.from_numpy(positions)
     if isinstance(positions, Tensor) and positions.dtype == torch.bool:
         if positions.ndim not in (1, 2):
-            raise InputError(f"a positions mask must be [pos] or [batch, pos], got shape "
-                             f"{tuple(positions.shape)}")
+            raise InputError(
+                f"a positions mask must be [pos] or [batch, pos], got shape "
+                f"{tuple(positions.shape)}"
+            )
         mask = positions
 
         def from_mask(batch: int, n_pos: int, device: torch.device) -> Tensor:
@@ -272,18 +288,25 @@ def position_selector(positions: Positions) -> Callable[[int, int, torch.device]
             if m.ndim == 1:
                 m = m[None]
             if m.shape[0] not in (1, batch):
-                raise InputError(f"the positions mask has {m.shape[0]} rows but the forward "
-                                 f"pass has a batch of {batch}; pass a [pos] mask (the same "
-                                 "positions in every row) or one row per sequence")
+                raise InputError(
+                    f"the positions mask has {m.shape[0]} rows but the forward "
+                    f"pass has a batch of {batch}; pass a [pos] mask (the same "
+                    "positions in every row) or one row per sequence"
+                )
             if m.shape[-1] < n_pos:  # positions past the mask are not selected
                 m = torch.cat([m, m.new_zeros(m.shape[0], n_pos - m.shape[-1])], dim=-1)
             return m[:, :n_pos].expand(batch, n_pos)
 
         return from_mask
     if isinstance(positions, slice):
-        parts = [None if v is None else checks.check_int(v, f"positions slice {part}")
-                 for part, v in (("start", positions.start), ("stop", positions.stop),
-                                 ("step", positions.step))]
+        parts = [
+            None if v is None else checks.check_int(v, f"positions slice {part}")
+            for part, v in (
+                ("start", positions.start),
+                ("stop", positions.stop),
+                ("step", positions.step),
+            )
+        ]
         if parts[2] is not None and parts[2] < 1:
             raise InputError(f"a positions slice needs a step >= 1, got {parts[2]}")
         sl = slice(*parts)
@@ -295,8 +318,9 @@ def position_selector(positions: Positions) -> Callable[[int, int, torch.device]
 
         return from_slice
     if isinstance(positions, bool):
-        raise InputTypeError(f"positions must be indices or a mask, got {positions!r}; "
-                             f"{_POSITIONS_HELP}")
+        raise InputTypeError(
+            f"positions must be indices or a mask, got {positions!r}; {_POSITIONS_HELP}"
+        )
     index = _index_list(positions)
 
     def from_index(batch: int, n_pos: int, device: torch.device) -> Tensor:
@@ -320,6 +344,8 @@ def select_positions(select: Callable, act: Tensor) -> Tensor | None:
     if getattr(select, "selects_all", False):
         return None
     if act.ndim < 3:
-        raise InputError(f"positions need activations [batch, pos, ...], but this hook gives "
-                         f"shape {tuple(act.shape)}; pass positions=None")
+        raise InputError(
+            f"positions need activations [batch, pos, ...], but this hook gives "
+            f"shape {tuple(act.shape)}; pass positions=None"
+        )
     return broadcast_mask(select(act.shape[0], act.shape[1], act.device), act)

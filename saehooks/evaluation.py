@@ -38,13 +38,23 @@ from saehooks.models import model_device
 from saehooks.sae import SAE
 
 UNITS = {
-    "ce_loss_clean": "nats/token", "ce_loss_spliced": "nats/token",
-    "ce_loss_zero_ablation": "nats/token", "ce_loss_mean_ablation": "nats/token",
-    "ce_loss_increase": "nats/token", "ce_loss_score": "fraction",
-    "ce_loss_score_mean_ablation": "fraction", "kl_div": "nats/token", "fvu": "fraction",
-    "explained_variance": "fraction", "mse": "squared units/token", "l0": "latents/token",
-    "l1": "activation/token", "dead_fraction": "fraction", "pca_rank": "components",
-    "pca_fvu": "fraction", "n_tokens": "tokens",
+    "ce_loss_clean": "nats/token",
+    "ce_loss_spliced": "nats/token",
+    "ce_loss_zero_ablation": "nats/token",
+    "ce_loss_mean_ablation": "nats/token",
+    "ce_loss_increase": "nats/token",
+    "ce_loss_score": "fraction",
+    "ce_loss_score_mean_ablation": "fraction",
+    "kl_div": "nats/token",
+    "fvu": "fraction",
+    "explained_variance": "fraction",
+    "mse": "squared units/token",
+    "l0": "latents/token",
+    "l1": "activation/token",
+    "dead_fraction": "fraction",
+    "pca_rank": "components",
+    "pca_fvu": "fraction",
+    "n_tokens": "tokens",
 }
 _NOT_METRICS = ("hook_name", "feature_density", "spliced_hooks", "ablate_bos")
 
@@ -129,8 +139,9 @@ class EvalReport:
 
     def to_frame(self) -> pd.DataFrame:
         """The scalar metrics as a table: one row per metric, with its unit."""
-        rows = [(k, v, UNITS.get(k, "")) for k, v in self.to_dict().items()
-                if k not in _NOT_METRICS]
+        rows = [
+            (k, v, UNITS.get(k, "")) for k, v in self.to_dict().items() if k not in _NOT_METRICS
+        ]
         return pd.DataFrame(rows, columns=["metric", "value", "unit"]).set_index("metric")
 
     def __str__(self) -> str:
@@ -139,9 +150,12 @@ class EvalReport:
         lines = [f"EvalReport at {self.hook_name}"]
         if others:
             lines.append(f"(CE and KL with {', '.join(others)} spliced in too)")
-        lines.append("ablation baselines replace BOS positions too (SAELens' definition)"
-                     if self.ablate_bos else "ablation baselines keep BOS positions clean "
-                     "(SAELens zeroes them: evaluate(..., ablate_bos=True))")
+        lines.append(
+            "ablation baselines replace BOS positions too (SAELens' definition)"
+            if self.ablate_bos
+            else "ablation baselines keep BOS positions clean "
+            "(SAELens zeroes them: evaluate(..., ablate_bos=True))"
+        )
         return "\n".join(lines) + "\n" + table
 
 
@@ -161,9 +175,11 @@ def _check_saes(model: nn.Module, sae: Any) -> list[SAE]:
         names = [s.cfg.hook_name for s in saes]
         repeated = sorted({h for h in names if names.count(h) > 1})
         if repeated:
-            raise InputError(f"several SAEs at hook {repeated}: SAEs evaluated together are "
-                             "spliced in at once, one per hook; evaluate SAEs that share a "
-                             "hook in separate calls")
+            raise InputError(
+                f"several SAEs at hook {repeated}: SAEs evaluated together are "
+                "spliced in at once, one per hook; evaluate SAEs that share a "
+                "hook in separate calls"
+            )
     else:
         saes = [check_sae(sae)]
     for s in saes:
@@ -195,8 +211,9 @@ class _BatchResult(NamedTuple):
     """``[batch, pos, d_vocab]``, all the SAEs spliced in at once."""
 
 
-def _splice_hooks(saes: Sequence[SAE], mask: Tensor,
-                  recons: dict[str, Tensor]) -> list[tuple[str, Callable]]:
+def _splice_hooks(
+    saes: Sequence[SAE], mask: Tensor, recons: dict[str, Tensor]
+) -> list[tuple[str, Callable]]:
     """Hooks that replace each SAE's activation by its reconstruction where ``mask``.
 
     The first SAE hook that runs in a forward pass sees the clean activation, so it
@@ -213,14 +230,21 @@ def _splice_hooks(saes: Sequence[SAE], mask: Tensor,
             else:
                 recon = sae.decode(sae.encode(act)).to(act.dtype)
             return torch.where(broadcast_mask(mask, act), recon, act)
+
         return hook
 
     return [(s.cfg.hook_name, make(s)) for s in saes]
 
 
-def _spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
-                     batch_size: int = 8, exclude_bos: bool = True, progress: bool = True,
-                     desc: str = "evaluating") -> Iterator[_BatchResult]:
+def _spliced_batches(
+    model: nn.Module,
+    sae: SAE | Sequence[SAE],
+    tokens: Tensor,
+    batch_size: int = 8,
+    exclude_bos: bool = True,
+    progress: bool = True,
+    desc: str = "evaluating",
+) -> Iterator[_BatchResult]:
     """Run clean and spliced forward passes batch by batch (no gradients).
 
     Args:
@@ -236,22 +260,31 @@ def _spliced_batches(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
     names = [s.cfg.hook_name for s in saes]
     device = model_device(model)
     n_batches = -(-tokens.shape[0] // batch_size)
-    for _, batch in tqdm(iter_batches(tokens, batch_size, device), total=n_batches, desc=desc,
-                         disable=not progress, unit="batch"):
+    for _, batch in tqdm(
+        iter_batches(tokens, batch_size, device),
+        total=n_batches,
+        desc=desc,
+        disable=not progress,
+        unit="batch",
+    ):
         mask = position_mask(model, batch, exclude_bos)
         with torch.no_grad():
             logits_clean, store = capture(model, batch, names)
             feats = {s.cfg.hook_name: s.encode(store[s.cfg.hook_name]) for s in saes}
-            recons = {s.cfg.hook_name: s.decode(feats[s.cfg.hook_name]).to(
-                store[s.cfg.hook_name].dtype) for s in saes}
+            recons = {
+                s.cfg.hook_name: s.decode(feats[s.cfg.hook_name]).to(store[s.cfg.hook_name].dtype)
+                for s in saes
+            }
             logits_spliced = model.run_with_hooks(
-                batch, fwd_hooks=_splice_hooks(saes, mask, recons))
+                batch, fwd_hooks=_splice_hooks(saes, mask, recons)
+            )
         yield _BatchResult(batch, mask, store, feats, recons, logits_clean, logits_spliced)
 
 
 @torch.no_grad()
-def _mean_activations(model: nn.Module, hook_names: Sequence[str], tokens: Tensor,
-                      batch_size: int, exclude_bos: bool) -> dict[str, Tensor]:
+def _mean_activations(
+    model: nn.Module, hook_names: Sequence[str], tokens: Tensor, batch_size: int, exclude_bos: bool
+) -> dict[str, Tensor]:
     """Mean clean activation at each hook over the counted positions of ``tokens``
     (the mean-ablation values), ``{hook_name: [d] (or [n_heads, d_head])}`` float32 on
     the model's device; sums in float64 on the CPU, one forward pass per batch stopped
@@ -271,15 +304,23 @@ def _mean_activations(model: nn.Module, hook_names: Sequence[str], tokens: Tenso
             totals[name] = part if name not in totals else totals[name] + part
         count += int(mask.sum())
     if count == 0:
-        raise InputError("every position holds the BOS token, so there is no activation to "
-                         "average; pass real text tokens or exclude_bos=False")
+        raise InputError(
+            "every position holds the BOS token, so there is no activation to "
+            "average; pass real text tokens or exclude_bos=False"
+        )
     return {name: (total / count).float().to(device) for name, total in totals.items()}
 
 
 @hooks.uses_model
-def evaluate(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
-             batch_size: int = 8, exclude_bos: bool = True, progress: bool = True,
-             ablate_bos: bool = False) -> EvalReport | dict[str, EvalReport]:
+def evaluate(
+    model: nn.Module,
+    sae: SAE | Sequence[SAE],
+    tokens: Tensor,
+    batch_size: int = 8,
+    exclude_bos: bool = True,
+    progress: bool = True,
+    ablate_bos: bool = False,
+) -> EvalReport | dict[str, EvalReport]:
     """Measure what splicing ``sae`` (or several SAEs at once) into ``model`` costs.
 
     Four forward passes per batch (clean, spliced, zero-ablated, mean-ablated), plus
@@ -330,44 +371,65 @@ def evaluate(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
         ablated = torch.ones_like(r.mask) if ablate_bos else r.mask
         with torch.no_grad():
             logits_zero = model.run_with_hooks(
-                r.tokens, fwd_hooks=[(n, replace_where(ablated, 0.0)) for n in names])
+                r.tokens, fwd_hooks=[(n, replace_where(ablated, 0.0)) for n in names]
+            )
             logits_mean = model.run_with_hooks(
-                r.tokens, fwd_hooks=[(n, replace_where(ablated, means[n])) for n in names])
+                r.tokens, fwd_hooks=[(n, replace_where(ablated, means[n])) for n in names]
+            )
         predict = r.mask[:, :-1]
         losses.add(
             ce_clean=metrics.next_token_ce(r.logits_clean, r.tokens)[predict],
             ce_spliced=metrics.next_token_ce(r.logits_spliced, r.tokens)[predict],
             ce_zero=metrics.next_token_ce(logits_zero, r.tokens)[predict],
             ce_mean=metrics.next_token_ce(logits_mean, r.tokens)[predict],
-            kl=metrics.kl_div(r.logits_clean[:, :-1], r.logits_spliced[:, :-1])[predict])
+            kl=metrics.kl_div(r.logits_clean[:, :-1], r.logits_spliced[:, :-1])[predict],
+        )
         for s in saes:
             name, d_in = s.cfg.hook_name, s.cfg.d_in
-            recon[name].add(r.activations[name][r.mask].reshape(-1, d_in),
-                            r.reconstructions[name][r.mask].reshape(-1, d_in),
-                            r.feature_acts[name][r.mask].reshape(-1, s.cfg.d_sae))
+            recon[name].add(
+                r.activations[name][r.mask].reshape(-1, d_in),
+                r.reconstructions[name][r.mask].reshape(-1, d_in),
+                r.feature_acts[name][r.mask].reshape(-1, s.cfg.d_sae),
+            )
     if losses.count == 0:
-        raise InputError("no position predicts a token (every position but the last holds "
-                         "BOS); pass longer sequences of real text, or exclude_bos=False")
+        raise InputError(
+            "no position predicts a token (every position but the last holds "
+            "BOS); pass longer sequences of real text, or exclude_bos=False"
+        )
     ce = losses.means()
     joint = {
-        "ce_loss_clean": ce["ce_clean"], "ce_loss_spliced": ce["ce_spliced"],
-        "ce_loss_zero_ablation": ce["ce_zero"], "ce_loss_mean_ablation": ce["ce_mean"],
-        "ce_loss_score": metrics.ce_loss_score(ce["ce_clean"], ce["ce_spliced"],
-                                               ce["ce_zero"]),
+        "ce_loss_clean": ce["ce_clean"],
+        "ce_loss_spliced": ce["ce_spliced"],
+        "ce_loss_zero_ablation": ce["ce_zero"],
+        "ce_loss_mean_ablation": ce["ce_mean"],
+        "ce_loss_score": metrics.ce_loss_score(ce["ce_clean"], ce["ce_spliced"], ce["ce_zero"]),
         "ce_loss_score_mean_ablation": metrics.ce_loss_score(
-            ce["ce_clean"], ce["ce_spliced"], ce["ce_mean"]),
+            ce["ce_clean"], ce["ce_spliced"], ce["ce_mean"]
+        ),
         "kl_div": ce["kl"],
     }
-    reports = {name: EvalReport(hook_name=name, **joint, **recon[name].result(),
-                                spliced_hooks=tuple(names), ablate_bos=ablate_bos)
-               for name in names}
+    reports = {
+        name: EvalReport(
+            hook_name=name,
+            **joint,
+            **recon[name].result(),
+            spliced_hooks=tuple(names),
+            ablate_bos=ablate_bos,
+        )
+        for name in names
+    }
     return reports[names[0]] if isinstance(sae, SAE) else reports
 
 
 @hooks.uses_model
-def loss_increase_per_token(model: nn.Module, sae: SAE | Sequence[SAE], tokens: Tensor,
-                            batch_size: int = 8, exclude_bos: bool = True,
-                            progress: bool = True) -> pd.DataFrame:
+def loss_increase_per_token(
+    model: nn.Module,
+    sae: SAE | Sequence[SAE],
+    tokens: Tensor,
+    batch_size: int = 8,
+    exclude_bos: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Per predicted token: clean and spliced loss, and their difference.
 
     Args:
@@ -389,8 +451,9 @@ def loss_increase_per_token(model: nn.Module, sae: SAE | Sequence[SAE], tokens: 
     _check_flags(exclude_bos=exclude_bos, progress=progress)
     frames = []
     offset = 0
-    for r in _spliced_batches(model, sae, tokens, batch_size, exclude_bos, progress,
-                              desc="per-token losses"):
+    for r in _spliced_batches(
+        model, sae, tokens, batch_size, exclude_bos, progress, desc="per-token losses"
+    ):
         clean = metrics.next_token_ce(r.logits_clean, r.tokens)
         spliced = metrics.next_token_ce(r.logits_spliced, r.tokens)
         seq, pos = r.mask[:, :-1].nonzero(as_tuple=True)
@@ -398,16 +461,22 @@ def loss_increase_per_token(model: nn.Module, sae: SAE | Sequence[SAE], tokens: 
         if seq.numel() == 0:  # every predicting position of this batch holds BOS
             continue
         predicted = r.tokens[seq, pos + 1]
-        frames.append(pd.DataFrame({
-            "sequence": (seq + offset - r.tokens.shape[0]).cpu().numpy(),
-            "position": (pos + 1).cpu().numpy(),
-            "token": model.to_str_tokens(predicted.cpu()),
-            "loss_clean": clean[seq, pos].cpu().numpy(),
-            "loss_spliced": spliced[seq, pos].cpu().numpy(),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sequence": (seq + offset - r.tokens.shape[0]).cpu().numpy(),
+                    "position": (pos + 1).cpu().numpy(),
+                    "token": model.to_str_tokens(predicted.cpu()),
+                    "loss_clean": clean[seq, pos].cpu().numpy(),
+                    "loss_spliced": spliced[seq, pos].cpu().numpy(),
+                }
+            )
+        )
     if not frames:
-        raise InputError("no position predicts a token (every position but the last holds "
-                         "BOS); pass longer sequences of real text, or exclude_bos=False")
+        raise InputError(
+            "no position predicts a token (every position but the last holds "
+            "BOS); pass longer sequences of real text, or exclude_bos=False"
+        )
     table = pd.concat(frames, ignore_index=True)
     table["delta"] = table["loss_spliced"] - table["loss_clean"]
     return table

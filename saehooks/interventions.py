@@ -89,10 +89,14 @@ def _float_vector(value: Any, name: str) -> Tensor:
     try:
         tensor = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
-        raise InputTypeError(f"{name} must be a float tensor, got a "
-                             f"{type(value).__name__}") from None
-    if tensor.dtype != torch.bool and not tensor.dtype.is_floating_point and \
-            not tensor.dtype.is_complex:
+        raise InputTypeError(
+            f"{name} must be a float tensor, got a {type(value).__name__}"
+        ) from None
+    if (
+        tensor.dtype != torch.bool
+        and not tensor.dtype.is_floating_point
+        and not tensor.dtype.is_complex
+    ):
         tensor = tensor.float()
     return checks.check_finite_tensor(tensor, name)
 
@@ -100,19 +104,25 @@ def _float_vector(value: Any, name: str) -> Tensor:
 def _mean_values(mean_acts: Any, sae: SAE, idx: list[int]) -> Tensor:
     m = _float_vector(mean_acts, "mean_acts").flatten()
     if m.shape[0] != sae.cfg.d_sae:
-        raise InputError(f"mean_acts has {m.shape[0]} entries but the SAE at "
-                         f"{sae.cfg.hook_name!r} has d_sae={sae.cfg.d_sae}; pass one mean per "
-                         "latent, e.g. saehooks.mean_feature_acts(model, sae, "
-                         "tokens)")
+        raise InputError(
+            f"mean_acts has {m.shape[0]} entries but the SAE at "
+            f"{sae.cfg.hook_name!r} has d_sae={sae.cfg.d_sae}; pass one mean per "
+            "latent, e.g. saehooks.mean_feature_acts(model, sae, "
+            "tokens)"
+        )
     return m.float().cpu()[idx]
 
 
 @contextmanager
-def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
-                    features: FeatureSpec | Sequence[FeatureSpec],
-                    mode: Literal["zero", "mean"] = "zero", positions: Positions = None,
-                    mean_acts: Tensor | Sequence[Tensor] | None = None,
-                    use_error_term: bool | None = None) -> Iterator[nn.Module]:
+def ablate_features(
+    model: nn.Module,
+    sae: SAE | Sequence[SAE],
+    features: FeatureSpec | Sequence[FeatureSpec],
+    mode: Literal["zero", "mean"] = "zero",
+    positions: Positions = None,
+    mean_acts: Tensor | Sequence[Tensor] | None = None,
+    use_error_term: bool | None = None,
+) -> Iterator[nn.Module]:
     """Zero- or mean-ablate SAE features for the duration of a ``with`` block.
 
     The SAE runs with its error term, so only the chosen features change: zeroing
@@ -147,24 +157,33 @@ def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
     """
     checks.check_choice(mode, "mode", ("zero", "mean"))
     many = not isinstance(sae, SAE)
-    sae_list = [check_sae(s, "each SAE in the list") for s in sae] if isinstance(
-        sae, (list, tuple)) else [check_sae(sae)]
+    sae_list = (
+        [check_sae(s, "each SAE in the list") for s in sae]
+        if isinstance(sae, (list, tuple))
+        else [check_sae(sae)]
+    )
     if many:
         if not isinstance(features, (list, tuple)) or len(features) != len(sae_list):
-            raise InputError(f"got {len(sae_list)} SAEs, so features must be a list of "
-                             f"{len(sae_list)} feature lists, one per SAE (e.g. [[1, 2], [3]])"
-                             f", got a {type(features).__name__}")
+            raise InputError(
+                f"got {len(sae_list)} SAEs, so features must be a list of "
+                f"{len(sae_list)} feature lists, one per SAE (e.g. [[1, 2], [3]])"
+                f", got a {type(features).__name__}"
+            )
         feature_list = list(features)
     else:
         feature_list = [features]
     if mode == "mean":
         if mean_acts is None:
-            raise InputError("mode='mean' needs the mean activations: pass mean_acts="
-                             "saehooks.mean_feature_acts(model, sae, tokens)")
+            raise InputError(
+                "mode='mean' needs the mean activations: pass mean_acts="
+                "saehooks.mean_feature_acts(model, sae, tokens)"
+            )
         means = list(mean_acts) if many else [mean_acts]
         if len(means) != len(sae_list):
-            raise InputError(f"got {len(sae_list)} SAEs but {len(means)} mean_acts; pass one "
-                             "[d_sae] tensor per SAE")
+            raise InputError(
+                f"got {len(sae_list)} SAEs but {len(means)} mean_acts; pass one "
+                "[d_sae] tensor per SAE"
+            )
     items = []
     for i, (s, feats) in enumerate(zip(sae_list, feature_list)):
         idx = checks.check_feature_ids(feats, s.cfg.d_sae, "features")
@@ -175,9 +194,13 @@ def ablate_features(model: nn.Module, sae: SAE | Sequence[SAE],
 
 
 @contextmanager
-def clamp_features(model: nn.Module, sae: SAE, values: Mapping[int, float],
-                   positions: Positions = None,
-                   use_error_term: bool | None = None) -> Iterator[nn.Module]:
+def clamp_features(
+    model: nn.Module,
+    sae: SAE,
+    values: Mapping[int, float],
+    positions: Positions = None,
+    use_error_term: bool | None = None,
+) -> Iterator[nn.Module]:
     """Set features to fixed activations wherever they would otherwise differ.
 
     Feature clamping as in Templeton et al. 2024, "Scaling Monosemanticity" (Anthropic):
@@ -202,16 +225,22 @@ def clamp_features(model: nn.Module, sae: SAE, values: Mapping[int, float],
     """
     sae = check_sae(sae)
     if not isinstance(values, Mapping):
-        raise InputTypeError(f"values must be a dict {{latent id: activation}}, got a "
-                             f"{type(values).__name__}; e.g. {{123: 5.0}}")
+        raise InputTypeError(
+            f"values must be a dict {{latent id: activation}}, got a "
+            f"{type(values).__name__}; e.g. {{123: 5.0}}"
+        )
     if not values:
-        raise InputError("clamp_features needs at least one {latent id: activation} pair, "
-                         "e.g. {123: 5.0}")
+        raise InputError(
+            "clamp_features needs at least one {latent id: activation} pair, e.g. {123: 5.0}"
+        )
     idx = checks.check_feature_ids(list(values), sae.cfg.d_sae, "values' latent ids")
-    vals = torch.tensor([checks.check_float(v, f"values[{k!r}] (the activation of latent {k})")
-                         for k, v in values.items()])
-    with latent_hooks(model, [(sae, set_features_hook(idx, vals, positions))],
-                      use_error_term) as m:
+    vals = torch.tensor(
+        [
+            checks.check_float(v, f"values[{k!r}] (the activation of latent {k})")
+            for k, v in values.items()
+        ]
+    )
+    with latent_hooks(model, [(sae, set_features_hook(idx, vals, positions))], use_error_term) as m:
         yield m
 
 
@@ -230,8 +259,14 @@ def _add_vector_hook(vector: Tensor, positions: Positions) -> Callable:
 
 
 @contextmanager
-def steer_direction(model: nn.Module, hook_name: str, vector: Tensor, coefficient: float,
-                    positions: Positions = "all", normalize: bool = True) -> Iterator[nn.Module]:
+def steer_direction(
+    model: nn.Module,
+    hook_name: str,
+    vector: Tensor,
+    coefficient: float,
+    positions: Positions = "all",
+    normalize: bool = True,
+) -> Iterator[nn.Module]:
     """Add ``coefficient · vector / ‖vector‖`` to the activation at ``hook_name``.
 
     Activation addition (Turner et al. 2023, "Activation Addition: Steering Language
@@ -260,24 +295,31 @@ def steer_direction(model: nn.Module, hook_name: str, vector: Tensor, coefficien
             or is zero with ``normalize``; ``coefficient`` is NaN or infinite.
     """
     if not isinstance(hook_name, str):
-        raise InputTypeError(f"hook_name must be a string such as 'blocks.2.hook_resid_post', "
-                             f"got a {type(hook_name).__name__}")
+        raise InputTypeError(
+            f"hook_name must be a string such as 'blocks.2.hook_resid_post', "
+            f"got a {type(hook_name).__name__}"
+        )
     models.check_hook_name(model, hook_name)
     vector = _float_vector(vector, "vector")
     coefficient = checks.check_float(coefficient, "coefficient")
     checks.check_bool(normalize, "normalize")
     width = models.hook_width(model, hook_name)
     if vector.ndim != 1 or (width is not None and vector.shape[0] != width):
-        raise InputError(f"steering vector has shape {tuple(vector.shape)}; {hook_name!r} needs "
-                         f"a 1-d vector of width {width}")
+        raise InputError(
+            f"steering vector has shape {tuple(vector.shape)}; {hook_name!r} needs "
+            f"a 1-d vector of width {width}"
+        )
     if normalize:
         norm = vector.float().norm()
         if norm == 0:
-            raise InputError("cannot normalize a zero steering vector; pass a nonzero vector "
-                             "or normalize=False")
+            raise InputError(
+                "cannot normalize a zero steering vector; pass a nonzero vector or normalize=False"
+            )
         vector = vector / norm
-    with hooks.exclusive_use(model), \
-            model.hooks(fwd_hooks=[(hook_name, _add_vector_hook(coefficient * vector, positions))]):
+    with (
+        hooks.exclusive_use(model),
+        model.hooks(fwd_hooks=[(hook_name, _add_vector_hook(coefficient * vector, positions))]),
+    ):
         yield model
 
 
@@ -296,16 +338,23 @@ def decoder_vector(sae: SAE, feature: int) -> Tensor:
     if sae.cfg.rescale_acts_by_decoder_norm:
         norm = row.norm()
         if norm == 0:
-            raise InputError(f"latent {feature} has a zero decoder row, so it has no "
-                             "direction; pick a latent that is not dead")
+            raise InputError(
+                f"latent {feature} has a zero decoder row, so it has no "
+                "direction; pick a latent that is not dead"
+            )
         row = row / norm
     return row
 
 
-def steering_vector(model: nn.Module | None, sae: SAE, feature: int, coefficient: float,
-                    coefficient_mode: Literal["absolute", "relative"] = "absolute",
-                    max_activation: float | None = None,
-                    tokens: Tensor | None = None) -> Tensor:
+def steering_vector(
+    model: nn.Module | None,
+    sae: SAE,
+    feature: int,
+    coefficient: float,
+    coefficient_mode: Literal["absolute", "relative"] = "absolute",
+    max_activation: float | None = None,
+    tokens: Tensor | None = None,
+) -> Tensor:
     """The vector :func:`steer` adds: ``[d_in]`` on the SAE's device.
 
     ``"absolute"``: ``coefficient · W_dec[f] / ‖W_dec[f]‖``. ``"relative"``:
@@ -327,30 +376,42 @@ def steering_vector(model: nn.Module | None, sae: SAE, feature: int, coefficient
     row = decoder_vector(sae, f)
     norm = row.norm()
     if norm == 0:
-        raise InputError(f"latent {f} has a zero decoder row, so it has no direction to steer "
-                         "along; pick another latent, or pass a vector to steer_direction")
+        raise InputError(
+            f"latent {f} has a zero decoder row, so it has no direction to steer "
+            "along; pick another latent, or pass a vector to steer_direction"
+        )
     if coefficient_mode == "absolute":
         return coefficient * row / norm
     if max_activation is None:
         if tokens is None or model is None:
-            raise InputError("coefficient_mode='relative' needs the feature's typical maximum "
-                             "activation: pass max_activation=..., or tokens=... (e.g. "
-                             "sh.load_eval_tokens(32)) to measure it")
+            raise InputError(
+                "coefficient_mode='relative' needs the feature's typical maximum "
+                "activation: pass max_activation=..., or tokens=... (e.g. "
+                "sh.load_eval_tokens(32)) to measure it"
+            )
         max_activation = float(feature_act_stats(model, sae, tokens)["max"][f])
         if max_activation <= 0:
-            raise InputError(f"feature {f} never fires on the given tokens, so it has no "
-                             "maximum activation; pass max_activation=... or other tokens")
-    max_activation = checks.check_float(max_activation, "max_activation", minimum=0.0,
-                                        exclusive_minimum=True)
+            raise InputError(
+                f"feature {f} never fires on the given tokens, so it has no "
+                "maximum activation; pass max_activation=... or other tokens"
+            )
+    max_activation = checks.check_float(
+        max_activation, "max_activation", minimum=0.0, exclusive_minimum=True
+    )
     return coefficient * max_activation * row
 
 
 @contextmanager
-def steer(model: nn.Module, sae: SAE, feature: int, coefficient: float,
-          positions: Positions = "all",
-          coefficient_mode: Literal["absolute", "relative"] = "absolute",
-          max_activation: float | None = None,
-          tokens: Tensor | None = None) -> Iterator[nn.Module]:
+def steer(
+    model: nn.Module,
+    sae: SAE,
+    feature: int,
+    coefficient: float,
+    positions: Positions = "all",
+    coefficient_mode: Literal["absolute", "relative"] = "absolute",
+    max_activation: float | None = None,
+    tokens: Tensor | None = None,
+) -> Iterator[nn.Module]:
     """Steer the model along one SAE feature's decoder direction.
 
     Adds :func:`steering_vector` at ``sae.cfg.hook_name`` (feature steering as in
@@ -383,8 +444,8 @@ def steer(model: nn.Module, sae: SAE, feature: int, coefficient: float,
         >>> with sh.steer(model, sae, feature=123, coefficient=8.0):
         ...     print(model.generate("def ", max_new_tokens=20, do_sample=False))
     """
-    vector = steering_vector(model, sae, feature, coefficient, coefficient_mode,
-                             max_activation, tokens)
-    with steer_direction(model, sae.cfg.hook_name, vector, 1.0, positions,
-                         normalize=False) as m:
+    vector = steering_vector(
+        model, sae, feature, coefficient, coefficient_mode, max_activation, tokens
+    )
+    with steer_direction(model, sae.cfg.hook_name, vector, 1.0, positions, normalize=False) as m:
         yield m

@@ -278,12 +278,15 @@ class ReconstructionSums:
         l0_value = (self.l0 / n).item()
         rank = round(l0_value)
         return {
-            "fvu": fvu_value, "explained_variance": 1.0 - fvu_value,
-            "mse": (self.sse / n).item(), "l0": l0_value, "l1": (self.l1 / n).item(),
+            "fvu": fvu_value,
+            "explained_variance": 1.0 - fvu_value,
+            "mse": (self.sse / n).item(),
+            "l0": l0_value,
+            "l1": (self.l1 / n).item(),
             "dead_fraction": (self.counts.fired == 0).double().mean().item(),
             "pca_rank": rank,
             # the co-moment is already centred: a zero mean makes it the covariance sum
-            "pca_fvu": pca_fvu_from_moments(self.comoment, torch.zeros_like(self.mean), n,
-                                            rank),
-            "n_tokens": n, "feature_density": self.counts.frequency().float(),
+            "pca_fvu": pca_fvu_from_moments(self.comoment, torch.zeros_like(self.mean), n, rank),
+            "n_tokens": n,
+            "feature_density": self.counts.frequency().float(),
         }

@@ -47,8 +47,7 @@ def test_capture_stops_only_where_it_can(model, rows):
         assert calls == []
         logits, act = data.capture(model, rows, "blocks.3.hook_resid_post", stop=True)
         assert calls == ["block 3"] and logits is None
-        _, act = data.capture(model, rows, ["hook_embed", "blocks.0.hook_resid_post"],
-                              stop=True)
+        _, act = data.capture(model, rows, ["hook_embed", "blocks.0.hook_resid_post"], stop=True)
         assert calls == ["block 3"] * 2
 
 
@@ -71,8 +70,7 @@ def test_replace_where_and_the_bos_mask(model, rows):
     assert torch.equal(zeroed[~mask], act[~mask])
     mean = torch.tensor([1.0, 2.0, 3.0])
     meaned = data.replace_where(mask, mean)(act)
-    assert torch.equal(meaned[mask], mean.expand(21, 3)) and torch.equal(meaned[~mask],
-                                                                         act[~mask])
+    assert torch.equal(meaned[mask], mean.expand(21, 3)) and torch.equal(meaned[~mask], act[~mask])
     heads = torch.randn(2, 12, 4, 5)  # per-head: the mask selects positions across heads
     out = data.replace_where(mask, 0.0)(heads)
     assert torch.equal(out[~mask], heads[~mask]) and (out[mask] == 0).all()

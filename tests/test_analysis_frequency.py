@@ -34,8 +34,11 @@ def _reference(model, sae, tokens, exclude_bos):
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=HOOK)
         acts = sae.encode(cache[HOOK])
-    keep = tokens != model.tokenizer.bos_token_id if exclude_bos else torch.ones_like(
-        tokens, dtype=torch.bool)
+    keep = (
+        tokens != model.tokenizer.bos_token_id
+        if exclude_bos
+        else torch.ones_like(tokens, dtype=torch.bool)
+    )
     return (acts[keep] > 0).double().mean(0), acts
 
 
@@ -59,8 +62,7 @@ def test_every_tool_reports_the_same_frequency(model, sae, tokens, exclude_bos):
 
     density = sh.feature_density(model, sae, tokens, **kw)
     assert density.dtype == torch.float32 and torch.equal(density, want.float())
-    assert torch.equal(sh.feature_act_stats(model, sae, tokens, **kw)["frequency"],
-                       want.float())
+    assert torch.equal(sh.feature_act_stats(model, sae, tokens, **kw)["frequency"], want.float())
     scan = sh.scan_features(model, sae, tokens, chosen, k=3, **kw)
     assert torch.equal(scan.density, want.float())
     for f in chosen:
@@ -86,5 +88,4 @@ def test_mean_act_when_firing_is_over_the_same_positions(model, sae, tokens):
         mean = float(fired.mean()) if fired.numel() else 0.0
         assert table.loc[f, "mean_act_when_firing"] == pytest.approx(mean, rel=1e-6)
         # the mean over all counted positions is frequency × mean when firing
-        assert float(stats["mean"][f]) == pytest.approx(float(want[f]) * mean, rel=1e-5,
-                                                        abs=1e-9)
+        assert float(stats["mean"][f]) == pytest.approx(float(want[f]) * mean, rel=1e-5, abs=1e-9)

@@ -34,13 +34,18 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("saehooks")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.startswith("saehooks"):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.startswith("saehooks")
+        ):
             found.add(node.module)
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
-                if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).is_file() or \
-                        (PACKAGE.parent / sub.replace(".", "/")).is_dir():
+                if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).is_file() or (
+                    PACKAGE.parent / sub.replace(".", "/")
+                ).is_dir():
                     found.add(sub)
     return found
 
@@ -49,19 +54,46 @@ MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 FORBIDDEN = {
     "saehooks.metrics": ("saehooks.",),  # pure torch: the core imports without TL
-    "saehooks.data": ("saehooks.hooks", "saehooks.analysis", "saehooks.evaluation",
-                      "saehooks.interventions", "saehooks.cli", "saehooks.training"),
-    "saehooks.hooks": ("saehooks.analysis", "saehooks.evaluation", "saehooks.interventions",
-                       "saehooks.cli", "saehooks.training"),
-    "saehooks.analysis.stats": ("saehooks.interventions", "saehooks.evaluation",
-                                "saehooks.cli", "saehooks.training",
-                                "saehooks.analysis.attribution", "saehooks.analysis.steering",
-                                "saehooks.analysis.logits", "saehooks.analysis.html"),
-    "saehooks.interventions": ("saehooks.evaluation", "saehooks.cli", "saehooks.training",
-                               "saehooks.analysis.attribution", "saehooks.analysis.steering",
-                               "saehooks.analysis.logits", "saehooks.analysis.html"),
-    "saehooks.evaluation": ("saehooks.analysis", "saehooks.interventions", "saehooks.cli",
-                            "saehooks.training"),
+    "saehooks.data": (
+        "saehooks.hooks",
+        "saehooks.analysis",
+        "saehooks.evaluation",
+        "saehooks.interventions",
+        "saehooks.cli",
+        "saehooks.training",
+    ),
+    "saehooks.hooks": (
+        "saehooks.analysis",
+        "saehooks.evaluation",
+        "saehooks.interventions",
+        "saehooks.cli",
+        "saehooks.training",
+    ),
+    "saehooks.analysis.stats": (
+        "saehooks.interventions",
+        "saehooks.evaluation",
+        "saehooks.cli",
+        "saehooks.training",
+        "saehooks.analysis.attribution",
+        "saehooks.analysis.steering",
+        "saehooks.analysis.logits",
+        "saehooks.analysis.html",
+    ),
+    "saehooks.interventions": (
+        "saehooks.evaluation",
+        "saehooks.cli",
+        "saehooks.training",
+        "saehooks.analysis.attribution",
+        "saehooks.analysis.steering",
+        "saehooks.analysis.logits",
+        "saehooks.analysis.html",
+    ),
+    "saehooks.evaluation": (
+        "saehooks.analysis",
+        "saehooks.interventions",
+        "saehooks.cli",
+        "saehooks.training",
+    ),
     "saehooks.analysis": ("saehooks.analysis.",),  # the package file pulls in no module
 }
 
@@ -69,8 +101,12 @@ FORBIDDEN = {
 @pytest.mark.parametrize("module", sorted(FORBIDDEN))
 def test_imports_point_one_way(module):
     imported = _imports(MODULES[module])
-    bad = sorted(m for m in imported for prefix in FORBIDDEN[module]
-                 if m == prefix.rstrip(".") or m.startswith(prefix))
+    bad = sorted(
+        m
+        for m in imported
+        for prefix in FORBIDDEN[module]
+        if m == prefix.rstrip(".") or m.startswith(prefix)
+    )
     assert not bad, f"{module} imports {bad}"
 
 
@@ -81,13 +117,20 @@ def test_no_analysis_module_imports_the_cli():
 
 
 def test_interventions_use_only_the_statistics_pass_of_the_analysis():
-    analysis = {m for m in _imports(MODULES["saehooks.interventions"])
-                if m.startswith("saehooks.analysis")}
+    analysis = {
+        m for m in _imports(MODULES["saehooks.interventions"]) if m.startswith("saehooks.analysis")
+    }
     assert analysis == {"saehooks.analysis.stats"}
 
 
-MINE = ["saehooks.data", "saehooks.metrics", "saehooks.hooks", "saehooks.interventions",
-        "saehooks.evaluation", *sorted(m for m in MODULES if m.startswith("saehooks.analysis"))]
+MINE = [
+    "saehooks.data",
+    "saehooks.metrics",
+    "saehooks.hooks",
+    "saehooks.interventions",
+    "saehooks.evaluation",
+    *sorted(m for m in MODULES if m.startswith("saehooks.analysis")),
+]
 
 
 @pytest.mark.parametrize("module", MINE)
@@ -97,17 +140,21 @@ def test_no_private_reach_ins(module):
     tree = ast.parse(MODULES[module].read_text())
     modules: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and \
-                node.module.startswith("saehooks"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("saehooks"):
             private = [a.name for a in node.names if a.name.startswith("_")]
             assert not private, f"{module} imports private {private} from {node.module}"
-            modules |= {a.asname or a.name for a in node.names
-                        if f"{node.module}.{a.name}" in MODULES}
+            modules |= {
+                a.asname or a.name for a in node.names if f"{node.module}.{a.name}" in MODULES
+            }
         elif isinstance(node, ast.Import):
             modules |= {a.asname or a.name for a in node.names if a.name.startswith("saehooks")}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id in modules and node.attr.startswith("_"):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+        ):
             raise AssertionError(f"{module} reads {node.value.id}.{node.attr}")
 
 
@@ -115,22 +162,34 @@ def _definitions(name: str) -> list[str]:
     found = []
     for module, path in MODULES.items():
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name \
-                    and not any(getattr(d, "id", None) == "overload"
-                                for d in node.decorator_list):  # typing stubs
+            if (
+                isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                and node.name == name
+                and not any(getattr(d, "id", None) == "overload" for d in node.decorator_list)
+            ):  # typing stubs
                 found.append(module)
     return found
 
 
-@pytest.mark.parametrize("name, home", [
-    ("capture", "saehooks.data"), ("sae_acts", "saehooks.data"),
-    ("replace_where", "saehooks.data"), ("position_selector", "saehooks.data"),
-    ("select_positions", "saehooks.data"), ("position_mask", "saehooks.data"),
-    ("bos_token_id", "saehooks.data"), ("iter_batches", "saehooks.data"),
-    ("TokenSums", "saehooks.metrics"), ("ReconstructionSums", "saehooks.metrics"),
-    ("FeatureCounts", "saehooks.metrics"), ("feature_stats", "saehooks.analysis.stats"),
-    ("latent_hooks", "saehooks.hooks"), ("feature_logit_effects", "saehooks.analysis.logits"),
-])
+@pytest.mark.parametrize(
+    "name, home",
+    [
+        ("capture", "saehooks.data"),
+        ("sae_acts", "saehooks.data"),
+        ("replace_where", "saehooks.data"),
+        ("position_selector", "saehooks.data"),
+        ("select_positions", "saehooks.data"),
+        ("position_mask", "saehooks.data"),
+        ("bos_token_id", "saehooks.data"),
+        ("iter_batches", "saehooks.data"),
+        ("TokenSums", "saehooks.metrics"),
+        ("ReconstructionSums", "saehooks.metrics"),
+        ("FeatureCounts", "saehooks.metrics"),
+        ("feature_stats", "saehooks.analysis.stats"),
+        ("latent_hooks", "saehooks.hooks"),
+        ("feature_logit_effects", "saehooks.analysis.logits"),
+    ],
+)
 def test_one_home_per_concept(name, home):
     assert _definitions(name) == [home]
 

@@ -35,8 +35,10 @@ from saehooks.metrics import FeatureCounts, kl_div, next_token_ce
 from saehooks.models import model_device
 from saehooks.sae import SAE
 
-_NO_PREDICTION = ("no position predicts a token (every position but the last holds BOS); "
-                  "pass longer sequences of real text, or exclude_bos=False")
+_NO_PREDICTION = (
+    "no position predicts a token (every position but the last holds BOS); "
+    "pass longer sequences of real text, or exclude_bos=False"
+)
 
 
 def _checked(model: nn.Module, sae: Any, tokens: Any, exclude_bos: Any) -> tuple[SAE, Tensor]:
@@ -48,9 +50,15 @@ def _checked(model: nn.Module, sae: Any, tokens: Any, exclude_bos: Any) -> tuple
 
 @torch.no_grad()
 @hooks.uses_model
-def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
-                             features: FeatureSpec, batch_size: int = 8,
-                             exclude_bos: bool = True, n_top: int = 3) -> pd.DataFrame:
+def feature_ablation_effects(
+    model: nn.Module,
+    sae: SAE,
+    tokens: Tensor,
+    features: FeatureSpec,
+    batch_size: int = 8,
+    exclude_bos: bool = True,
+    n_top: int = 3,
+) -> pd.DataFrame:
     """Exact effect of zero-ablating each feature (error term kept) on the model's loss.
 
     For each feature the model runs with that one latent set to 0 wherever it fires
@@ -97,8 +105,17 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
     sae, tokens = _checked(model, sae, tokens, exclude_bos)
     feats = checks.check_feature_ids(features, sae.cfg.d_sae, "features")
     n_top = checks.check_int(n_top, "n_top", minimum=0)
-    stats = {f: {"fired_predicting": 0, "dloss": 0.0, "dloss_fire": 0.0, "kl": 0.0,
-                 "max_up": 0.0, "top": []} for f in feats}
+    stats = {
+        f: {
+            "fired_predicting": 0,
+            "dloss": 0.0,
+            "dloss_fire": 0.0,
+            "kl": 0.0,
+            "max_up": 0.0,
+            "top": [],
+        }
+        for f in feats
+    }
     counts = FeatureCounts(len(feats))
     chosen = torch.tensor(feats, dtype=torch.long, device=sae.device)
     n_predicting = 0
@@ -127,12 +144,15 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
             st["dloss_fire"] += float(dloss[fires].sum(dtype=torch.float64))
             if scored.any():
                 st["max_up"] = max(st["max_up"], float(dloss[scored].max()))
-            st["kl"] += float(kl_div(clean_logits[:, :-1], logits[:, :-1]).cpu()[scored]
-                              .sum(dtype=torch.float64))
+            st["kl"] += float(
+                kl_div(clean_logits[:, :-1], logits[:, :-1]).cpu()[scored].sum(dtype=torch.float64)
+            )
             flat = torch.where(scored, dloss, torch.zeros_like(dloss)).flatten()
             top = flat.abs().topk(min(n_top, flat.numel())).indices if n_top else []
-            st["top"] += [(start + int(i) // dloss.shape[1], int(i) % dloss.shape[1],
-                           float(flat[i])) for i in top]
+            st["top"] += [
+                (start + int(i) // dloss.shape[1], int(i) % dloss.shape[1], float(flat[i]))
+                for i in top
+            ]
             st["top"] = sorted(st["top"], key=lambda t: -abs(t[2]))[:n_top]
     if n_predicting == 0:
         raise InputError(_NO_PREDICTION)
@@ -141,23 +161,27 @@ def feature_ablation_effects(model: nn.Module, sae: SAE, tokens: Tensor,
     for i, f in enumerate(feats):
         st = stats[f]
         fired, fired_predicting = float(counts.fired[i]), st["fired_predicting"]
-        rows.append({
-            "feature": f,
-            "frequency": float(frequency[i]),
-            "mean_act_when_firing": float(counts.total[i]) / fired if fired else 0.0,
-            "loss_change": st["dloss"] / n_predicting,
-            "loss_change_when_firing": (st["dloss_fire"] / fired_predicting
-                                        if fired_predicting else 0.0),
-            "max_loss_increase": max(st["max_up"], 0.0),
-            "kl": st["kl"] / n_predicting,
-            "top_token_effects": st["top"],
-        })
+        rows.append(
+            {
+                "feature": f,
+                "frequency": float(frequency[i]),
+                "mean_act_when_firing": float(counts.total[i]) / fired if fired else 0.0,
+                "loss_change": st["dloss"] / n_predicting,
+                "loss_change_when_firing": (
+                    st["dloss_fire"] / fired_predicting if fired_predicting else 0.0
+                ),
+                "max_loss_increase": max(st["max_up"], 0.0),
+                "kl": st["kl"] / n_predicting,
+                "top_token_effects": st["top"],
+            }
+        )
     return pd.DataFrame(rows).set_index("feature")
 
 
 @hooks.uses_model
-def feature_attribution(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
-                        exclude_bos: bool = True) -> pd.DataFrame:
+def feature_attribution(
+    model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8, exclude_bos: bool = True
+) -> pd.DataFrame:
     """Linear estimate of every feature's zero-ablation effect on the loss, all at once.
 
     Attribution patching (Nanda 2023; Syed et al. 2023) applied to SAE latents as in
@@ -210,11 +234,13 @@ def feature_attribution(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: 
         total += -(acts * keep[..., None] * grad).sum((0, 1), dtype=torch.float64).cpu()
     if n_predicting == 0:
         raise InputError(_NO_PREDICTION)
-    frame = pd.DataFrame({
-        "feature": range(d_sae),
-        "attribution": (total / n_predicting).numpy(),
-        "frequency": counts.frequency().numpy(),
-    }).set_index("feature")
+    frame = pd.DataFrame(
+        {
+            "feature": range(d_sae),
+            "attribution": (total / n_predicting).numpy(),
+            "frequency": counts.frequency().numpy(),
+        }
+    ).set_index("feature")
     order = frame["attribution"].abs().sort_values(ascending=False, kind="stable").index
     return frame.loc[order]
 
@@ -232,9 +258,14 @@ class AttributionCheck(NamedTuple):
 
 
 @hooks.uses_model
-def attribution_check(model: nn.Module, sae: SAE, tokens: Tensor, top: int = 10,
-                      attribution: pd.DataFrame | None = None,
-                      batch_size: int = 8) -> AttributionCheck:
+def attribution_check(
+    model: nn.Module,
+    sae: SAE,
+    tokens: Tensor,
+    top: int = 10,
+    attribution: pd.DataFrame | None = None,
+    batch_size: int = 8,
+) -> AttributionCheck:
     """Check :func:`feature_attribution` against exact ablation on its ``top`` features.
 
     Args:
@@ -251,20 +282,26 @@ def attribution_check(model: nn.Module, sae: SAE, tokens: Tensor, top: int = 10,
         InputError: ``top < 1``; see also :func:`feature_ablation_effects`.
     """
     top = checks.check_positive_int(top, "top")
-    if attribution is not None and not (isinstance(attribution, pd.DataFrame)
-                                        and "attribution" in attribution.columns):
-        raise InputTypeError("attribution must be the DataFrame feature_attribution returns "
-                             "(indexed by feature, with an 'attribution' column), or None")
+    if attribution is not None and not (
+        isinstance(attribution, pd.DataFrame) and "attribution" in attribution.columns
+    ):
+        raise InputTypeError(
+            "attribution must be the DataFrame feature_attribution returns "
+            "(indexed by feature, with an 'attribution' column), or None"
+        )
     if attribution is None:
         attribution = feature_attribution(model, sae, tokens, batch_size)
     chosen = [int(f) for f in attribution.index[:top]]
     exact = feature_ablation_effects(model, sae, tokens, chosen, batch_size=batch_size)
-    table = pd.DataFrame({"attribution": attribution.loc[chosen, "attribution"],
-                          "loss_change": exact["loss_change"]})
+    table = pd.DataFrame(
+        {"attribution": attribution.loc[chosen, "attribution"], "loss_change": exact["loss_change"]}
+    )
     table["attribution_rank"] = table["attribution"].rank(ascending=False).astype(int)
     table["exact_rank"] = table["loss_change"].rank(ascending=False).astype(int)
     # Spearman = Pearson on ranks (pandas' method="spearman" would need scipy)
     spearman = float(table["attribution"].rank().corr(table["loss_change"].rank()))
-    signs = (torch.tensor(table["attribution"].to_numpy()).sign()
-             == torch.tensor(table["loss_change"].to_numpy()).sign())
+    signs = (
+        torch.tensor(table["attribution"].to_numpy()).sign()
+        == torch.tensor(table["loss_change"].to_numpy()).sign()
+    )
     return AttributionCheck(table, spearman, float(signs.double().mean()))

@@ -42,8 +42,10 @@ def _token_span(piece: str, act: float, peak: float, hit: bool) -> str:
     alpha = 0.0 if peak <= 0 else max(0.0, min(1.0, act / peak))
     text = html.escape(piece.replace("\n", NEWLINE_MARK))
     cls = "tok hit" if hit else "tok"
-    return (f'<span class="{cls}" style="background: rgba(255, 140, 0, {alpha:.2f})" '
-            f'title="activation {act:.3f}">{text}</span>')
+    return (
+        f'<span class="{cls}" style="background: rgba(255, 140, 0, {alpha:.2f})" '
+        f'title="activation {act:.3f}">{text}</span>'
+    )
 
 
 def _examples_html(examples: pd.DataFrame) -> str:
@@ -53,13 +55,20 @@ def _examples_html(examples: pd.DataFrame) -> str:
     rows = []
     for ex in examples.itertuples():
         at = ex.position - ex.context_start
-        spans = "".join(_token_span(p, a, peak, i == at) for i, (p, a)
-                        in enumerate(zip(ex.context_tokens, ex.context_acts)))
-        rows.append(f'<tr><td class="num">{ex.activation:.3f}</td>'
-                    f'<td class="muted">{ex.sequence}:{ex.position}</td>'
-                    f'<td class="ex">{spans}</td></tr>')
-    return ("<table><tr><th>activation</th><th>seq:pos</th><th>context</th></tr>"
-            + "".join(rows) + "</table>")
+        spans = "".join(
+            _token_span(p, a, peak, i == at)
+            for i, (p, a) in enumerate(zip(ex.context_tokens, ex.context_acts))
+        )
+        rows.append(
+            f'<tr><td class="num">{ex.activation:.3f}</td>'
+            f'<td class="muted">{ex.sequence}:{ex.position}</td>'
+            f'<td class="ex">{spans}</td></tr>'
+        )
+    return (
+        "<table><tr><th>activation</th><th>seq:pos</th><th>context</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _logits_html(effects: pd.DataFrame) -> str:
@@ -67,9 +76,14 @@ def _logits_html(effects: pd.DataFrame) -> str:
         f'<tr><td class="ex">{html.escape(repr(r.promoted))}</td>'
         f'<td class="num">{r.promoted_effect:+.3f}</td>'
         f'<td class="ex">{html.escape(repr(r.suppressed))}</td>'
-        f'<td class="num">{r.suppressed_effect:+.3f}</td></tr>' for r in effects.itertuples())
-    return ("<table><tr><th>promoted</th><th>logit</th><th>suppressed</th><th>logit</th></tr>"
-            + rows + "</table>")
+        f'<td class="num">{r.suppressed_effect:+.3f}</td></tr>'
+        for r in effects.itertuples()
+    )
+    return (
+        "<table><tr><th>promoted</th><th>logit</th><th>suppressed</th><th>logit</th></tr>"
+        + rows
+        + "</table>"
+    )
 
 
 def _density_html(density: Tensor | None, feature: int) -> str:
@@ -77,20 +91,31 @@ def _density_html(density: Tensor | None, feature: int) -> str:
         return ""
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            png = feature_density_histogram(density, Path(tmp) / "density.png",
-                                            highlight=feature)
+            png = feature_density_histogram(density, Path(tmp) / "density.png", highlight=feature)
             data = base64.b64encode(png.read_bytes()).decode("ascii")
     except ImportError:
         return '<p class="muted">(install matplotlib for the density plot)</p>'
-    return (f'<img alt="feature density histogram" src="data:image/png;base64,{data}">'
-            '<p class="muted">Density of all features (log10 fraction of tokens); the red '
-            'line marks this one.</p>')
+    return (
+        f'<img alt="feature density histogram" src="data:image/png;base64,{data}">'
+        '<p class="muted">Density of all features (log10 fraction of tokens); the red '
+        "line marks this one.</p>"
+    )
 
 
-def feature_html(model: nn.Module, sae: SAE, tokens: Tensor, feature: int, path: str | Path,
-                 k: int = 20, context: int = 10, n_logits: int = 10,
-                 density: Tensor | None = None, batch_size: int = 8,
-                 title: str | None = None, examples: pd.DataFrame | None = None) -> Path:
+def feature_html(
+    model: nn.Module,
+    sae: SAE,
+    tokens: Tensor,
+    feature: int,
+    path: str | Path,
+    k: int = 20,
+    context: int = 10,
+    n_logits: int = 10,
+    density: Tensor | None = None,
+    batch_size: int = 8,
+    title: str | None = None,
+    examples: pd.DataFrame | None = None,
+) -> Path:
     """Write an offline HTML page describing one feature.
 
     Args:
@@ -121,8 +146,9 @@ def feature_html(model: nn.Module, sae: SAE, tokens: Tensor, feature: int, path:
     """
     feature = check_feature(check_sae(sae), feature)
     if examples is None:
-        examples = top_activating_examples(model, sae, tokens, feature, k=k, context=context,
-                                           batch_size=batch_size)
+        examples = top_activating_examples(
+            model, sae, tokens, feature, k=k, context=context, batch_size=batch_size
+        )
     effects = feature_logit_effects(model, sae, feature, k=n_logits)
     freq = examples.attrs["frequency"]
     heading = title or f"Feature {feature} of the SAE at {sae.cfg.hook_name}"

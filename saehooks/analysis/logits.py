@@ -44,16 +44,23 @@ def feature_logit_effects(model: nn.Module, sae: SAE, feature: int, k: int = 10)
     k = checks.check_positive_int(k, "k")
     W_U = model.W_U
     if sae.cfg.d_in != W_U.shape[0]:
-        raise InputError(f"logit effects need an SAE on the residual stream (d_in = d_model = "
-                         f"{W_U.shape[0]}); this SAE has d_in={sae.cfg.d_in}")
+        raise InputError(
+            f"logit effects need an SAE on the residual stream (d_in = d_model = "
+            f"{W_U.shape[0]}); this SAE has d_in={sae.cfg.d_in}"
+        )
     direction = decoder_vector(sae, f).to(device=W_U.device, dtype=W_U.dtype)
     logit_change = (direction - direction.mean()) @ W_U  # [d_vocab]
     k = min(k, logit_change.shape[0])
     up = logit_change.topk(k)
     down = (-logit_change).topk(k)
-    return pd.DataFrame({
-        "promoted": token_strings(model, up.indices), "promoted_effect": up.values.tolist(),
-        "promoted_id": up.indices.tolist(),
-        "suppressed": token_strings(model, down.indices),
-        "suppressed_effect": (-down.values).tolist(), "suppressed_id": down.indices.tolist(),
-    }, index=pd.RangeIndex(1, k + 1, name="rank"))
+    return pd.DataFrame(
+        {
+            "promoted": token_strings(model, up.indices),
+            "promoted_effect": up.values.tolist(),
+            "promoted_id": up.indices.tolist(),
+            "suppressed": token_strings(model, down.indices),
+            "suppressed_effect": (-down.values).tolist(),
+            "suppressed_id": down.indices.tolist(),
+        },
+        index=pd.RangeIndex(1, k + 1, name="rank"),
+    )

@@ -51,8 +51,17 @@ from saehooks.sae import SAE
 NEWLINE_MARK = "⏎"
 """Shown in place of a newline in one-line context strings."""
 
-EXAMPLE_COLUMNS = ["activation", "sequence", "position", "token", "token_id", "context",
-                   "context_tokens", "context_acts", "context_start"]
+EXAMPLE_COLUMNS = [
+    "activation",
+    "sequence",
+    "position",
+    "token",
+    "token_id",
+    "context",
+    "context_tokens",
+    "context_acts",
+    "context_start",
+]
 """The columns of a top-examples table (see :func:`top_activating_examples`)."""
 
 
@@ -80,7 +89,7 @@ class RunningTopK:
         if idx.numel() == 0:
             return
         merged = torch.cat([self.values, flat[idx]])
-        order = torch.sort(-merged, stable=True).indices[:self.k]  # ties: earlier first
+        order = torch.sort(-merged, stable=True).indices[: self.k]  # ties: earlier first
         items = []
         for i in order.tolist():
             if i < len(self.items):
@@ -91,24 +100,37 @@ class RunningTopK:
             items.append((start + row, pos, acts[row, lo:hi].clone()))
         self.items, self.values = items, merged[order]
 
-    def frame(self, model: nn.Module, tokens: Tensor, feature: int, frequency: float,
-              n_tokens: int) -> pd.DataFrame:
+    def frame(
+        self, model: nn.Module, tokens: Tensor, feature: int, frequency: float, n_tokens: int
+    ) -> pd.DataFrame:
         rows = []
         for val, (seq, pos, window) in zip(self.values.tolist(), self.items):
             lo = max(0, pos - self.context)
-            ids = tokens[seq, lo:lo + window.shape[0]]
+            ids = tokens[seq, lo : lo + window.shape[0]]
             pieces = token_strings(model, ids)
             at = pos - lo
-            rows.append({
-                "activation": val, "sequence": seq, "position": pos, "token": pieces[at],
-                "token_id": int(ids[at]),
-                "context": _one_line("".join(pieces[:at]) + "«" + pieces[at] + "»"
-                                     + "".join(pieces[at + 1:])),
-                "context_tokens": pieces, "context_acts": window.tolist(), "context_start": lo,
-            })
+            rows.append(
+                {
+                    "activation": val,
+                    "sequence": seq,
+                    "position": pos,
+                    "token": pieces[at],
+                    "token_id": int(ids[at]),
+                    "context": _one_line(
+                        "".join(pieces[:at]) + "«" + pieces[at] + "»" + "".join(pieces[at + 1 :])
+                    ),
+                    "context_tokens": pieces,
+                    "context_acts": window.tolist(),
+                    "context_start": lo,
+                }
+            )
         frame = pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
-        frame.attrs.update(feature=feature, frequency=frequency, n_tokens=n_tokens,
-                           max_activation=float(self.values[0]) if self.items else 0.0)
+        frame.attrs.update(
+            feature=feature,
+            frequency=frequency,
+            n_tokens=n_tokens,
+            max_activation=float(self.values[0]) if self.items else 0.0,
+        )
         return frame
 
 
@@ -132,9 +154,16 @@ class FeatureStats(NamedTuple):
 
 @torch.no_grad()
 @hooks.uses_model
-def feature_stats(model: nn.Module, sae: SAE, tokens: Tensor,
-                  features: FeatureSpec | None = None, k: int = 20, context: int = 10,
-                  batch_size: int = 8, exclude_bos: bool = True) -> FeatureStats:
+def feature_stats(
+    model: nn.Module,
+    sae: SAE,
+    tokens: Tensor,
+    features: FeatureSpec | None = None,
+    k: int = 20,
+    context: int = 10,
+    batch_size: int = 8,
+    exclude_bos: bool = True,
+) -> FeatureStats:
     """Every latent's firing frequency, mean and maximum, and the top activating
     examples of ``features``, from one streaming pass over ``tokens``.
 
@@ -193,21 +222,27 @@ def feature_stats(model: nn.Module, sae: SAE, tokens: Tensor,
             for i, top in enumerate(tops.values()):
                 top.update(start, picked[..., i])
     frequency = counts.frequency()
-    examples = {f: top.frame(model, tokens, f, float(frequency[f]), counts.n_tokens)
-                for f, top in tops.items()}
-    return FeatureStats(frequency.float(), counts.mean().float(), counts.peak.float(),
-                        counts.n_tokens, examples)
+    examples = {
+        f: top.frame(model, tokens, f, float(frequency[f]), counts.n_tokens)
+        for f, top in tops.items()
+    }
+    return FeatureStats(
+        frequency.float(), counts.mean().float(), counts.peak.float(), counts.n_tokens, examples
+    )
 
 
 def _counted(result: FeatureStats) -> FeatureStats:
     if result.n_tokens == 0:
-        raise InputError("every position holds the BOS token, so there are no activations "
-                         "to measure; pass real text tokens or exclude_bos=False")
+        raise InputError(
+            "every position holds the BOS token, so there are no activations "
+            "to measure; pass real text tokens or exclude_bos=False"
+        )
     return result
 
 
-def feature_act_stats(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
-                      exclude_bos: bool = True) -> dict[str, Tensor]:
+def feature_act_stats(
+    model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8, exclude_bos: bool = True
+) -> dict[str, Tensor]:
     """Per-feature mean, maximum and firing frequency of the SAE's latents on ``tokens``.
 
     :func:`feature_stats` without examples, as a dict (the statistics behind
@@ -231,26 +266,34 @@ def feature_act_stats(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: in
         InputTypeError, InputError: a malformed argument (see :func:`feature_stats`),
             or every position holds BOS.
     """
-    result = _counted(feature_stats(model, sae, tokens, batch_size=batch_size,
-                                    exclude_bos=exclude_bos))
-    return {"mean": result.mean, "max": result.max, "frequency": result.frequency,
-            "n_tokens": torch.tensor(result.n_tokens)}
+    result = _counted(
+        feature_stats(model, sae, tokens, batch_size=batch_size, exclude_bos=exclude_bos)
+    )
+    return {
+        "mean": result.mean,
+        "max": result.max,
+        "frequency": result.frequency,
+        "n_tokens": torch.tensor(result.n_tokens),
+    }
 
 
-def mean_feature_acts(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
-                      exclude_bos: bool = True) -> Tensor:
+def mean_feature_acts(
+    model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8, exclude_bos: bool = True
+) -> Tensor:
     """Mean activation of every latent over the counted positions of ``tokens`` (zeros
     included): ``[d_sae]`` float32 on the CPU.
 
     The replacement values of ``ablate_features(..., mode="mean")``. Arguments and
     errors as in :func:`feature_act_stats`.
     """
-    return _counted(feature_stats(model, sae, tokens, batch_size=batch_size,
-                                  exclude_bos=exclude_bos)).mean
+    return _counted(
+        feature_stats(model, sae, tokens, batch_size=batch_size, exclude_bos=exclude_bos)
+    ).mean
 
 
-def feature_density(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8,
-                    exclude_bos: bool = True) -> Tensor:
+def feature_density(
+    model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int = 8, exclude_bos: bool = True
+) -> Tensor:
     """Firing frequency of every latent: ``[d_sae]`` float32 in [0, 1], on the CPU.
 
     The fraction of counted positions (every position not holding BOS, last positions
@@ -267,8 +310,9 @@ def feature_density(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int 
     Raises:
         As :func:`feature_act_stats`.
     """
-    return _counted(feature_stats(model, sae, tokens, batch_size=batch_size,
-                                  exclude_bos=exclude_bos)).frequency
+    return _counted(
+        feature_stats(model, sae, tokens, batch_size=batch_size, exclude_bos=exclude_bos)
+    ).frequency
 
 
 class FeatureScan(NamedTuple):
@@ -284,9 +328,16 @@ class FeatureScan(NamedTuple):
     """Positions counted (BOS positions excluded by default)."""
 
 
-def scan_features(model: nn.Module, sae: SAE, tokens: Tensor, features: FeatureSpec,
-                  k: int = 20, context: int = 10, batch_size: int = 8,
-                  exclude_bos: bool = True) -> FeatureScan:
+def scan_features(
+    model: nn.Module,
+    sae: SAE,
+    tokens: Tensor,
+    features: FeatureSpec,
+    k: int = 20,
+    context: int = 10,
+    batch_size: int = 8,
+    exclude_bos: bool = True,
+) -> FeatureScan:
     """Top activating examples of several features and every latent's density, in one pass.
 
     :func:`feature_stats` with ``features``; see there for the streaming merge.
@@ -315,9 +366,16 @@ def scan_features(model: nn.Module, sae: SAE, tokens: Tensor, features: FeatureS
     return FeatureScan(result.examples, result.frequency, result.n_tokens)
 
 
-def top_activating_examples(model: nn.Module, sae: SAE, tokens: Tensor, feature: int,
-                            k: int = 20, context: int = 10, batch_size: int = 8,
-                            exclude_bos: bool = True) -> pd.DataFrame:
+def top_activating_examples(
+    model: nn.Module,
+    sae: SAE,
+    tokens: Tensor,
+    feature: int,
+    k: int = 20,
+    context: int = 10,
+    batch_size: int = 8,
+    exclude_bos: bool = True,
+) -> pd.DataFrame:
     """The ``k`` tokens where ``feature`` fires most, with their context.
 
     One streaming pass over ``tokens`` with a running top-k merge (see
@@ -347,13 +405,16 @@ def top_activating_examples(model: nn.Module, sae: SAE, tokens: Tensor, feature:
         InputTypeError, InputError: as :func:`scan_features`; also a list of ids.
     """
     f = check_feature(check_sae(sae), feature)
-    return scan_features(model, sae, tokens, [f], k, context, batch_size,
-                         exclude_bos).examples[f]
+    return scan_features(model, sae, tokens, [f], k, context, batch_size, exclude_bos).examples[f]
 
 
-def feature_density_histogram(density: Tensor | Sequence[float], path: str | Path,
-                              bins: int = 50, highlight: int | None = None,
-                              title: str | None = None) -> Path:
+def feature_density_histogram(
+    density: Tensor | Sequence[float],
+    path: str | Path,
+    bins: int = 50,
+    highlight: int | None = None,
+    title: str | None = None,
+) -> Path:
     """Write a histogram of ``log10(feature density)`` as a PNG.
 
     The plot of the SAE literature (Bricken et al. 2023, "Towards Monosemanticity"):
@@ -376,7 +437,8 @@ def feature_density_histogram(density: Tensor | Sequence[float], path: str | Pat
             int >= 1, ``highlight`` not an int.
     """
     density = checks.check_finite_tensor(
-        torch.as_tensor(density).detach().float().cpu().flatten(), "density")
+        torch.as_tensor(density).detach().float().cpu().flatten(), "density"
+    )
     bins = checks.check_positive_int(bins, "bins")
     if highlight is not None:
         highlight = checks.check_int(highlight, "highlight")
@@ -384,8 +446,9 @@ def feature_density_histogram(density: Tensor | Sequence[float], path: str | Pat
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("feature_density_histogram needs matplotlib: "
-                          "pip install 'saehooks[plots]'") from exc
+        raise ImportError(
+            "feature_density_histogram needs matplotlib: pip install 'saehooks[plots]'"
+        ) from exc
     alive = density[density > 0]
     dead = int((density <= 0).sum())
     fig = Figure(figsize=(6, 3.5), dpi=100)
@@ -394,8 +457,12 @@ def feature_density_histogram(density: Tensor | Sequence[float], path: str | Pat
     if alive.numel():
         ax.hist(alive.log10().numpy(), bins=bins, color="#4878a8")
     if highlight is not None and 0 <= highlight < density.shape[0] and density[highlight] > 0:
-        ax.axvline(float(density[highlight].log10()), color="#c0392b", linewidth=2,
-                   label=f"feature {highlight}")
+        ax.axvline(
+            float(density[highlight].log10()),
+            color="#c0392b",
+            linewidth=2,
+            label=f"feature {highlight}",
+        )
         ax.legend()
     ax.set_xlabel("log10(feature density)")
     ax.set_ylabel("features")

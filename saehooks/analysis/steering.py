@@ -38,23 +38,37 @@ def _prompt_tokens(model: nn.Module, prompts: str | Sequence[str] | Tensor) -> l
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
-        raise InputTypeError("prompts must be a string, a list of strings or a token tensor "
-                             f"[n, pos], got a {type(prompts).__name__}")
+        raise InputTypeError(
+            "prompts must be a string, a list of strings or a token tensor "
+            f"[n, pos], got a {type(prompts).__name__}"
+        )
     if not prompts or not all(prompts):
-        raise InputError("prompts is empty (or holds an empty string); pass at least one "
-                         "non-empty prompt, e.g. 'def f(x):'")
-    return [checks.check_model_tokens(model, model.to_tokens(p), name="the tokenized prompt")
-            for p in prompts]
+        raise InputError(
+            "prompts is empty (or holds an empty string); pass at least one "
+            "non-empty prompt, e.g. 'def f(x):'"
+        )
+    return [
+        checks.check_model_tokens(model, model.to_tokens(p), name="the tokenized prompt")
+        for p in prompts
+    ]
 
 
 @torch.no_grad()
 @hooks.uses_model
-def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Sequence[float],
-                   prompts: str | Sequence[str] | Tensor, tokens: Tensor | None = None,
-                   max_new_tokens: int = 20,
-                   coefficient_mode: Literal["absolute", "relative"] = "absolute",
-                   max_activation: float | None = None, positions: Positions = "all",
-                   batch_size: int = 8, use_past_kv_cache: bool = False) -> pd.DataFrame:
+def steering_sweep(
+    model: nn.Module,
+    sae: SAE,
+    feature: int,
+    coefficients: Sequence[float],
+    prompts: str | Sequence[str] | Tensor,
+    tokens: Tensor | None = None,
+    max_new_tokens: int = 20,
+    coefficient_mode: Literal["absolute", "relative"] = "absolute",
+    max_activation: float | None = None,
+    positions: Positions = "all",
+    batch_size: int = 8,
+    use_past_kv_cache: bool = False,
+) -> pd.DataFrame:
     """Steer along one feature at several coefficients and measure each.
 
     Args:
@@ -90,8 +104,10 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
     sae = check_sae(sae)
     feature = check_feature(sae, feature)
     if isinstance(coefficients, (str, bytes, Mapping)) or not isinstance(coefficients, Iterable):
-        raise InputTypeError("coefficients must be a list of numbers, e.g. [0.0, 4.0, 8.0], "
-                             f"got a {type(coefficients).__name__}")
+        raise InputTypeError(
+            "coefficients must be a list of numbers, e.g. [0.0, 4.0, 8.0], "
+            f"got a {type(coefficients).__name__}"
+        )
     coefficients = [checks.check_float(c, "each coefficient") for c in coefficients]
     if not coefficients:
         raise InputError("coefficients is empty; pass a list of numbers, e.g. [0.0, 4.0, 8.0]")
@@ -103,16 +119,17 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
         if coefficient_mode == "relative" and max_activation is None:  # measured once
             max_activation = float(feature_act_stats(model, sae, tokens)["max"][feature])
             if max_activation <= 0:
-                raise InputError(f"feature {feature} never fires on the given tokens, so it "
-                                 "has no maximum activation; pass max_activation=... or "
-                                 "other tokens")
+                raise InputError(
+                    f"feature {feature} never fires on the given tokens, so it "
+                    "has no maximum activation; pass max_activation=... or "
+                    "other tokens"
+                )
     device = model_device(model)
     runs = [p.to(device) for p in _prompt_tokens(model, prompts)]
     clean = [model(p) for p in runs]
     rows = []
     for c in coefficients:
-        vector = steering_vector(model, sae, feature, c, coefficient_mode,
-                                 max_activation, tokens)
+        vector = steering_vector(model, sae, feature, c, coefficient_mode, max_activation, tokens)
         acts: list[Tensor] = []
         kls: list[Tensor] = []
         with steer_direction(model, sae.cfg.hook_name, vector, 1.0, positions, False):
@@ -127,15 +144,22 @@ def steering_sweep(model: nn.Module, sae: SAE, feature: int, coefficients: Seque
                     scored = position_mask(model, batch)[:, :-1]
                     sums.add(loss=next_token_ce(model(batch), batch)[scored])
                 loss = sums.means()["loss"]
-            out = model.generate(runs[0], max_new_tokens=max_new_tokens, do_sample=False,
-                                 stop_at_eos=False, verbose=False,
-                                 use_past_kv_cache=use_past_kv_cache)
-        rows.append({
-            "coefficient": c,
-            "added_norm": float(vector.norm()),
-            "feature_act": float(torch.cat(acts).mean()),
-            "kl": float(torch.cat(kls).mean()),
-            "loss": loss,
-            "sample": model.tokenizer.decode(out[0, runs[0].shape[1]:].cpu().tolist()),
-        })
+            out = model.generate(
+                runs[0],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                stop_at_eos=False,
+                verbose=False,
+                use_past_kv_cache=use_past_kv_cache,
+            )
+        rows.append(
+            {
+                "coefficient": c,
+                "added_norm": float(vector.norm()),
+                "feature_act": float(torch.cat(acts).mean()),
+                "kl": float(torch.cat(kls).mean()),
+                "loss": loss,
+                "sample": model.tokenizer.decode(out[0, runs[0].shape[1] :].cpu().tolist()),
+            }
+        )
     return pd.DataFrame(rows)
