@@ -45,8 +45,7 @@ HOOK = "blocks.1.hook_resid_post"
 
 def random_sae(d_in: int, d_sae: int = 512, k: int = 32) -> sh.SAE:
     """TopK SAE at :data:`HOOK` with unit-norm random decoder rows (seed 0)."""
-    sae = sh.SAE(sh.SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=k,
-                              hook_name=HOOK))
+    sae = sh.SAE(sh.SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=k, hook_name=HOOK))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         w = torch.randn(d_sae, d_in, generator=gen)
@@ -57,10 +56,12 @@ def random_sae(d_in: int, d_sae: int = 512, k: int = 32) -> sh.SAE:
 
 def timed(fn):
     """``fn`` made to return its own run time in seconds."""
+
     def run() -> float:
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
+
     return run
 
 
@@ -76,6 +77,7 @@ def bench_arch(arch: str, root: Path, tokens: torch.Tensor, repeats: int) -> dic
         def run() -> float:  # the forward pass alone, inside an attach block
             with sh.attach(bridge, sae, use_error_term=error_term):
                 return timed(lambda: bridge(tokens))()
+
         return run
 
     variants = {
@@ -94,24 +96,29 @@ def bench_arch(arch: str, root: Path, tokens: torch.Tensor, repeats: int) -> dic
             for name, fn in variants.items():
                 times[name].append(fn())
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-    return {**ms,
-            "bridge_over_hf": ms["bridge"] / ms["hf"],
-            "no_compat_over_hf": ms["bridge_no_compat"] / ms["hf"],
-            "splice_error_term_over_bridge": ms["spliced_error_term"] / ms["bridge"],
-            "splice_over_bridge": ms["spliced"] / ms["bridge"],
-            "run_with_saes_over_bridge": ms["run_with_saes"] / ms["bridge"]}
+    return {
+        **ms,
+        "bridge_over_hf": ms["bridge"] / ms["hf"],
+        "no_compat_over_hf": ms["bridge_no_compat"] / ms["hf"],
+        "splice_error_term_over_bridge": ms["spliced_error_term"] / ms["bridge"],
+        "splice_over_bridge": ms["spliced"] / ms["bridge"],
+        "run_with_saes_over_bridge": ms["run_with_saes"] / ms["bridge"],
+    }
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    lines = ["| architecture | HF ms | bridge ms | bridge / HF | no-compat bridge / HF "
-             "| spliced / bridge (error term) | spliced / bridge | run_with_saes / bridge |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| architecture | HF ms | bridge ms | bridge / HF | no-compat bridge / HF "
+        "| spliced / bridge (error term) | spliced / bridge | run_with_saes / bridge |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for arch, r in results.items():
         lines.append(
             f"| {arch} (`{ARCHITECTURES[arch].hf_architecture}`) | {r['hf']:.2f} | "
             f"{r['bridge']:.2f} | {r['bridge_over_hf']:.2f} | {r['no_compat_over_hf']:.2f} | "
             f"{r['splice_error_term_over_bridge']:.2f} | {r['splice_over_bridge']:.2f} | "
-            f"{r['run_with_saes_over_bridge']:.2f} |")
+            f"{r['run_with_saes_over_bridge']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -121,27 +128,30 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pos", type=int, default=128)
-    parser.add_argument("--archs", nargs="*", default=list(ARCHITECTURES),
-                        choices=list(ARCHITECTURES))
+    parser.add_argument(
+        "--archs", nargs="*", default=list(ARCHITECTURES), choices=list(ARCHITECTURES)
+    )
     parser.add_argument("--out", help="also write the Markdown to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tokens = torch.randint(2, 400, (args.batch, args.pos),
-                           generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        2, 400, (args.batch, args.pos), generator=torch.Generator().manual_seed(0)
+    )
     tokens[:, 0] = BOS_ID
     with tempfile.TemporaryDirectory() as tmp:
-        results = {arch: bench_arch(arch, Path(tmp), tokens, args.repeats)
-                   for arch in args.archs}
+        results = {arch: bench_arch(arch, Path(tmp), tokens, args.repeats) for arch in args.archs}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    text = "\n".join([
-        f"`python benchmarks/architectures.py --threads {args.threads} --repeats "
-        f"{args.repeats} --batch {args.batch} --pos {args.pos}` (torch {torch.__version__}, "
-        f"CPU, medians of {args.repeats} interleaved repeats; tiny 2-layer d_model 64 "
-        f"fixtures, [{args.batch}, {args.pos}] tokens; SAE: TopK d_sae 512, k 32 at "
-        f"`{HOOK}`; {os.cpu_count()} CPUs, 1-minute load average {load:.1f} at the end)",
-        "",
-        table(results),
-    ])
+    text = "\n".join(
+        [
+            f"`python benchmarks/architectures.py --threads {args.threads} --repeats "
+            f"{args.repeats} --batch {args.batch} --pos {args.pos}` (torch {torch.__version__}, "
+            f"CPU, medians of {args.repeats} interleaved repeats; tiny 2-layer d_model 64 "
+            f"fixtures, [{args.batch}, {args.pos}] tokens; SAE: TopK d_sae 512, k 32 at "
+            f"`{HOOK}`; {os.cpu_count()} CPUs, 1-minute load average {load:.1f} at the end)",
+            "",
+            table(results),
+        ]
+    )
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

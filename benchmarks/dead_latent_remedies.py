@@ -33,8 +33,12 @@ import torch
 HOOK = "blocks.2.hook_resid_post"
 TOPK = dict(architecture="topk", k=32, lr=1e-3, batch_size=1024, dead_window_tokens=250_000)
 # a short run needs short windows: resample every 250k tokens up to 75% of the run
-RESAMPLE = dict(batch_size=4096, dead_window_tokens=250_000, resample_every_tokens=250_000,
-                resample_stop_fraction=0.75)
+RESAMPLE = dict(
+    batch_size=4096,
+    dead_window_tokens=250_000,
+    resample_every_tokens=250_000,
+    resample_stop_fraction=0.75,
+)
 L1 = dict(architecture="l1", lr=1e-3, l1_coefficient=5.0, **RESAMPLE)
 KL = dict(architecture="kl", lr=1e-3, **RESAMPLE)
 VARIANTS = {
@@ -55,12 +59,13 @@ VARIANTS = {
 def heldout_activations(model, n_rows: int) -> torch.Tensor:
     """Raw activations ``[n, d_in]`` of the first ``n_rows`` evaluation rows, BOS dropped."""
     import saehooks as sh
-    from saehooks import models
+    from saehooks import tl
 
     tokens = sh.load_eval_tokens(n_rows)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=HOOK,
-                                        stop_at_layer=models.block_index(HOOK) + 1)
+        _, cache = model.run_with_cache(
+            tokens, names_filter=HOOK, stop_at_layer=tl.block_index(HOOK) + 1
+        )
     return cache[HOOK][tokens != model.tokenizer.bos_token_id].float()
 
 
@@ -79,8 +84,11 @@ def measure(sae, acts: torch.Tensor) -> dict[str, float]:
             var += float((chunk - mean).pow(2).sum())
             fired |= (f > 0).any(0)
             l0 += float((f > 0).sum())
-    return {"fvu": err / var, "l0": l0 / acts.shape[0],
-            "dead_heldout": 1.0 - float(fired.float().mean())}
+    return {
+        "fvu": err / var,
+        "l0": l0 / acts.shape[0],
+        "dead_heldout": 1.0 - float(fired.float().mean()),
+    }
 
 
 def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> dict:
@@ -90,21 +98,33 @@ def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> di
     changes = dict(changes)
     relu_aux = changes.pop("_relu_aux", False)
     raw_aux = changes.pop("_raw_aux", False)
-    cfg = TrainConfig(hook_name=HOOK, d_sae=4096, total_tokens=tokens, seed=0,
-                      checkpoint_every_tokens=0, progress_bar=False, out_dir=str(work / "run"),
-                      cache_dir=str(work / "cache"), cache_tokens=min(tokens, 2_000_000),
-                      **changes)
+    cfg = TrainConfig(
+        hook_name=HOOK,
+        d_sae=4096,
+        total_tokens=tokens,
+        seed=0,
+        checkpoint_every_tokens=0,
+        progress_bar=False,
+        out_dir=str(work / "run"),
+        cache_dir=str(work / "cache"),
+        cache_tokens=min(tokens, 2_000_000),
+        **changes,
+    )
     original = sparse.selected_pre, losses.auxk_loss, losses.topk_loss
     if relu_aux:  # the first implementation's AuxK: ReLU on the dead latents' values
+
         def selected_pre(*args, **kwargs):
             return torch.relu(original[0](*args, **kwargs))
+
         sparse.selected_pre = selected_pre
     if raw_aux:  # ... and mse(e, ê) added with α, not normalised
+
         def topk_loss(x, x_hat, residual=None, aux_recons=None, aux_coefficient=1 / 32):
             loss = losses.mse(x, x_hat)
             if residual is not None and aux_recons is not None:
                 loss = loss + aux_coefficient * losses.mse(residual, aux_recons)
             return loss
+
         losses.auxk_loss, losses.topk_loss = losses.mse, topk_loss
     try:
         start = time.time()
@@ -113,8 +133,7 @@ def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> di
     finally:
         sparse.selected_pre, losses.auxk_loss, losses.topk_loss = original
     final = sae.cfg.metadata["training"]["final_metrics"]
-    return {**measure(sae, acts), "dead_train_window": final["dead_fraction"],
-            "seconds": seconds}
+    return {**measure(sae, acts), "dead_train_window": final["dead_fraction"], "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=float, default=2e6, help="training tokens per variant")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--heldout-rows", type=int, default=256, help="eval rows (x255 tokens)")
-    ap.add_argument("--only", nargs="*", default=None,
-                    help="variants whose name starts with one of these")
+    ap.add_argument(
+        "--only", nargs="*", default=None, help="variants whose name starts with one of these"
+    )
     ap.add_argument("--work", default=None, help="cache folder (default: a temp folder)")
     ap.add_argument("--csv", default=None)
     args = ap.parse_args(argv)
@@ -145,14 +165,15 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             result = run_variant(model, rows, acts, changes, int(args.tokens), work / "x")
             results.append({"variant": name, **result})
-            print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()),
-                  flush=True)
+            print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()), flush=True)
             # keep the cache, drop the run
             for f in sorted((work / "x" / "run").rglob("*"), reverse=True):
                 f.unlink() if f.is_file() else f.rmdir()
     table = pd.DataFrame(results).set_index("variant")
-    print(f"\n{int(args.tokens):,} training tokens per variant, {acts.shape[0]:,} held-out "
-          "tokens; dead_heldout = never fires on them\n")
+    print(
+        f"\n{int(args.tokens):,} training tokens per variant, {acts.shape[0]:,} held-out "
+        "tokens; dead_heldout = never fires on them\n"
+    )
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     if args.csv:
         table.to_csv(args.csv)

@@ -69,45 +69,77 @@ def flows(device: torch.device, train_steps: int) -> Check:
     diff = (same - clean).abs().max().item()
     c.expect("error-term splice == clean logits", diff < 1e-3, f"max |diff| {diff:.2e}")
     acts = cache["blocks.2.hook_resid_post.hook_sae_acts_post"]
-    c.expect("cached SAE latents on the device, L0 = k", acts.device.type == device.type
-             and bool(((acts > 0).sum(-1) <= sae.cfg.k).all()), f"{tuple(acts.shape)}")
+    c.expect(
+        "cached SAE latents on the device, L0 = k",
+        acts.device.type == device.type and bool(((acts > 0).sum(-1) <= sae.cfg.k).all()),
+        f"{tuple(acts.shape)}",
+    )
 
     report = c.timed("evaluate (16 rows)", lambda: sh.evaluate(model, sae, tokens))
-    c.expect("evaluate finite", all(v == v for v in (report.ce_loss_score, report.fvu)),
-             f"ce_loss_score {report.ce_loss_score:.4f}, fvu {report.fvu:.4f}")
-    table = c.timed("loss_increase_per_token (2 rows)",
-                    lambda: sh.loss_increase_per_token(model, sae, tokens[:2], progress=False))
+    c.expect(
+        "evaluate finite",
+        all(v == v for v in (report.ce_loss_score, report.fvu)),
+        f"ce_loss_score {report.ce_loss_score:.4f}, fvu {report.fvu:.4f}",
+    )
+    table = c.timed(
+        "loss_increase_per_token (2 rows)",
+        lambda: sh.loss_increase_per_token(model, sae, tokens[:2], progress=False),
+    )
     c.expect("per-token table", len(table) > 0, f"{len(table)} rows")
 
     feature = int(acts[0, 1:].sum(0).argmax())
     with torch.no_grad():
         with sh.ablate_features(model, sae, [feature]):
             ablated = c.timed("ablate_features forward", lambda: model(tokens[:2]))
-    c.expect("ablation moves the logits", bool((ablated - clean[:2]).abs().max() > 0),
-             f"feature {feature}")
+    c.expect(
+        "ablation moves the logits",
+        bool((ablated - clean[:2]).abs().max() > 0),
+        f"feature {feature}",
+    )
 
     prompt = model.to_tokens("def check(value):\n    if value < 0:\n        raise ValueError(")
     kw = {"max_new_tokens": 20, "do_sample": False, "stop_at_eos": False, "verbose": False}
     with sh.steer(model, sae, feature=3955, coefficient=12.0):
-        cached = c.timed("steer + generate (cached)",
-                         lambda: model.generate(prompt, use_past_kv_cache=True, **kw))
-        uncached = c.timed("steer + generate (uncached)",
-                           lambda: model.generate(prompt, use_past_kv_cache=False, **kw))
-    c.expect("cached greedy == uncached greedy", torch.equal(cached, uncached),
-             repr(model.to_string(cached[0, prompt.shape[1]:]))[:40])
+        cached = c.timed(
+            "steer + generate (cached)",
+            lambda: model.generate(prompt, use_past_kv_cache=True, **kw),
+        )
+        uncached = c.timed(
+            "steer + generate (uncached)",
+            lambda: model.generate(prompt, use_past_kv_cache=False, **kw),
+        )
+    c.expect(
+        "cached greedy == uncached greedy",
+        torch.equal(cached, uncached),
+        repr(model.to_string(cached[0, prompt.shape[1] :]))[:40],
+    )
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = sh.TrainConfig(hook_name="blocks.2.hook_resid_post", architecture="topk", k=32,
-                             d_sae=4096, batch_size=1024, total_tokens=train_steps * 1024,
-                             out_dir=out, device=str(device), progress_bar=False,
-                             log_every_steps=10, checkpoint_every_tokens=0)
+        cfg = sh.TrainConfig(
+            hook_name="blocks.2.hook_resid_post",
+            architecture="topk",
+            k=32,
+            d_sae=4096,
+            batch_size=1024,
+            total_tokens=train_steps * 1024,
+            out_dir=out,
+            device=str(device),
+            progress_bar=False,
+            log_every_steps=10,
+            checkpoint_every_tokens=0,
+        )
         rows = sh.load_eval_tokens()[:512]  # 131k tokens: the default buffer fills once
-        trained = c.timed(f"train_sae topk {train_steps} steps x 1024 tokens",
-                          lambda: sh.train_sae(model, rows, cfg))
+        trained = c.timed(
+            f"train_sae topk {train_steps} steps x 1024 tokens",
+            lambda: sh.train_sae(model, rows, cfg),
+        )
     summary = trained.cfg.metadata["training"]
-    c.expect("trained SAE on the device", trained.device.type == device.type,
-             f"fvu {summary['final_metrics'].get('fvu', float('nan')):.3f}, matmul "
-             f"{summary.get('matmul_dtype_resolved', cfg.matmul_dtype)}")
+    c.expect(
+        "trained SAE on the device",
+        trained.device.type == device.type,
+        f"fvu {summary['final_metrics'].get('fvu', float('nan')):.3f}, matmul "
+        f"{summary.get('matmul_dtype_resolved', cfg.matmul_dtype)}",
+    )
     return c
 
 

@@ -34,8 +34,7 @@ def model_flops(model, tokens: torch.Tensor) -> float:
 
 
 def random_topk(d_in: int, d_sae: int, hook: str) -> sh.SAE:
-    sae = sh.SAE(sh.SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=32,
-                              hook_name=hook))
+    sae = sh.SAE(sh.SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=32, hook_name=hook))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         w = torch.randn(d_sae, d_in, generator=gen)
@@ -66,10 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     hook = "blocks.2.hook_resid_post"
     d_in = model.cfg.d_model
     base = model_flops(model, tokens)
-    print(f"backend {type(model).__name__}, threads {args.threads}, tokens "
-          f"{tuple(tokens.shape)}, model forward {base / 1e9:.2f} GFLOP")
-    print(f"{'d_sae':>6} {'decode':>7} {'clean_ms':>9} {'spliced_ms':>11} {'ratio':>6} "
-          f"{'sae_flop_share':>15}")
+    print(
+        f"backend {type(model).__name__}, threads {args.threads}, tokens "
+        f"{tuple(tokens.shape)}, model forward {base / 1e9:.2f} GFLOP"
+    )
+    print(
+        f"{'d_sae':>6} {'decode':>7} {'clean_ms':>9} {'spliced_ms':>11} {'ratio':>6} "
+        f"{'sae_flop_share':>15}"
+    )
     with torch.no_grad():
         model(tokens)  # warm-up
         for d_sae in args.d_sae:
@@ -78,9 +81,11 @@ def main(argv: list[str] | None = None) -> None:
             for decode in ("sparse", "dense"):
                 dec_flops = 2 * n * d_in * (32 if decode == "sparse" else d_sae)
                 share = (2 * n * d_in * d_sae + dec_flops) / base
-                patch = mock.patch.object(sae_module, "sparse_decode", lambda a, w: None) \
-                    if decode == "dense" else mock.patch.object(sae_module, "sparse_decode",
-                                                                sae_module.sparse_decode)
+                patch = (
+                    mock.patch.object(sae_module, "sparse_decode", lambda a, w: None)
+                    if decode == "dense"
+                    else mock.patch.object(sae_module, "sparse_decode", sae_module.sparse_decode)
+                )
                 clean, spliced = [], []
                 with patch:
                     for _ in range(args.repeats):
@@ -88,8 +93,11 @@ def main(argv: list[str] | None = None) -> None:
                         with sh.attach(model, sae):
                             spliced += timed(lambda: model(tokens), 1)
                 c, s = statistics.median(clean), statistics.median(spliced)
-                print(f"{d_sae:>6} {decode:>7} {1000 * c:9.1f} {1000 * s:11.1f} {s / c:6.2f} "
-                      f"{share:15.2f}", flush=True)
+                print(
+                    f"{d_sae:>6} {decode:>7} {1000 * c:9.1f} {1000 * s:11.1f} {s / c:6.2f} "
+                    f"{share:15.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -34,17 +34,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--feature", type=int, nargs="+", default=list(DEFAULT_FEATURES))
     parser.add_argument("--sae", default=DEFAULT_SAE)
-    parser.add_argument("--stride", type=int, default=32,
-                        help="use every STRIDE-th held-out row (rows span all 49 held-out files)")
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=32,
+        help="use every STRIDE-th held-out row (rows span all 49 held-out files)",
+    )
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--html-dir", default=None)
     args = parser.parse_args(argv)
 
     model = sh.load_model()
-    tokens = sh.load_eval_tokens()[::args.stride]
+    tokens = sh.load_eval_tokens()[:: args.stride]
     sae = sh.load_sae(args.sae)
-    scan = scan_features(model, sae, tokens, args.feature, k=args.k, context=12,
-                         batch_size=16)  # one pass: examples of every feature + densities
+    scan = scan_features(
+        model, sae, tokens, args.feature, k=args.k, context=12, batch_size=16
+    )  # one pass: examples of every feature + densities
     for f in args.feature:
         label = DEFAULT_FEATURES.get(f)
         print(f"\n=== feature {f}" + (f": {label}" if label else "") + " ===")
@@ -55,12 +60,22 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.html_dir)
         dead = int((scan.density == 0).sum())
         png = feature_density_histogram(scan.density, out / "density.png")
-        print(f"\n{dead} of {sae.cfg.d_sae} features never fire on these tokens; "
-              f"density histogram: {png}")
+        print(
+            f"\n{dead} of {sae.cfg.d_sae} features never fire on these tokens; "
+            f"density histogram: {png}"
+        )
         for f in args.feature:
-            page = feature_html(model, sae, tokens, f, out / f"feature_{f}.html",
-                                density=scan.density, examples=scan.examples[f])
+            page = feature_html(
+                model,
+                sae,
+                tokens,
+                f,
+                out / f"feature_{f}.html",
+                density=scan.density,
+                examples=scan.examples[f],
+            )
             print(f"wrote {page}")
+
 
 if __name__ == "__main__":
     main()

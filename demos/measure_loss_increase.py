@@ -26,15 +26,17 @@ def main(argv: list[str] | None = None) -> None:
 
     report = sh.evaluate(model, sae, tokens, batch_size=16)
     print(report)
-    print(f"\nsplicing {args.sae} costs {report.ce_loss_increase:+.4f} nats/token "
-          f"and recovers {report.ce_loss_score:.1%} of the zero-ablation gap "
-          f"({report.ce_loss_score_mean_ablation:.1%} of the mean-ablation gap)")
+    print(
+        f"\nsplicing {args.sae} costs {report.ce_loss_increase:+.4f} nats/token "
+        f"and recovers {report.ce_loss_score:.1%} of the zero-ablation gap "
+        f"({report.ce_loss_score_mean_ablation:.1%} of the mean-ablation gap)"
+    )
 
     table = sh.loss_increase_per_token(model, sae, tokens[:8], progress=False)
     worst = table.nlargest(8, "delta")
     print("\ntokens whose loss rises most:")
     for row in worst.itertuples():
-        context = model.to_string(tokens[row.sequence, max(1, row.position - 12):row.position])
+        context = model.to_string(tokens[row.sequence, max(1, row.position - 12) : row.position])
         print(f"  {row.delta:+.3f} nats  {context!r} -> {row.token!r}")
 
 

@@ -155,14 +155,25 @@ def main(argv: list[str] | None = None) -> None:
     train_stream = encode_stream(tok, train_texts)
     held_stream = encode_stream(tok, held_texts)
     eval_rows = chunk_with_bos(held_stream, args.n_ctx, eot)
-    print(f"tokens: {train_stream.numel():,} train, {held_stream.numel():,} held out; "
-          f"eval rows {tuple(eval_rows.shape)}", flush=True)
+    print(
+        f"tokens: {train_stream.numel():,} train, {held_stream.numel():,} held out; "
+        f"eval rows {tuple(eval_rows.shape)}",
+        flush=True,
+    )
 
     vocab = tok.get_vocab_size()
     config = GPT2Config(
-        vocab_size=vocab, n_positions=args.n_ctx, n_embd=args.d_model,
-        n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=True,
+        vocab_size=vocab,
+        n_positions=args.n_ctx,
+        n_embd=args.d_model,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(config)
     n_params = sum(p.numel() for p in model.parameters())
@@ -170,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95),
+        lr=args.lr,
+        betas=(0.9, 0.95),
     )
     tokens_per_step = args.batch_size * (args.n_ctx - 1)
     total_steps = math.ceil(args.tokens / tokens_per_step)
@@ -209,13 +221,20 @@ def main(argv: list[str] | None = None) -> None:
             held_loss, _ = held_out_loss(model, eval_rows[:256])
             elapsed = time.time() - t_train
             seen = (step + 1) * tokens_per_step
-            curve.append({"step": step + 1, "tokens": seen,
-                          "train_loss_ema": round(train_ema, 4),
-                          "held_out_loss_subset": round(held_loss, 4),
-                          "seconds": round(elapsed, 1)})
-            print(f"step {step + 1}/{total_steps} tokens {seen:,} train {train_ema:.3f} "
-                  f"held {held_loss:.3f} lr {lr_at(step):.2e} {seen / elapsed:,.0f} tok/s",
-                  flush=True)
+            curve.append(
+                {
+                    "step": step + 1,
+                    "tokens": seen,
+                    "train_loss_ema": round(train_ema, 4),
+                    "held_out_loss_subset": round(held_loss, 4),
+                    "seconds": round(elapsed, 1),
+                }
+            )
+            print(
+                f"step {step + 1}/{total_steps} tokens {seen:,} train {train_ema:.3f} "
+                f"held {held_loss:.3f} lr {lr_at(step):.2e} {seen / elapsed:,.0f} tok/s",
+                flush=True,
+            )
     train_seconds = time.time() - t_train
 
     held_loss, per_token = held_out_loss(model, eval_rows)
@@ -223,8 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     n_bytes = token_bytes[eval_rows[:, 1:]].sum().item()
     bits_per_byte = per_token.sum().item() / math.log(2) / n_bytes
     unigram = unigram_ce(train_stream, eval_rows, vocab)
-    print(f"held-out CE {held_loss:.4f} nats/token, {bits_per_byte:.4f} bits/byte; "
-          f"unigram {unigram:.4f}", flush=True)
+    print(
+        f"held-out CE {held_loss:.4f} nats/token, {bits_per_byte:.4f} bits/byte; "
+        f"unigram {unigram:.4f}",
+        flush=True,
+    )
 
     model.save_pretrained(out, safe_serialization=True)
     fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT)
@@ -236,36 +258,59 @@ def main(argv: list[str] | None = None) -> None:
 
     card = {
         "name": "saehooks reference LM",
-        "architecture": {"class": "GPT2LMHeadModel", "n_layer": args.n_layer,
-                         "d_model": args.d_model, "n_head": args.n_head, "n_ctx": args.n_ctx,
-                         "d_vocab": vocab, "n_params": n_params, "tied_embeddings": True},
+        "architecture": {
+            "class": "GPT2LMHeadModel",
+            "n_layer": args.n_layer,
+            "d_model": args.d_model,
+            "n_head": args.n_head,
+            "n_ctx": args.n_ctx,
+            "d_vocab": vocab,
+            "n_params": n_params,
+            "tied_embeddings": True,
+        },
         "corpus": {
             "source": "CPython standard library .py files (test packages, site-packages excluded)",
             "python_version": platform.python_version(),
-            "files_total": len(files), "files_train": len(train), "files_held_out": len(held),
+            "files_total": len(files),
+            "files_train": len(train),
+            "files_held_out": len(held),
             "split": f"sha256(relative posix path) % 100 < {args.held_out_percent} -> held out",
-            "tokens_train": train_stream.numel(), "tokens_held_out": held_stream.numel(),
+            "tokens_train": train_stream.numel(),
+            "tokens_held_out": held_stream.numel(),
             "bytes_train": sum(len(t.encode()) for t in train_texts),
             "bytes_held_out": sum(len(t.encode()) for t in held_texts),
         },
-        "tokenizer": {"type": "byte-level BPE (tokenizers)", "vocab_size": vocab,
-                      "special": EOT, "bos_id": eot},
+        "tokenizer": {
+            "type": "byte-level BPE (tokenizers)",
+            "vocab_size": vocab,
+            "special": EOT,
+            "bos_id": eot,
+        },
         "training": {
-            "seed": args.seed, "steps": total_steps, "batch_size": args.batch_size,
-            "tokens_per_step": tokens_per_step, "tokens_seen": total_steps * tokens_per_step,
+            "seed": args.seed,
+            "steps": total_steps,
+            "batch_size": args.batch_size,
+            "tokens_per_step": tokens_per_step,
+            "tokens_seen": total_steps * tokens_per_step,
             "epochs": round(total_steps * tokens_per_step / train_stream.numel(), 2),
-            "optimizer": "AdamW(betas=(0.9,0.95), weight_decay=0.1)", "lr": args.lr,
+            "optimizer": "AdamW(betas=(0.9,0.95), weight_decay=0.1)",
+            "lr": args.lr,
             "schedule": f"linear warm-up {args.warmup_steps} steps, cosine to 5%",
-            "precision": "bf16 autocast, fp32 weights", "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "train_seconds": round(train_seconds, 1),
+            "precision": "bf16 autocast, fp32 weights",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "train_seconds": round(train_seconds, 1),
             "wall_seconds": round(time.time() - t_start, 1),
             "final_train_loss_ema": round(train_ema, 4),
         },
-        "eval": {"eval_tokens_shape": list(eval_rows.shape),
-                 "held_out_ce_nats_per_token": round(held_loss, 4),
-                 "held_out_bits_per_byte": round(bits_per_byte, 4),
-                 "unigram_baseline_nats_per_token": round(unigram, 4),
-                 "predicted_tokens": per_token.numel(), "predicted_bytes": n_bytes},
+        "eval": {
+            "eval_tokens_shape": list(eval_rows.shape),
+            "held_out_ce_nats_per_token": round(held_loss, 4),
+            "held_out_bits_per_byte": round(bits_per_byte, 4),
+            "unigram_baseline_nats_per_token": round(unigram, 4),
+            "predicted_tokens": per_token.numel(),
+            "predicted_bytes": n_bytes,
+        },
         "curve": curve,
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "env": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
@@ -306,10 +351,16 @@ def render_card(card: dict) -> str:
         "| step | tokens | train loss (EMA) | held-out loss (256 rows) |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['step']} | {r['tokens']:,} | {r['train_loss_ema']} | "
-              f"{r['held_out_loss_subset']} |" for r in card["curve"]]
-    lines += ["", "Corpus-derived files (tokenizer, eval tokens, weights) derive from "
-              "CPython source; see `LICENSE-PSF.txt`.", ""]
+    lines += [
+        f"| {r['step']} | {r['tokens']:,} | {r['train_loss_ema']} | {r['held_out_loss_subset']} |"
+        for r in card["curve"]
+    ]
+    lines += [
+        "",
+        "Corpus-derived files (tokenizer, eval tokens, weights) derive from "
+        "CPython source; see `LICENSE-PSF.txt`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -29,8 +29,9 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else f"a {type(value).__name__}"
 
 
-def check_int(value: Any, name: str, *, minimum: int | None = None,
-              maximum: int | None = None) -> int:
+def check_int(
+    value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
     """``value`` as a Python ``int`` within ``[minimum, maximum]``.
 
     Accepts Python and NumPy integers and 0-d integer tensors; refuses ``bool``,
@@ -41,12 +42,19 @@ def check_int(value: Any, name: str, *, minimum: int | None = None,
         InputTypeError: not an integer.
         InputError: outside the range.
     """
-    if isinstance(value, Tensor) and value.ndim == 0 and not value.dtype.is_floating_point \
-            and value.dtype != torch.bool:
+    if (
+        isinstance(value, Tensor)
+        and value.ndim == 0
+        and not value.dtype.is_floating_point
+        and value.dtype != torch.bool
+    ):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        hint = f"; pass int({value!r})" if isinstance(value, str) and value.strip().lstrip(
-            "-").isdigit() else ""
+        hint = (
+            f"; pass int({value!r})"
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit()
+            else ""
+        )
         raise InputTypeError(f"{name} must be an integer, got {_describe(value)}{hint}")
     value = int(value)
     if minimum is not None and value < minimum:
@@ -61,9 +69,15 @@ def check_positive_int(value: Any, name: str) -> int:
     return check_int(value, name, minimum=1)
 
 
-def check_float(value: Any, name: str, *, minimum: float | None = None,
-                maximum: float | None = None, allow_inf: bool = False,
-                exclusive_minimum: bool = False) -> float:
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    allow_inf: bool = False,
+    exclusive_minimum: bool = False,
+) -> float:
     """``value`` as a finite Python ``float`` within the bounds.
 
     Args:
@@ -83,8 +97,9 @@ def check_float(value: Any, name: str, *, minimum: float | None = None,
     if math.isnan(value) or (math.isinf(value) and not allow_inf):
         raise InputError(f"{name} must be a finite number, got {value}")
     if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
-        raise InputError(f"{name} must be {'>' if exclusive_minimum else '>='} {minimum}, "
-                         f"got {value}")
+        raise InputError(
+            f"{name} must be {'>' if exclusive_minimum else '>='} {minimum}, got {value}"
+        )
     if maximum is not None and value > maximum:
         raise InputError(f"{name} must be <= {maximum}, got {value}")
     return value
@@ -111,8 +126,9 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
         InputError: anything else (the message lists the choices).
     """
     if not isinstance(value, str) or value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; "
-                         f"got {_describe(value)}")
+        raise InputError(
+            f"{name} must be one of {', '.join(map(repr, choices))}; got {_describe(value)}"
+        )
     return value
 
 
@@ -127,8 +143,9 @@ def check_finite_tensor(value: Tensor, name: str) -> Tensor:
         raise InputTypeError(f"{name} must be a floating-point tensor, got {_describe(value)}")
     bad = ~torch.isfinite(value)
     if bool(bad.any()):
-        raise InputError(f"{name} holds {int(bad.sum())} NaN or infinite value(s); pass "
-                         "finite numbers")
+        raise InputError(
+            f"{name} holds {int(bad.sum())} NaN or infinite value(s); pass finite numbers"
+        )
     return value
 
 
@@ -144,13 +161,14 @@ def check_feature_ids(features: Any, d_sae: int, name: str = "features") -> list
     """
     if isinstance(features, Tensor):
         if features.dtype.is_floating_point or features.dtype == torch.bool or features.ndim > 1:
-            raise InputTypeError(f"{name} must be integer latent ids, got "
-                                 f"{_describe(features)}")
+            raise InputTypeError(f"{name} must be integer latent ids, got {_describe(features)}")
         items: Iterable[Any] = features.reshape(-1).tolist()
     elif hasattr(features, "dtype") and hasattr(features, "tolist"):  # numpy array or scalar
         if getattr(features, "ndim", 0) > 1 or features.dtype.kind not in "iu":
-            raise InputTypeError(f"{name} must be integer latent ids, got a NumPy array of "
-                                 f"dtype {features.dtype} and shape {features.shape}")
+            raise InputTypeError(
+                f"{name} must be integer latent ids, got a NumPy array of "
+                f"dtype {features.dtype} and shape {features.shape}"
+            )
         listed = features.tolist()
         items = listed if isinstance(listed, list) else [listed]
     elif isinstance(features, (str, bytes)) or not isinstance(features, Iterable):
@@ -162,8 +180,10 @@ def check_feature_ids(features: Any, d_sae: int, name: str = "features") -> list
         raise InputError(f"{name} is empty; pass at least one latent id")
     out_of_range = [f for f in ids if f >= d_sae]
     if out_of_range:
-        raise InputError(f"latent id(s) {out_of_range} out of range: this SAE has d_sae="
-                         f"{d_sae} latents (ids 0 … {d_sae - 1})")
+        raise InputError(
+            f"latent id(s) {out_of_range} out of range: this SAE has d_sae="
+            f"{d_sae} latents (ids 0 … {d_sae - 1})"
+        )
     repeated = sorted({f for f in ids if ids.count(f) > 1})
     if repeated:
         raise InputError(f"{name} repeats latent id(s) {repeated}; pass each id once")
@@ -181,20 +201,23 @@ def check_device(device: Any, name: str = "device") -> torch.device:
     if isinstance(device, int) and not isinstance(device, bool):
         device = f"cuda:{device}"
     if not isinstance(device, (str, torch.device)):
-        raise InputTypeError(f"{name} must be a string such as 'cpu' or 'cuda:0', got "
-                             f"{_describe(device)}")
+        raise InputTypeError(
+            f"{name} must be a string such as 'cpu' or 'cuda:0', got {_describe(device)}"
+        )
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as exc:
-        raise DeviceError(f"{name}={str(device)!r} is not a device name ({exc}); pass 'cpu', "
-                          "'cuda' or 'cuda:N'") from None
+        raise DeviceError(
+            f"{name}={str(device)!r} is not a device name ({exc}); pass 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if dev.type == "cpu":
         return dev
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (dev.index is not None and dev.index >= count):
-            raise DeviceError(f"{name}={str(device)!r} is not available: {_available()}; "
-                              "pass one of those")
+            raise DeviceError(
+                f"{name}={str(device)!r} is not available: {_available()}; pass one of those"
+            )
         return dev
     if dev.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
@@ -212,8 +235,14 @@ def _available() -> str:
     return "this machine has " + ", ".join(names)
 
 
-def check_tokens(tokens: Any, *, min_positions: int = 1, d_vocab: int | None = None,
-                 n_ctx: int | None = None, name: str = "tokens") -> Tensor:
+def check_tokens(
+    tokens: Any,
+    *,
+    min_positions: int = 1,
+    d_vocab: int | None = None,
+    n_ctx: int | None = None,
+    name: str = "tokens",
+) -> Tensor:
     """``tokens`` as a LongTensor ``[batch, pos]`` (a 1-d row becomes ``[1, pos]``).
 
     Args:
@@ -227,36 +256,57 @@ def check_tokens(tokens: Any, *, min_positions: int = 1, d_vocab: int | None = N
         InputError: not 1- or 2-d, no rows, fewer than ``min_positions`` positions,
             longer than ``n_ctx``, or an id outside the vocabulary.
     """
-    if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or \
-            tokens.dtype.is_complex or tokens.dtype == torch.bool:
+    if (
+        not isinstance(tokens, Tensor)
+        or tokens.dtype.is_floating_point
+        or tokens.dtype.is_complex
+        or tokens.dtype == torch.bool
+    ):
         got = type(tokens).__name__ if not isinstance(tokens, Tensor) else tokens.dtype
-        raise InputTypeError(f"{name} must be an integer tensor [batch, pos], got {got}; "
-                             "tokenize text with model.to_tokens(...) or use "
-                             "saehooks.load_eval_tokens()")
+        raise InputTypeError(
+            f"{name} must be an integer tensor [batch, pos], got {got}; "
+            "tokenize text with model.to_tokens(...) or use "
+            "saehooks.load_eval_tokens()"
+        )
     if tokens.ndim == 1:
         tokens = tokens[None]
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < min_positions:
-        raise InputError(f"{name} must have shape [batch >= 1, pos >= {min_positions}], got "
-                         f"{tuple(tokens.shape)}")
+        raise InputError(
+            f"{name} must have shape [batch >= 1, pos >= {min_positions}], got "
+            f"{tuple(tokens.shape)}"
+        )
     if n_ctx is not None and tokens.shape[1] > n_ctx:
-        raise InputError(f"{name} rows have {tokens.shape[1]} positions but the model's context "
-                         f"window is n_ctx={n_ctx}; cut them, e.g. tokens[:, :{n_ctx}]")
-    if d_vocab is not None and tokens.numel() and \
-            (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
+        raise InputError(
+            f"{name} rows have {tokens.shape[1]} positions but the model's context "
+            f"window is n_ctx={n_ctx}; cut them, e.g. tokens[:, :{n_ctx}]"
+        )
+    if (
+        d_vocab is not None
+        and tokens.numel()
+        and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab)
+    ):
         bad = tokens[(tokens < 0) | (tokens >= d_vocab)].unique()[:5].tolist()
-        raise InputError(f"{name} hold ids {bad} outside the model's vocabulary 0 … "
-                         f"{d_vocab - 1}; tokenize with this model's tokenizer "
-                         "(model.to_tokens)")
+        raise InputError(
+            f"{name} hold ids {bad} outside the model's vocabulary 0 … "
+            f"{d_vocab - 1}; tokenize with this model's tokenizer "
+            "(model.to_tokens)"
+        )
     return tokens.long()
 
 
-def check_model_tokens(model: Any, tokens: Any, *, min_positions: int = 1,
-                       name: str = "tokens") -> Tensor:
+def check_model_tokens(
+    model: Any, tokens: Any, *, min_positions: int = 1, name: str = "tokens"
+) -> Tensor:
     """:func:`check_tokens` with the vocabulary and context window of ``model``
     (its ``cfg.d_vocab`` and ``cfg.n_ctx``)."""
     cfg = getattr(model, "cfg", None)
-    return check_tokens(tokens, min_positions=min_positions, name=name,
-                        d_vocab=getattr(cfg, "d_vocab", None), n_ctx=getattr(cfg, "n_ctx", None))
+    return check_tokens(
+        tokens,
+        min_positions=min_positions,
+        name=name,
+        d_vocab=getattr(cfg, "d_vocab", None),
+        n_ctx=getattr(cfg, "n_ctx", None),
+    )
 
 
 def check_batch_size(value: Any, name: str = "batch_size") -> int:

@@ -18,7 +18,7 @@ The one implementation of each:
 Token *checks* are :func:`saehooks.checks.check_tokens` and
 :func:`saehooks.checks.check_model_tokens`. This module sits beside
 :mod:`saehooks.hooks`, below the evaluation, the interventions and the analysis tools:
-it imports only :mod:`saehooks.checks`, :mod:`saehooks.errors`, :mod:`saehooks.models`
+it imports only :mod:`saehooks.checks`, :mod:`saehooks.errors`, :mod:`saehooks.tl`
 (the TransformerLens adapter) and :mod:`saehooks.sae`.
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from saehooks import checks, models
+from saehooks import checks, tl
 from saehooks.errors import InputError, InputTypeError
 from saehooks.sae import SAE
 
@@ -135,11 +135,11 @@ def token_strings(model: nn.Module, ids: Tensor | Sequence[int]) -> list[str]:
 # ---- capture -----------------------------------------------------------------------------
 def _stop_layer(model: nn.Module, names: Sequence[str]) -> int | None:
     """The block after the last one holding one of ``names`` (None: run to the end)."""
-    blocks = [models.block_index(n) for n in names]
+    blocks = [tl.block_index(n) for n in names]
     if any(b is None for b in blocks):
         return None
     last = max(b for b in blocks if b is not None) + 1
-    return last if last < models.n_layers(model) else None
+    return last if last < tl.n_layers(model) else None
 
 
 @overload

@@ -34,8 +34,8 @@ from saehooks.data import (
 )
 from saehooks.errors import InputError
 from saehooks.metrics import ReconstructionSums, TokenSums
-from saehooks.models import model_device
 from saehooks.sae import SAE
+from saehooks.tl import model_device
 
 UNITS = {
     "ce_loss_clean": "nats/token",

@@ -19,10 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from saehooks import checks, models
-
-# moved to data.capture; training switches in the next step
-from saehooks.data import capture as capture
+from saehooks import checks, tl
 from saehooks.errors import ConcurrentUseError, DeviceError, InputError, InputTypeError
 from saehooks.sae import SAE
 
@@ -41,8 +38,10 @@ def _flatten(saes: Iterable[SAE | Sequence[SAE]]) -> list[SAE]:
         elif isinstance(item, (list, tuple)):
             out.extend(_flatten(item))
         else:
-            raise InputTypeError(f"expected SAE objects (or lists of them), got "
-                                 f"{type(item).__name__}; load one with saehooks.load_sae(...)")
+            raise InputTypeError(
+                f"expected SAE objects (or lists of them), got "
+                f"{type(item).__name__}; load one with saehooks.load_sae(...)"
+            )
     return out
 
 
@@ -61,49 +60,65 @@ def check_compatible(model: nn.Module, sae: SAE) -> None:
             processing (compatibility mode, folded LayerNorm, centring) than the model's.
     """
     if not isinstance(sae, SAE):
-        raise InputTypeError(f"expected an SAE, got {type(sae).__name__}; load one with "
-                             "saehooks.load_sae(...)")
+        raise InputTypeError(
+            f"expected an SAE, got {type(sae).__name__}; load one with saehooks.load_sae(...)"
+        )
     name = sae.cfg.hook_name
     if not name:
-        raise InputError("the SAE has no hook_name; set sae.cfg.hook_name, e.g. "
-                         "'blocks.2.hook_resid_post'")
-    models.check_hook_name(model, name)
-    width = models.hook_width(model, name)
-    if width is not None and width != sae.cfg.d_in and models.is_per_head(model, name):
-        n_heads = models.hook_shapes(model)[name][0]
+        raise InputError(
+            "the SAE has no hook_name; set sae.cfg.hook_name, e.g. 'blocks.2.hook_resid_post'"
+        )
+    tl.check_hook_name(model, name)
+    width = tl.hook_width(model, name)
+    if width is not None and width != sae.cfg.d_in and tl.is_per_head(model, name):
+        n_heads = tl.hook_shapes(model)[name][0]
         heads = f"[batch, pos, {n_heads}, {width}]"
         flat = sae.cfg.d_in == n_heads * width
-        layer = models.block_index(name)
+        layer = tl.block_index(name)
         raise InputError(
             f"{name!r} holds per-head activations {heads}; "
-            + ("SAEs over the flattened heads (SAELens' hook_z reshaping) are not supported: "
-               if flat else f"an SAE on it needs d_in={width}, this one has "
-               f"d_in={sae.cfg.d_in}: ")
+            + (
+                "SAEs over the flattened heads (SAELens' hook_z reshaping) are not supported: "
+                if flat
+                else f"an SAE on it needs d_in={width}, this one has d_in={sae.cfg.d_in}: "
+            )
             + "attach to a [batch, pos, d_model] hook such as "
-            f"'blocks.{layer}.hook_attn_out' instead")
+            f"'blocks.{layer}.hook_attn_out' instead"
+        )
     if width is not None and width != sae.cfg.d_in:
-        raise InputError(f"SAE d_in={sae.cfg.d_in} does not match the width {width} of "
-                         f"{name!r} on this model; load the SAE trained for this model and hook")
-    device = models.model_device(model)
+        raise InputError(
+            f"SAE d_in={sae.cfg.d_in} does not match the width {width} of "
+            f"{name!r} on this model; load the SAE trained for this model and hook"
+        )
+    device = tl.model_device(model)
     if sae.device != device:
-        raise DeviceError(f"the SAE is on {sae.device} but the model is on {device}; "
-                          f"move it first: sae.to({str(device)!r})")
+        raise DeviceError(
+            f"the SAE is on {sae.device} but the model is on {device}; "
+            f"move it first: sae.to({str(device)!r})"
+        )
     recorded = sae.cfg.metadata.get("model_processing") or {}
-    current = models.model_processing(model)
-    diffs = [f"{key}: SAE {recorded[key]} vs model {current[key]}" for key in recorded
-             if key != "backend" and recorded.get(key) is not None
-             and current.get(key) is not None and recorded[key] != current[key]]
+    current = tl.model_processing(model)
+    diffs = [
+        f"{key}: SAE {recorded[key]} vs model {current[key]}"
+        for key in recorded
+        if key != "backend"
+        and recorded.get(key) is not None
+        and current.get(key) is not None
+        and recorded[key] != current[key]
+    ]
     if diffs:
         warnings.warn(
             f"SAE at {name!r} was trained on a model with other weight processing "
             f"({'; '.join(diffs)}); its reconstructions will be off. Load the model with "
-            "matching saehooks.load_model(...) options.", ProcessingMismatchWarning,
-            stacklevel=3)
+            "matching saehooks.load_model(...) options.",
+            ProcessingMismatchWarning,
+            stacklevel=3,
+        )
 
 
 def _adopt_hook_points(model: nn.Module, sae: SAE) -> None:
     """Give the SAE hook points of the model's own class (TransformerLens HookPoint)."""
-    cls = models.hook_point_class(model)
+    cls = tl.hook_point_class(model)
     for name, hp in sae.hook_points().items():
         if not isinstance(hp, cls):
             setattr(sae, name, cls())
@@ -165,10 +180,12 @@ def uses_model(fn: Callable) -> Callable:
 
 
 def _concurrent_message(state: dict) -> str:
-    return (f"this model is in use by saehooks in thread {state['name']!r} (SAEs attached or "
-            "an evaluation running); TransformerLens hooks are shared by every thread, so one "
-            "model serves one thread at a time: load a model per thread "
-            "(saehooks.load_model()), or run the work in that thread")
+    return (
+        f"this model is in use by saehooks in thread {state['name']!r} (SAEs attached or "
+        "an evaluation running); TransformerLens hooks are shared by every thread, so one "
+        "model serves one thread at a time: load a model per thread "
+        "(saehooks.load_model()), or run the work in that thread"
+    )
 
 
 # ---- attachments ----------------------------------------------------------------------------
@@ -229,8 +246,10 @@ def error_term(model: nn.Module, sae: SAE, use_error_term: bool) -> Iterator[nn.
     """
     found = attachment(model, sae)
     if found is None:
-        raise InputError(f"the SAE at {sae.cfg.hook_name!r} is not attached to this model; "
-                         "attach it first: with saehooks.attach(model, sae): ...")
+        raise InputError(
+            f"the SAE at {sae.cfg.hook_name!r} is not attached to this model; "
+            "attach it first: with saehooks.attach(model, sae): ..."
+        )
     token = object()
     found.overrides.append((token, bool(use_error_term)))
     found.sync()
@@ -255,8 +274,9 @@ def splice_hook(sae: SAE) -> HookFn:
 
 
 @contextmanager
-def attach(model: nn.Module, *saes: SAE | Sequence[SAE],
-           use_error_term: bool = False) -> Iterator[nn.Module]:
+def attach(
+    model: nn.Module, *saes: SAE | Sequence[SAE], use_error_term: bool = False
+) -> Iterator[nn.Module]:
     """Splice SAEs into ``model`` for the duration of a ``with`` block.
 
     At its hook point each SAE replaces the activation ``x`` by ``sae(x)``, and the
@@ -304,20 +324,22 @@ def attach(model: nn.Module, *saes: SAE | Sequence[SAE],
     with exclusive_use(model):
         for sae in sae_list:
             check_compatible(model, sae)
-        points = [models.hook_point(model, sae.cfg.hook_name) for sae in sae_list]
+        points = [tl.hook_point(model, sae.cfg.hook_name) for sae in sae_list]
         taken = {id(a.hook_point): a for a in attachments(model)}
         seen: dict[int, SAE] = {}
         for sae, hp in zip(sae_list, points):
             if any(sae is a.sae for a in taken.values()) or any(sae is s for s in seen.values()):
-                raise InputError(f"this SAE ({sae.cfg.hook_name!r}) is already attached; "
-                                 "attach each SAE once")
+                raise InputError(
+                    f"this SAE ({sae.cfg.hook_name!r}) is already attached; attach each SAE once"
+                )
             other = seen.get(id(hp)) or (taken[id(hp)].sae if id(hp) in taken else None)
             if other is not None:
                 raise InputError(
                     f"two SAEs at the same hook point: {other.cfg.hook_name!r} and "
                     f"{sae.cfg.hook_name!r} name the same activation; attach one SAE per "
-                    "hook point" + (" (exit the other's attach() block first)"
-                                    if id(hp) in taken else ""))
+                    "hook point"
+                    + (" (exit the other's attach() block first)" if id(hp) in taken else "")
+                )
             seen[id(hp)] = sae
         with ExitStack() as stack:
             for sae, hp in zip(sae_list, points):
@@ -326,35 +348,44 @@ def attach(model: nn.Module, *saes: SAE | Sequence[SAE],
 
 
 @contextmanager
-def _spliced(model: nn.Module, sae: SAE, point: nn.Module,
-             use_error_term: bool) -> Iterator[None]:
+def _spliced(model: nn.Module, sae: SAE, point: nn.Module, use_error_term: bool) -> Iterator[None]:
     _adopt_hook_points(model, sae)
     prefix = sae.cfg.hook_name
-    snapshots = {name: models.hook_snapshot(hp) for name, hp in sae.hook_points().items()}
+    snapshots = {name: tl.hook_snapshot(hp) for name, hp in sae.hook_points().items()}
     registry = model.__dict__.setdefault(_ATTACHMENTS_ATTR, {})
     att = Attachment(sae, prefix, point, bool(use_error_term), sae.use_error_term)
     registered: list[str] = []
     try:
         att.sync()
-        for name, hp in sae.hook_points().items():
-            models.register_hook_point(model, f"{prefix}.{name}", hp)
-            registered.append(f"{prefix}.{name}")
+        # under the SAE's own hook name and, where that is a TransformerLens 4 canonical
+        # name, also under the classic one SAELens users cache (registered last: TL names
+        # cache entries after it)
+        classic = tl.classic_hook_name(model, prefix)
+        for base in dict.fromkeys([prefix, classic]):
+            for name, hp in sae.hook_points().items():
+                tl.register_hook_point(model, f"{base}.{name}", hp)
+                registered.append(f"{base}.{name}")
         registry[id(point)] = att
-        att.handle = models.add_permanent_hook(point, splice_hook(sae))
+        att.handle = tl.add_permanent_hook(point, splice_hook(sae))
         yield
     finally:
         if att.handle is not None:
-            models.remove_hook(point, att.handle)
+            tl.remove_hook(point, att.handle)
         registry.pop(id(point), None)
         for name in registered:
-            models.unregister_hook_point(model, name)
+            tl.unregister_hook_point(model, name)
         for name, hp in sae.hook_points().items():
-            models.restore_hooks(hp, snapshots[name])
+            tl.restore_hooks(hp, snapshots[name])
         sae.use_error_term = att.previous_error_term
 
 
-def run_with_saes(model: nn.Module, tokens: Tensor | str, saes: SAE | Sequence[SAE],
-                  use_error_term: bool = False, **kwargs: Any) -> Any:
+def run_with_saes(
+    model: nn.Module,
+    tokens: Tensor | str,
+    saes: SAE | Sequence[SAE],
+    use_error_term: bool = False,
+    **kwargs: Any,
+) -> Any:
     """``model(tokens, **kwargs)`` with ``saes`` attached (see :func:`attach`).
 
     Returns whatever the model returns (logits ``[batch, pos, d_vocab]`` by default).
@@ -363,9 +394,13 @@ def run_with_saes(model: nn.Module, tokens: Tensor | str, saes: SAE | Sequence[S
         return model(tokens, **kwargs)
 
 
-def run_with_cache_with_saes(model: nn.Module, tokens: Tensor | str,
-                             saes: SAE | Sequence[SAE], use_error_term: bool = False,
-                             **kwargs: Any) -> tuple[Any, Any]:
+def run_with_cache_with_saes(
+    model: nn.Module,
+    tokens: Tensor | str,
+    saes: SAE | Sequence[SAE],
+    use_error_term: bool = False,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
     """``model.run_with_cache(tokens, **kwargs)`` with ``saes`` attached.
 
     Returns:
@@ -376,16 +411,18 @@ def run_with_cache_with_saes(model: nn.Module, tokens: Tensor | str,
         return model.run_with_cache(tokens, **kwargs)
 
 
-def run_with_hook(model: nn.Module, tokens: Tensor, hook_name: str, fn: HookFn,
-                  **kwargs: Any) -> Any:
+def run_with_hook(
+    model: nn.Module, tokens: Tensor, hook_name: str, fn: HookFn, **kwargs: Any
+) -> Any:
     """Run ``model`` on ``tokens`` with one temporary forward hook ``fn(act, hook)``."""
     return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, fn)], **kwargs)
 
 
 # ---- hooks on SAE latents -------------------------------------------------------------------
 @contextmanager
-def latent_hooks(model: nn.Module, items: Sequence[tuple[SAE, HookFn | None]],
-                 use_error_term: bool | None = None) -> Iterator[nn.Module]:
+def latent_hooks(
+    model: nn.Module, items: Sequence[tuple[SAE, HookFn | None]], use_error_term: bool | None = None
+) -> Iterator[nn.Module]:
     """Run hooks on SAE latents (``hook_sae_acts_post``), attaching the SAEs if needed.
 
     SAEs not yet attached are attached for the block (with the error term unless
@@ -423,9 +460,13 @@ def latent_hooks(model: nn.Module, items: Sequence[tuple[SAE, HookFn | None]],
                 continue
             stack.enter_context(error_term(model, sae, use_error_term))
         if fresh:
-            stack.enter_context(attach(
-                model, *fresh, use_error_term=True if use_error_term is None else use_error_term))
-        fwd = [(f"{sae.cfg.hook_name}.hook_sae_acts_post", fn) for sae, fn in items
-               if fn is not None]
+            stack.enter_context(
+                attach(
+                    model, *fresh, use_error_term=True if use_error_term is None else use_error_term
+                )
+            )
+        fwd = [
+            (f"{sae.cfg.hook_name}.hook_sae_acts_post", fn) for sae, fn in items if fn is not None
+        ]
         stack.enter_context(model.hooks(fwd_hooks=fwd))
         yield model

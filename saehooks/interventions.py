@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from saehooks import checks, hooks, models
+from saehooks import checks, hooks, tl
 from saehooks.analysis.stats import feature_act_stats
 from saehooks.data import (
     FeatureSpec,
@@ -299,11 +299,11 @@ def steer_direction(
             f"hook_name must be a string such as 'blocks.2.hook_resid_post', "
             f"got a {type(hook_name).__name__}"
         )
-    models.check_hook_name(model, hook_name)
+    tl.check_hook_name(model, hook_name)
     vector = _float_vector(vector, "vector")
     coefficient = checks.check_float(coefficient, "coefficient")
     checks.check_bool(normalize, "normalize")
-    width = models.hook_width(model, hook_name)
+    width = tl.hook_width(model, hook_name)
     if vector.ndim != 1 or (width is not None and vector.shape[0] != width):
         raise InputError(
             f"steering vector has shape {tuple(vector.shape)}; {hook_name!r} needs "

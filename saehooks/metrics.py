@@ -76,9 +76,15 @@ def ce_loss_score(ce_clean: float, ce_spliced: float, ce_ablated: float) -> floa
     return float("nan") if gap == 0 else (ce_ablated - ce_spliced) / gap
 
 
+def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Per-token ``‖x − x̂‖²``: ``[..., d] -> [...]``, differentiable, in the inputs'
+    dtype (the training loss averages it; every metric below sums it in float64)."""
+    return (x_hat - x).pow(2).sum(-1)
+
+
 def sum_squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
     """``Σ_tokens ‖x − x̂‖²`` (float64 scalar) for ``x, x_hat [..., d]``."""
-    return (x.double() - x_hat.double()).pow(2).sum()
+    return squared_error(x.double(), x_hat.double()).sum()
 
 
 def total_variance(x: Tensor) -> Tensor:

@@ -57,8 +57,9 @@ def load_eval_tokens(n_seq: int | None = None) -> torch.Tensor:
         n_seq = check_int(n_seq, "n_seq", minimum=1)
     path = reference_model_dir() / "eval_tokens.safetensors"
     if not path.is_file():
-        raise SAENotFoundError(f"{path} is missing; rebuild it with "
-                                "python pretrained/build_reference_model.py")
+        raise SAENotFoundError(
+            f"{path} is missing; rebuild it with python pretrained/build_reference_model.py"
+        )
     tokens = load_file(str(path))["tokens"].long()
     return tokens if n_seq is None else tokens[:n_seq]
 
@@ -99,8 +100,10 @@ def load_train_tokens(max_rows: int | None = None, strict: bool = False) -> torc
     check_bool(strict, "strict")
     script = pretrained_dir() / "build_reference_model.py"
     if not script.is_file():
-        raise SAENotFoundError(f"{script} is missing; the reference training split is "
-                                "rebuilt with its helpers (set SAEHOOKS_PRETRAINED?)")
+        raise SAENotFoundError(
+            f"{script} is missing; the reference training split is "
+            "rebuilt with its helpers (set SAEHOOKS_PRETRAINED?)"
+        )
     spec = importlib.util.spec_from_file_location("saehooks_build_reference_model", script)
     brm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(brm)
@@ -110,13 +113,18 @@ def load_train_tokens(max_rows: int | None = None, strict: bool = False) -> torc
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = [f for f in brm.corpus_files(stdlib) if not brm.is_held_out(f, percent)]
     if strict and len(files) != card["corpus"]["files_train"]:
-        raise RuntimeError(f"found {len(files)} training files in {stdlib}, the card says "
-                           f"{card['corpus']['files_train']}: another Python version's "
-                           "stdlib? (the card was built with Python "
-                           f"{card['corpus'].get('python_version', '?')})")
+        raise RuntimeError(
+            f"found {len(files)} training files in {stdlib}, the card says "
+            f"{card['corpus']['files_train']}: another Python version's "
+            "stdlib? (the card was built with Python "
+            f"{card['corpus'].get('python_version', '?')})"
+        )
     tok = Tokenizer.from_file(str(reference_model_dir() / "tokenizer.json"))
-    rows = brm.chunk_with_bos(brm.encode_stream(tok, [brm.read_text(stdlib / f) for f in files]),
-                              n_ctx, tok.token_to_id(brm.EOT))
+    rows = brm.chunk_with_bos(
+        brm.encode_stream(tok, [brm.read_text(stdlib / f) for f in files]),
+        n_ctx,
+        tok.token_to_id(brm.EOT),
+    )
     return rows if max_rows is None else rows[:max_rows]
 
 
@@ -150,9 +158,16 @@ def list_pretrained_saes(include_releases: bool = False):
     for cfg_path in sorted(folder.glob("*/cfg.json")):
         if cfg_path.parent.name not in known:
             cfg = json.loads(cfg_path.read_text())
-            rows.append({"name": cfg_path.parent.name, "architecture": cfg.get("architecture"),
-                         "k": cfg.get("k"), "d_in": cfg.get("d_in"), "d_sae": cfg.get("d_sae"),
-                         "hook_name": (cfg.get("metadata") or {}).get("hook_name")})
+            rows.append(
+                {
+                    "name": cfg_path.parent.name,
+                    "architecture": cfg.get("architecture"),
+                    "k": cfg.get("k"),
+                    "d_in": cfg.get("d_in"),
+                    "d_sae": cfg.get("d_sae"),
+                    "hook_name": (cfg.get("metadata") or {}).get("hook_name"),
+                }
+            )
     for row in rows:
         training = row.pop("training", None) or {}
         row["training_tokens"] = training.get("tokens")

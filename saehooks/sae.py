@@ -34,8 +34,12 @@ HOOK_NAMES = (
     "hook_sae_error",
     "hook_sae_output",
 )
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
@@ -46,8 +50,9 @@ def dtype_name(dtype: torch.dtype | str) -> str:
         InputError: a dtype an SAE cannot hold (the message lists those it can).
     """
     if not isinstance(dtype, (str, torch.dtype)):
-        raise InputTypeError(f"an SAE dtype is a torch.dtype or its name, got {dtype!r}; "
-                             f"use one of {sorted(DTYPES)}")
+        raise InputTypeError(
+            f"an SAE dtype is a torch.dtype or its name, got {dtype!r}; use one of {sorted(DTYPES)}"
+        )
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
         raise InputError(f"unsupported SAE dtype {dtype!r}; use one of {sorted(DTYPES)}")
@@ -101,37 +106,49 @@ class SAEConfig:
     def __post_init__(self) -> None:
         from saehooks import checks
 
-        self.architecture = checks.check_choice(self.architecture, "SAEConfig.architecture",
-                                                ARCHITECTURES)
+        self.architecture = checks.check_choice(
+            self.architecture, "SAEConfig.architecture", ARCHITECTURES
+        )
         self.d_in = checks.check_positive_int(self.d_in, "SAEConfig.d_in")
         self.d_sae = checks.check_positive_int(self.d_sae, "SAEConfig.d_sae")
         if self.architecture == "topk":
             if self.k is None:
-                raise InputError(f"a topk SAE needs k (latents kept per token), 1 <= k <= "
-                                 f"d_sae={self.d_sae}; pass e.g. k=32")
+                raise InputError(
+                    f"a topk SAE needs k (latents kept per token), 1 <= k <= "
+                    f"d_sae={self.d_sae}; pass e.g. k=32"
+                )
             self.k = checks.check_int(self.k, "SAEConfig.k", minimum=1, maximum=self.d_sae)
         elif self.k is not None:
-            raise InputError(f"SAEConfig.k={self.k!r} is only used by architecture='topk', "
-                             f"and this SAE is {self.architecture!r}; drop k, or pass "
-                             "architecture='topk'")
+            raise InputError(
+                f"SAEConfig.k={self.k!r} is only used by architecture='topk', "
+                f"and this SAE is {self.architecture!r}; drop k, or pass "
+                "architecture='topk'"
+            )
         if not isinstance(self.hook_name, str):
-            raise InputTypeError(f"SAEConfig.hook_name must be a string such as "
-                                 f"'blocks.2.hook_resid_post', got {self.hook_name!r}")
-        self.apply_b_dec_to_input = checks.check_bool(self.apply_b_dec_to_input,
-                                                      "SAEConfig.apply_b_dec_to_input")
+            raise InputTypeError(
+                f"SAEConfig.hook_name must be a string such as "
+                f"'blocks.2.hook_resid_post', got {self.hook_name!r}"
+            )
+        self.apply_b_dec_to_input = checks.check_bool(
+            self.apply_b_dec_to_input, "SAEConfig.apply_b_dec_to_input"
+        )
         self.rescale_acts_by_decoder_norm = checks.check_bool(
-            self.rescale_acts_by_decoder_norm, "SAEConfig.rescale_acts_by_decoder_norm")
+            self.rescale_acts_by_decoder_norm, "SAEConfig.rescale_acts_by_decoder_norm"
+        )
         if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
             raise InputError(
                 f"rescale_acts_by_decoder_norm=True is a top-k option (SAELens stores it for "
                 f"topk SAEs only), and this SAE is {self.architecture!r}; for a "
                 f"{self.architecture} SAE fold the decoder norms into the weights instead "
-                "(saehooks.io.fold_W_dec_norm), which computes the same reconstruction")
+                "(saehooks.io.fold_W_dec_norm), which computes the same reconstruction"
+            )
         self.dtype = dtype_name(self.dtype)
         self.device = str(checks.check_device(self.device, "SAEConfig.device"))
         if not isinstance(self.metadata, dict):
-            raise InputTypeError(f"SAEConfig.metadata must be a dict of provenance, got "
-                                 f"{type(self.metadata).__name__}")
+            raise InputTypeError(
+                f"SAEConfig.metadata must be a dict of provenance, got "
+                f"{type(self.metadata).__name__}"
+            )
 
     def replace(self, **changes: Any) -> SAEConfig:
         """A copy with some fields changed (checked as at construction)."""
@@ -165,8 +182,9 @@ def sparse_decode(acts: Tensor, W_dec: Tensor) -> Tensor | None:
         return None
     counts = torch.bincount(rows, minlength=flat.shape[0])
     offsets = torch.cumsum(counts, 0) - counts
-    out = nn.functional.embedding_bag(cols, W_dec, offsets, mode="sum",
-                                      per_sample_weights=flat[rows, cols])
+    out = nn.functional.embedding_bag(
+        cols, W_dec, offsets, mode="sum", per_sample_weights=flat[rows, cols]
+    )
     return out.reshape(*acts.shape[:-1], W_dec.shape[1])
 
 
@@ -188,6 +206,10 @@ class HookPoint(nn.Module):
         if dir != "fwd":
             raise NotImplementedError("standalone SAE hook points run forward hooks only")
         return self.register_forward_hook(lambda mod, inp, out: fn(out, hook=self))
+
+    def has_hooks(self, dir: str = "fwd", **_: Any) -> bool:
+        """Whether a forward hook is registered (the TransformerLens HookPoint method)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks)
 
     def forward(self, x: Tensor) -> Tensor:
         return x
@@ -235,21 +257,28 @@ class SAE(nn.Module):
     def __repr__(self) -> str:
         c = self.cfg
         k = f", k={c.k}" if c.architecture == "topk" else ""
-        return (f"SAE({c.architecture}{k}, d_in={c.d_in}, d_sae={c.d_sae}, "
-                f"hook_name={c.hook_name!r}, dtype={c.dtype}, device={self.device})")
+        return (
+            f"SAE({c.architecture}{k}, d_in={c.d_in}, d_sae={c.d_sae}, "
+            f"hook_name={c.hook_name!r}, dtype={c.dtype}, device={self.device})"
+        )
 
     # ---- math ----------------------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
-            raise InputTypeError(f"the SAE takes a tensor [..., d_in={self.cfg.d_in}], got "
-                                 f"{type(x).__name__}")
+            raise InputTypeError(
+                f"the SAE takes a tensor [..., d_in={self.cfg.d_in}], got {type(x).__name__}"
+            )
         if x.ndim == 0 or x.shape[-1] != self.cfg.d_in:
-            raise InputError(f"the SAE reads activations of width d_in={self.cfg.d_in} "
-                             f"(hook {self.cfg.hook_name!r}), got shape {tuple(x.shape)}; pass "
-                             f"[..., {self.cfg.d_in}] activations from the hook it was trained on")
+            raise InputError(
+                f"the SAE reads activations of width d_in={self.cfg.d_in} "
+                f"(hook {self.cfg.hook_name!r}), got shape {tuple(x.shape)}; pass "
+                f"[..., {self.cfg.d_in}] activations from the hook it was trained on"
+            )
         if x.device != self.device:
-            raise DeviceError(f"the input is on {x.device} but the SAE is on {self.device}; "
-                              f"move one of them, e.g. sae.to({str(x.device)!r})")
+            raise DeviceError(
+                f"the input is on {x.device} but the SAE is on {self.device}; "
+                f"move one of them, e.g. sae.to({str(x.device)!r})"
+            )
 
     def encode_pre(self, x: Tensor) -> Tensor:
         """Pre-activations ``(x - b_dec) @ W_enc + b_enc``: ``[..., d_in] -> [..., d_sae]``.
@@ -300,10 +329,18 @@ class SAE(nn.Module):
         up to float summation order. Not while ``acts`` carries a gradient (the dense
         product's gradient reaches every latent).
         """
+        return self._decode(acts, sparse=None)
+
+    def _decode(self, acts: Tensor, sparse: bool | None) -> Tensor:
+        """:meth:`decode`; ``sparse=None`` decides by whether ``acts`` carries a gradient,
+        ``True``/``False`` force the path (the error term decodes as the hooked path did,
+        so an edit that changes nothing leaves the output bit-for-bit unchanged)."""
+        if sparse is None:
+            sparse = not (torch.is_grad_enabled() and acts.requires_grad)
         acts = acts.to(self.dtype)
         if self.cfg.rescale_acts_by_decoder_norm:
             acts = acts / self.W_dec.norm(dim=-1)
-        if not (torch.is_grad_enabled() and acts.requires_grad):
+        if sparse:
             out = sparse_decode(acts, self.W_dec)
             if out is not None:
                 return out + self.b_dec
@@ -333,12 +370,13 @@ class SAE(nn.Module):
         x = self.hook_sae_input(x)
         pre = self.hook_sae_acts_pre(self.encode_pre(x))
         acts = self.hook_sae_acts_post(self.activation(pre))
-        recons = self.hook_sae_recons(self.decode(acts))
+        sparse = not (torch.is_grad_enabled() and acts.requires_grad)
+        recons = self.hook_sae_recons(self._decode(acts, sparse))
         if not self.use_error_term:
             return self.hook_sae_output(recons)
         with torch.no_grad():
             if self._path_is_hooked():
-                clean = self.decode(self.encode(raw))
+                clean = self._decode(self.encode(raw), sparse)
             else:  # nothing could have changed the path: its output is the clean one
                 clean = recons
             error = raw - clean
@@ -347,10 +385,13 @@ class SAE(nn.Module):
     def _path_is_hooked(self) -> bool:
         """Whether a hook sits on the input-to-reconstruction path (then the clean
         reconstruction must be recomputed for the error term)."""
-        for name in ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post",
-                     "hook_sae_recons"):
-            hp = getattr(self, name)
-            if hp._forward_hooks or hp._forward_pre_hooks or getattr(hp, "fwd_hooks", None):
+        for name in (
+            "hook_sae_input",
+            "hook_sae_acts_pre",
+            "hook_sae_acts_post",
+            "hook_sae_recons",
+        ):
+            if getattr(self, name).has_hooks(dir="fwd"):
                 return True
         return False
 

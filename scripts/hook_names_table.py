@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from arch_fixtures import ARCHITECTURES, build_model_dir  # noqa: E402
 
 import saehooks as sh  # noqa: E402
-from saehooks import models  # noqa: E402
+from saehooks import tl  # noqa: E402
 
 N_POS = 3
 """Tokens in the measuring pass; a dimension of this size is shown as ``pos``."""
@@ -45,7 +45,7 @@ def measure(model) -> dict[str, str]:
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
     shapes = {}
-    for name in models.hook_dict(model):
+    for name in tl.hook_dict(model):
         if name in cache.cache_dict:
             dims = cache[name].shape[2:]
             shapes[name] = "×".join("pos" if d == N_POS else str(d) for d in dims) or "scalar"
@@ -60,26 +60,37 @@ def describe(arch: str, root: Path) -> dict:
     plain = sh.load_model(folder, compatibility_mode=False)
     shapes = measure(model)
     rows = {}
-    for name in models.hook_dict(model):
-        if not models.CLASSIC_HOOK.match(name) or name.startswith("blocks.") and \
-                not name.startswith("blocks.0."):
+    for name in tl.hook_dict(model):
+        if (
+            not tl.CLASSIC_HOOK.match(name)
+            or name.startswith("blocks.")
+            and not name.startswith("blocks.0.")
+        ):
             continue
         rows[layer_pattern(name)] = {
             "shape": shapes.get(name, "off"),
-            "canonical": layer_pattern(models.canonical_hook_name(plain, name)),
+            "canonical": layer_pattern(tl.canonical_hook_name(plain, name)),
         }
-    same = set(models.hook_dict(model)) == set(models.hook_dict(plain))
-    return {"rows": rows, "n_names": len(models.hook_dict(model)), "same_without_compat": same,
-            "hf": ARCHITECTURES[arch].hf_architecture}
+    same = set(tl.hook_dict(model)) == set(tl.hook_dict(plain))
+    return {
+        "rows": rows,
+        "n_names": len(tl.hook_dict(model)),
+        "same_without_compat": same,
+        "hf": ARCHITECTURES[arch].hf_architecture,
+    }
 
 
 def table(info: dict[str, dict]) -> str:
     archs = list(info)
-    order = sorted({r for a in archs for r in info[a]["rows"]},
-                   key=lambda n: (n.startswith("blocks.L."), n.count("."), n))
+    order = sorted(
+        {r for a in archs for r in info[a]["rows"]},
+        key=lambda n: (n.startswith("blocks.L."), n.count("."), n),
+    )
     order.sort(key=lambda n: (0 if not n.startswith("blocks") else 1, _stage(n)))
-    lines = ["| classic hook name | TL4 canonical name | " + " | ".join(archs) + " |",
-             "|---|---|" + "---|" * len(archs)]
+    lines = [
+        "| classic hook name | TL4 canonical name | " + " | ".join(archs) + " |",
+        "|---|---|" + "---|" * len(archs),
+    ]
     for name in order:
         canon = {info[a]["rows"][name]["canonical"] for a in archs if name in info[a]["rows"]}
         if len(canon) == 1:
@@ -92,20 +103,43 @@ def table(info: dict[str, dict]) -> str:
             canonical = "; ".join(f"`{c}` ({', '.join(a)})" for c, a in by.items())
         if canonical == f"`{name}`":
             canonical = "(same)"
-        cells = [info[a]["rows"][name]["shape"] if name in info[a]["rows"] else "—"
-                 for a in archs]
+        cells = [info[a]["rows"][name]["shape"] if name in info[a]["rows"] else "—" for a in archs]
         lines.append(f"| `{name}` | {canonical} | " + " | ".join(cells) + " |")
-    lines.append("| all hook names (classic + canonical) | | "
-                 + " | ".join(str(info[a]["n_names"]) for a in archs) + " |")
+    lines.append(
+        "| all hook names (classic + canonical) | | "
+        + " | ".join(str(info[a]["n_names"]) for a in archs)
+        + " |"
+    )
     return "\n".join(lines)
 
 
-_STAGES = ["hook_embed", "hook_pos_embed", "hook_resid_pre", "ln1", "hook_attn_in",
-           "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_q", "attn.hook_k",
-           "attn.hook_v", "attn.hook_rot", "attn.hook_attn_scores", "attn.hook_pattern",
-           "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2",
-           "hook_mlp_in", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
-           "ln_final"]
+_STAGES = [
+    "hook_embed",
+    "hook_pos_embed",
+    "hook_resid_pre",
+    "ln1",
+    "hook_attn_in",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_rot",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_result",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2",
+    "hook_mlp_in",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+    "ln_final",
+]
 
 
 def _stage(name: str) -> int:
@@ -123,29 +157,34 @@ def main(argv: list[str] | None = None) -> str:
         info = {arch: describe(arch, Path(tmp)) for arch in ARCHITECTURES}
     legend = ", ".join(f"{a} = `{i['hf']}`" for a, i in info.items())
     same = all(i["same_without_compat"] for i in info.values())
-    text = "\n".join([
-        "Hook names per architecture (generated by `scripts/hook_names_table.py` from the "
-        "tiny fixtures of `tests/arch_fixtures.py`: d_model 64, 4 query heads × d_head 16, "
-        "2 key/value heads on grouped-query models, MLP width 256 or 128). Cells give the "
-        "activation's shape after `[batch, pos]`; `—`: TransformerLens has no such hook "
-        "there (attaching an SAE there raises `HookNameError` naming the architecture); "
-        "`off`: the name exists but carries no activation in a plain forward pass "
-        "(TransformerLens fills `hook_attn_in`, `hook_q/k/v_input`, `attn.hook_result` and "
-        "`hook_mlp_in` only with `use_attn_in`, `use_split_qkv_input`, `use_attn_result`, "
-        "`use_hook_mlp_in`; rotary models have no positional embedding for `hook_pos_embed`, "
-        "and TransformerLens' GPT-NeoX attention bridge does not run `hook_rot_q/k`). "
-        "Rows `blocks.L.*` exist for every layer L. SAEs attach by either name; SAELens "
-        "files use the classic one.",
-        "",
-        table(info),
-        "",
-        f"Architectures: {legend}.",
-        "",
-        ("A bridge booted without `enable_compatibility_mode()` "
-         "(`sh.load_model(..., compatibility_mode=False)`) offers exactly the same names."
-         if same else "A bridge without compatibility mode offers a different set of names "
-         "on: " + ", ".join(a for a, i in info.items() if not i["same_without_compat"]) + "."),
-    ])
+    text = "\n".join(
+        [
+            "Hook names per architecture (generated by `scripts/hook_names_table.py` from the "
+            "tiny fixtures of `tests/arch_fixtures.py`: d_model 64, 4 query heads × d_head 16, "
+            "2 key/value heads on grouped-query models, MLP width 256 or 128). Cells give the "
+            "activation's shape after `[batch, pos]`; `—`: TransformerLens has no such hook "
+            "there (attaching an SAE there raises `HookNameError` naming the architecture); "
+            "`off`: the name exists but carries no activation in a plain forward pass "
+            "(TransformerLens fills `hook_attn_in`, `hook_q/k/v_input`, `attn.hook_result` and "
+            "`hook_mlp_in` only with `use_attn_in`, `use_split_qkv_input`, `use_attn_result`, "
+            "`use_hook_mlp_in`; rotary models have no positional embedding for `hook_pos_embed`, "
+            "and TransformerLens' GPT-NeoX attention bridge does not run `hook_rot_q/k`). "
+            "Rows `blocks.L.*` exist for every layer L. SAEs attach by either name; SAELens "
+            "files use the classic one.",
+            "",
+            table(info),
+            "",
+            f"Architectures: {legend}.",
+            "",
+            (
+                "A bridge booted without `enable_compatibility_mode()` "
+                "(`sh.load_model(..., compatibility_mode=False)`) offers exactly the same names."
+                if same
+                else "A bridge without compatibility mode offers a different set of names "
+                "on: " + ", ".join(a for a, i in info.items() if not i["same_without_compat"]) + "."
+            ),
+        ]
+    )
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

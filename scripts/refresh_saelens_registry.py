@@ -32,8 +32,10 @@ FORMAT = 1
 def _installed_sae_lens() -> tuple[Path, Path | None, str]:
     spec = importlib.util.find_spec("sae_lens")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("sae-lens is not installed in this Python; run this script with the "
-                         "TL3 venv, or pass --yaml and --version")
+        raise SystemExit(
+            "sae-lens is not installed in this Python; run this script with the "
+            "TL3 venv, or pass --yaml and --version"
+        )
     package = Path(next(iter(spec.submodule_search_locations)))
     dist = importlib.metadata.distribution("sae-lens")
     license_path = None
@@ -46,8 +48,9 @@ def _installed_sae_lens() -> tuple[Path, Path | None, str]:
 
 def _path_prefix(saes: list[dict]) -> str:
     """The most common ``prefix`` with ``path == prefix + id``; ``""`` if none helps."""
-    counts = Counter(str(s["path"])[: -len(str(s["id"]))] for s in saes
-                     if str(s["path"]).endswith(str(s["id"])))
+    counts = Counter(
+        str(s["path"])[: -len(str(s["id"]))] for s in saes if str(s["path"]).endswith(str(s["id"]))
+    )
     if not counts:
         return ""
     prefix, n = counts.most_common(1)[0]
@@ -69,13 +72,20 @@ def compact(data: dict) -> dict:
         rows = []
         for sae in saes:
             sae_id, path = str(sae["id"]), str(sae["path"])
-            row = [sae_id, None if path == prefix + sae_id else path,
-                   sae.get("neuronpedia"), sae.get("norm_scaling_factor")]
+            row = [
+                sae_id,
+                None if path == prefix + sae_id else path,
+                sae.get("neuronpedia"),
+                sae.get("norm_scaling_factor"),
+            ]
             while row[-1] is None:
                 row.pop()
             rows.append(row)
-        release = {"repo_id": value["repo_id"], "model": value["model"],
-                   "conversion": value.get("conversion_func") or "sae_lens"}
+        release = {
+            "repo_id": value["repo_id"],
+            "model": value["model"],
+            "conversion": value.get("conversion_func") or "sae_lens",
+        }
         if value.get("config_overrides"):
             release["overrides"] = value["config_overrides"]
         if prefix:
@@ -87,6 +97,7 @@ def compact(data: dict) -> dict:
 
 def _dumps(header: dict, releases: dict) -> str:
     """Compact JSON with one release per line (small, and diffs show what changed)."""
+
     def one(value) -> str:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -100,8 +111,9 @@ def _dumps(header: dict, releases: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--yaml", type=Path, help="pretrained_saes.yaml to read "
-                        "(default: the installed sae-lens')")
+    parser.add_argument(
+        "--yaml", type=Path, help="pretrained_saes.yaml to read (default: the installed sae-lens')"
+    )
     parser.add_argument("--version", help="sae-lens version of that file (with --yaml)")
     parser.add_argument("--license", type=Path, help="SAELens' LICENSE file (with --yaml)")
     parser.add_argument("--out", type=Path, default=OUT, help="folder to write into")
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     out = {
         "format": FORMAT,
         "source": f"sae-lens {version}, sae_lens/pretrained_saes.yaml "
-                  "(https://github.com/jbloomAus/SAELens)",
+        "(https://github.com/jbloomAus/SAELens)",
         "sae_lens_version": version,
         "license": f"MIT License, Copyright (c) 2023 Joseph Bloom; full text in {LICENSE_FILE}",
         "layout": " ".join(compact.__doc__.split("\n\n", 1)[1].split()),
@@ -129,14 +141,18 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / JSON_FILE).write_text(_dumps(out, releases))
     if license_path is not None and license_path.is_file():
-        notice = (f"The file {JSON_FILE} is derived from sae_lens/pretrained_saes.yaml of\n"
-                  f"sae-lens {version} (https://github.com/jbloomAus/SAELens), under this "
-                  "licence:\n\n")
+        notice = (
+            f"The file {JSON_FILE} is derived from sae_lens/pretrained_saes.yaml of\n"
+            f"sae-lens {version} (https://github.com/jbloomAus/SAELens), under this "
+            "licence:\n\n"
+        )
         (args.out / LICENSE_FILE).write_text(notice + license_path.read_text())
     n_saes = sum(len(r["saes"]) for r in releases.values())
     size = (args.out / JSON_FILE).stat().st_size
-    print(f"wrote {args.out / JSON_FILE}: {len(releases)} releases, {n_saes} SAEs, "
-          f"{size / 1e6:.2f} MB (sae-lens {version})")
+    print(
+        f"wrote {args.out / JSON_FILE}: {len(releases)} releases, {n_saes} SAEs, "
+        f"{size / 1e6:.2f} MB (sae-lens {version})"
+    )
 
 
 if __name__ == "__main__":

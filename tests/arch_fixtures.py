@@ -66,26 +66,45 @@ class ArchSpec:
 
 
 def _common_rope(cfg_cls, **extra):
-    return cfg_cls(hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS,
-                   num_attention_heads=N_HEADS, num_key_value_heads=2, vocab_size=VOCAB,
-                   max_position_embeddings=N_CTX, **extra)
+    return cfg_cls(
+        hidden_size=D_MODEL,
+        intermediate_size=128,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=N_CTX,
+        **extra,
+    )
 
 
 def _gpt2():
     import transformers as tf
 
-    config = tf.GPT2Config(n_layer=N_LAYERS, n_embd=D_MODEL, n_head=N_HEADS, vocab_size=VOCAB,
-                           n_positions=N_CTX, bos_token_id=BOS_ID, eos_token_id=BOS_ID)
+    config = tf.GPT2Config(
+        n_layer=N_LAYERS,
+        n_embd=D_MODEL,
+        n_head=N_HEADS,
+        vocab_size=VOCAB,
+        n_positions=N_CTX,
+        bos_token_id=BOS_ID,
+        eos_token_id=BOS_ID,
+    )
     return config, tf.GPT2LMHeadModel
 
 
 def _neox():
     import transformers as tf
 
-    return tf.GPTNeoXConfig(hidden_size=D_MODEL, num_hidden_layers=N_LAYERS,
-                            num_attention_heads=N_HEADS, intermediate_size=256,
-                            vocab_size=VOCAB, max_position_embeddings=N_CTX,
-                            rotary_pct=0.25), tf.GPTNeoXForCausalLM
+    return tf.GPTNeoXConfig(
+        hidden_size=D_MODEL,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        intermediate_size=256,
+        vocab_size=VOCAB,
+        max_position_embeddings=N_CTX,
+        rotary_pct=0.25,
+    ), tf.GPTNeoXForCausalLM
 
 
 def _llama():
@@ -97,15 +116,15 @@ def _llama():
 def _gemma2():
     import transformers as tf
 
-    return _common_rope(tf.Gemma2Config, head_dim=D_HEAD, sliding_window=8), \
-        tf.Gemma2ForCausalLM
+    return _common_rope(tf.Gemma2Config, head_dim=D_HEAD, sliding_window=8), tf.Gemma2ForCausalLM
 
 
 def _gemma3():
     import transformers as tf
 
-    return _common_rope(tf.Gemma3TextConfig, head_dim=D_HEAD, sliding_window=8), \
-        tf.Gemma3ForCausalLM
+    return _common_rope(
+        tf.Gemma3TextConfig, head_dim=D_HEAD, sliding_window=8
+    ), tf.Gemma3ForCausalLM
 
 
 def _qwen3():
@@ -120,15 +139,18 @@ def _mistral():
     return _common_rope(tf.MistralConfig, sliding_window=8), tf.MistralForCausalLM
 
 
-ARCHITECTURES: dict[str, ArchSpec] = {spec.name: spec for spec in (
-    ArchSpec("gpt2", "GPT2LMHeadModel", _gpt2),
-    ArchSpec("pythia", "GPTNeoXForCausalLM", _neox),
-    ArchSpec("llama", "LlamaForCausalLM", _llama),
-    ArchSpec("gemma2", "Gemma2ForCausalLM", _gemma2),
-    ArchSpec("gemma3", "Gemma3ForCausalLM", _gemma3),
-    ArchSpec("qwen3", "Qwen3ForCausalLM", _qwen3),
-    ArchSpec("mistral", "MistralForCausalLM", _mistral),
-)}
+ARCHITECTURES: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in (
+        ArchSpec("gpt2", "GPT2LMHeadModel", _gpt2),
+        ArchSpec("pythia", "GPTNeoXForCausalLM", _neox),
+        ArchSpec("llama", "LlamaForCausalLM", _llama),
+        ArchSpec("gemma2", "Gemma2ForCausalLM", _gemma2),
+        ArchSpec("gemma3", "Gemma3ForCausalLM", _gemma3),
+        ArchSpec("qwen3", "Qwen3ForCausalLM", _qwen3),
+        ArchSpec("mistral", "MistralForCausalLM", _mistral),
+    )
+}
 """The fixture architectures by short name (GPT-NeoX is named ``pythia``)."""
 
 
@@ -141,14 +163,18 @@ def build_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=[BOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=[BOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS.splitlines(), trainer)
     assert tok.token_to_id(BOS) == BOS_ID and tok.token_to_id(PAD) == PAD_ID
     assert tok.get_vocab_size() <= VOCAB
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS,
-                                   pad_token=PAD)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD
+    )
 
 
 def build_hf_model(arch: str, dtype: torch.dtype = torch.float32):
@@ -184,5 +210,8 @@ def build_model_dir(root: str | Path, arch: str, dtype: torch.dtype = torch.floa
 
 def build_all(root: str | Path, dtypes=(torch.float32,)) -> dict[tuple[str, torch.dtype], Path]:
     """Every architecture in every dtype: ``{(arch, dtype): folder}``."""
-    return {(arch, dtype): build_model_dir(root, arch, dtype)
-            for arch in ARCHITECTURES for dtype in dtypes}
+    return {
+        (arch, dtype): build_model_dir(root, arch, dtype)
+        for arch in ARCHITECTURES
+        for dtype in dtypes
+    }

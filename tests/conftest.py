@@ -26,12 +26,26 @@ def small_tokens(eval_tokens):
     return eval_tokens[:4, :64].clone()
 
 
-def random_sae(d_in=256, d_sae=512, architecture="topk", k=8,
-               hook_name="blocks.1.hook_resid_post", seed=0, dtype="float32", **kw):
+def random_sae(
+    d_in=256,
+    d_sae=512,
+    architecture="topk",
+    k=8,
+    hook_name="blocks.1.hook_resid_post",
+    seed=0,
+    dtype="float32",
+    **kw,
+):
     """An SAE with unit-norm random decoder rows and encoder = decoder transpose."""
-    cfg = sh.SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture,
-                       k=k if architecture == "topk" else None, hook_name=hook_name,
-                       dtype=dtype, **kw)
+    cfg = sh.SAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        architecture=architecture,
+        k=k if architecture == "topk" else None,
+        hook_name=hook_name,
+        dtype=dtype,
+        **kw,
+    )
     sae = sh.SAE(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -52,8 +52,7 @@ class HubCache:
     def add_safetensors(self, repo_id: str, filename: str, tensors: dict[str, torch.Tensor]):
         from safetensors.torch import save
 
-        return self.add(repo_id, filename,
-                        save({k: v.contiguous() for k, v in tensors.items()}))
+        return self.add(repo_id, filename, save({k: v.contiguous() for k, v in tensors.items()}))
 
     def add_npz(self, repo_id: str, filename: str, arrays: dict[str, Any]) -> Path:
         import numpy as np

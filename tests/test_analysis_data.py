@@ -8,7 +8,7 @@ import torch
 from conftest import random_sae
 
 from saehooks import data
-from saehooks.models import hook_state
+from saehooks.tl import hook_state
 
 NAMES = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
 

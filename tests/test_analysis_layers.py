@@ -8,8 +8,8 @@ edge. The layers, top to bottom::
     analysis.{attribution, steering, logits, html}
     interventions, evaluation            (interventions may use analysis.stats only)
     analysis.stats                       (the one statistics pass)
-    hooks, data                          (hooks re-exports data.capture; data imports no hooks)
-    models (TransformerLens adapter), sae, metrics, checks, errors
+    hooks, data                          (data imports no hooks)
+    tl (TransformerLens adapter), sae, metrics, checks, errors
 """
 
 from __future__ import annotations

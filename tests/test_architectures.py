@@ -30,22 +30,32 @@ from arch_fixtures import (
 )
 
 import saehooks as sh
-from saehooks import models
+from saehooks import tl
 from saehooks.errors import HookNameError
 from saehooks.hooks import ProcessingMismatchWarning
 
-TL4 = (models.tl_major_version() or 0) >= 4
+TL4 = (tl.tl_major_version() or 0) >= 4
 bridge_only = pytest.mark.skipif(not TL4, reason="a TransformerLens 4 bridge feature")
 TL3_CANNOT_LOAD = {"gemma2", "gemma3"}
 """Architectures TransformerLens 3 knows only by official hub names, not from a folder."""
 
 ARCHS = list(ARCHITECTURES)
-SAE_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
-             "mlp.hook_post", "attn.hook_z")
+SAE_HOOKS = (
+    "hook_resid_pre",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "mlp.hook_post",
+    "attn.hook_z",
+)
 """The hook names SAEs are published for; every fixture architecture has all of them."""
 D_MLP = {"gpt2": 4 * D_MODEL, "pythia": 256}  # the others: intermediate_size 128
-CANONICAL = {"hook_resid_pre": "hook_in", "hook_resid_post": "hook_out",
-             "mlp.hook_post": "mlp.out.hook_in", "attn.hook_z": "attn.o.hook_in"}
+CANONICAL = {
+    "hook_resid_pre": "hook_in",
+    "hook_resid_post": "hook_out",
+    "mlp.hook_post": "mlp.out.hook_in",
+    "attn.hook_z": "attn.o.hook_in",
+}
 """TransformerLens 4 canonical names of classic hooks (same on every fixture)."""
 
 
@@ -64,8 +74,10 @@ def load(arch_root):
     def get(arch: str, compat: bool = True, dtype: torch.dtype = torch.float32):
         key = (arch, compat, dtype)
         if not TL4 and arch in TL3_CANNOT_LOAD:
-            pytest.skip(f"TransformerLens 3 cannot load {arch} from a folder (see "
-                        "test_tl3_refuses_a_local_gemma_with_a_clear_error)")
+            pytest.skip(
+                f"TransformerLens 3 cannot load {arch} from a folder (see "
+                "test_tl3_refuses_a_local_gemma_with_a_clear_error)"
+            )
         assert TL4 or compat, "TransformerLens 3 has no bridge without compatibility mode"
         if key not in cache:
             folder = build_model_dir(arch_root, arch, dtype)
@@ -94,11 +106,11 @@ def tokens(n_seq: int = 4, n_pos: int = 16, seed: int = 1) -> torch.Tensor:
     return out
 
 
-def random_sae(d_in: int, hook_name: str, d_sae: int = 128, k: int = 8,
-               seed: int = 0) -> sh.SAE:
+def random_sae(d_in: int, hook_name: str, d_sae: int = 128, k: int = 8, seed: int = 0) -> sh.SAE:
     """TopK SAE with unit-norm random decoder rows, encoder = decoder transpose."""
-    sae = sh.SAE(sh.SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=k,
-                              hook_name=hook_name))
+    sae = sh.SAE(
+        sh.SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=k, hook_name=hook_name)
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         w = torch.randn(d_sae, d_in, generator=gen)
@@ -153,8 +165,8 @@ def test_loads_through_the_bridge_with_the_hf_models_outputs(arch, load, hf_mode
         for compat in (True, False) if TL4 else (True,):
             model = load(arch, compat)
             assert isinstance(model, Backend)
-            assert models.architecture_name(model) == ARCHITECTURES[arch].hf_architecture
-            assert models.model_processing(model)["compatibility_mode"] is compat
+            assert tl.architecture_name(model) == ARCHITECTURES[arch].hf_architecture
+            assert tl.model_processing(model)["compatibility_mode"] is compat
             # compatibility mode folds LayerNorm and centres the unembedding: logits move
             # by a per-position constant, log-probabilities stay
             got = model(toks).log_softmax(-1)
@@ -174,8 +186,8 @@ def test_every_sae_hook_splices_and_the_error_term_gives_clean_logits(arch, load
             for hook in SAE_HOOKS:
                 name = f"blocks.{layer}.{hook}"
                 d_in = width(arch, hook)
-                assert models.hook_width(model, name) == d_in, name
-                assert models.is_per_head(model, name) == (hook == "attn.hook_z")
+                assert tl.hook_width(model, name) == d_in, name
+                assert tl.is_per_head(model, name) == (hook == "attn.hook_z")
                 x = activation(model, toks, name)
                 assert x.shape[2:] == ((N_HEADS, D_HEAD) if hook == "attn.hook_z" else (d_in,))
                 sae = random_sae(d_in, name)
@@ -183,8 +195,9 @@ def test_every_sae_hook_splices_and_the_error_term_gives_clean_logits(arch, load
                     torch.testing.assert_close(model(toks), clean, atol=1e-4, rtol=0)
                 with sh.attach(model, sae):  # the splice is live: the reconstruction is used
                     spliced = model(toks)
-                    torch.testing.assert_close(activation(model, toks, name),
-                                               sae(x).to(x.dtype), atol=1e-5, rtol=0)
+                    torch.testing.assert_close(
+                        activation(model, toks, name), sae(x).to(x.dtype), atol=1e-5, rtol=0
+                    )
                 assert (spliced - clean).abs().max() > 1e-2, name
                 ident = identity_sae(d_in, name, shift=float(x.abs().max()) + 1.0)
                 with sh.attach(model, ident):
@@ -192,14 +205,14 @@ def test_every_sae_hook_splices_and_the_error_term_gives_clean_logits(arch, load
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_evaluate_gives_score_one_for_the_identity_and_the_clean_loss_by_hand(
-        arch, load, hf_model):
+def test_evaluate_gives_score_one_for_the_identity_and_the_clean_loss_by_hand(arch, load, hf_model):
     model = load(arch)
     toks = tokens(8)
     name = "blocks.0.hook_resid_post"
     x = activation(model, toks, name)
-    report = sh.evaluate(model, identity_sae(D_MODEL, name, float(x.abs().max()) + 1.0), toks,
-                         progress=False)
+    report = sh.evaluate(
+        model, identity_sae(D_MODEL, name, float(x.abs().max()) + 1.0), toks, progress=False
+    )
     with torch.no_grad():
         ce_clean = reference_ce(hf_model(arch)(toks).logits, toks)
     assert report.ce_loss_clean == pytest.approx(ce_clean, abs=1e-5)
@@ -243,15 +256,19 @@ def test_steering_adds_the_direction_and_cached_generation_equals_uncached(arch,
     gen = dict(max_new_tokens=8, do_sample=False, verbose=False, return_type="tokens")
     with torch.no_grad():
         clean = activation(model, toks, "blocks.1.hook_resid_pre")
-        plain = [model.generate("def forward(self", use_past_kv_cache=c, **gen)
-                 for c in (True, False)]
+        plain = [
+            model.generate("def forward(self", use_past_kv_cache=c, **gen) for c in (True, False)
+        ]
         with sh.steer(model, sae, feature=feature, coefficient=coefficient):
             steered_act = activation(model, toks, "blocks.1.hook_resid_pre")
-            steered = [model.generate("def forward(self", use_past_kv_cache=c, **gen)
-                       for c in (True, False)]
+            steered = [
+                model.generate("def forward(self", use_past_kv_cache=c, **gen)
+                for c in (True, False)
+            ]
     direction = sae.W_dec[feature] / sae.W_dec[feature].norm()
-    torch.testing.assert_close(steered_act - clean, (coefficient * direction).expand_as(clean),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        steered_act - clean, (coefficient * direction).expand_as(clean), atol=1e-4, rtol=0
+    )
     assert torch.equal(plain[0], plain[1])
     assert torch.equal(steered[0], steered[1])
     assert steered[0].shape[1] == plain[0].shape[1]
@@ -261,12 +278,26 @@ def test_steering_adds_the_direction_and_cached_generation_equals_uncached(arch,
 def test_train_sae_50_steps_and_the_loss_falls(arch, load, tmp_path):
     model = load(arch)
     train_tokens = tokens(256, 32, seed=2)
-    cfg = sh.TrainConfig(hook_name="blocks.0.hook_resid_post", architecture="topk", d_sae=128,
-                         k=8, total_tokens=50 * 64, batch_size=64, lr=3e-3,
-                         dead_window_tokens=1024, checkpoint_every_tokens=0,
-                         log_every_steps=5, buffer_tokens=1024, model_batch_rows=32,
-                         init_tokens=512, matmul_dtype="float32", progress_bar=False,
-                         out_dir=str(tmp_path / "run"), seed=0, context_size=32)
+    cfg = sh.TrainConfig(
+        hook_name="blocks.0.hook_resid_post",
+        architecture="topk",
+        d_sae=128,
+        k=8,
+        total_tokens=50 * 64,
+        batch_size=64,
+        lr=3e-3,
+        dead_window_tokens=1024,
+        checkpoint_every_tokens=0,
+        log_every_steps=5,
+        buffer_tokens=1024,
+        model_batch_rows=32,
+        init_tokens=512,
+        matmul_dtype="float32",
+        progress_bar=False,
+        out_dir=str(tmp_path / "run"),
+        seed=0,
+        context_size=32,
+    )
     sae = sh.train_sae(model, train_tokens, cfg)
     with (tmp_path / "run" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -285,23 +316,28 @@ def test_train_sae_50_steps_and_the_loss_falls(arch, load, tmp_path):
 def test_classic_and_canonical_names_map_to_one_hook_point(arch, load):
     for compat in (True, False):
         model = load(arch, compat)
-        for name in models.hook_dict(model):
-            classic = models.classic_hook_name(model, name)
-            canonical = models.canonical_hook_name(model, name)
-            point = models.hook_point(model, name)
-            assert models.hook_point(model, classic) is point
-            assert models.hook_point(model, canonical) is point
-            assert models.classic_hook_name(model, canonical) == classic
+        for name in tl.hook_dict(model):
+            classic = tl.classic_hook_name(model, name)
+            canonical = tl.canonical_hook_name(model, name)
+            point = tl.hook_point(model, name)
+            assert tl.hook_point(model, classic) is point
+            assert tl.hook_point(model, canonical) is point
+            assert tl.classic_hook_name(model, canonical) == classic
         for layer in range(2):
             for classic, canonical in CANONICAL.items():
-                assert models.classic_hook_name(model, f"blocks.{layer}.{canonical}") == \
-                    f"blocks.{layer}.{classic}"
-                assert models.canonical_hook_name(model, f"blocks.{layer}.{classic}") == \
-                    f"blocks.{layer}.{canonical}"
+                assert (
+                    tl.classic_hook_name(model, f"blocks.{layer}.{canonical}")
+                    == f"blocks.{layer}.{classic}"
+                )
+                assert (
+                    tl.canonical_hook_name(model, f"blocks.{layer}.{classic}")
+                    == f"blocks.{layer}.{canonical}"
+                )
     # which canonical hook is mlp.hook_pre depends on the MLP: gated or not
     gated = arch not in ("gpt2", "pythia")
-    assert models.canonical_hook_name(model, "blocks.0.mlp.hook_pre") == \
-        ("blocks.0.mlp.gate.hook_out" if gated else "blocks.0.mlp.in.hook_out")
+    assert tl.canonical_hook_name(model, "blocks.0.mlp.hook_pre") == (
+        "blocks.0.mlp.gate.hook_out" if gated else "blocks.0.mlp.in.hook_out"
+    )
 
 
 @bridge_only
@@ -314,7 +350,7 @@ def test_a_bridge_without_compatibility_mode_takes_both_names(arch, load, hf_mod
         torch.testing.assert_close(clean, hf_model(arch)(toks).logits, atol=1e-4, rtol=0)
         for hook in SAE_HOOKS:
             classic = f"blocks.1.{hook}"
-            canonical = models.canonical_hook_name(model, classic)
+            canonical = tl.canonical_hook_name(model, classic)
             assert canonical != classic
             d_in = width(arch, hook)
             out = {}
@@ -326,10 +362,11 @@ def test_a_bridge_without_compatibility_mode_takes_both_names(arch, load, hf_mod
                     out[name] = model(toks)
             torch.testing.assert_close(out[classic], out[canonical], atol=0, rtol=0)
             assert (out[classic] - clean).abs().max() > 1e-2
-    name = models.canonical_hook_name(model, "blocks.0.hook_resid_post")
+    name = tl.canonical_hook_name(model, "blocks.0.hook_resid_post")
     x = activation(model, toks, name)
-    report = sh.evaluate(model, identity_sae(D_MODEL, name, float(x.abs().max()) + 1.0), toks,
-                         progress=False)
+    report = sh.evaluate(
+        model, identity_sae(D_MODEL, name, float(x.abs().max()) + 1.0), toks, progress=False
+    )
     assert report.ce_loss_score == pytest.approx(1.0, abs=1e-3)
     assert report.fvu == pytest.approx(0.0, abs=1e-8)
 
@@ -347,21 +384,34 @@ def test_an_sae_moves_between_bridges_with_and_without_compatibility_mode(load, 
             clean = model(toks)
             x = activation(model, toks, "blocks.1.attn.o.hook_in")
             _, cache = sh.run_with_cache_with_saes(model, toks, loaded, use_error_term=True)
-        torch.testing.assert_close(cache["blocks.1.attn.hook_z.hook_sae_acts_post"],
-                                   loaded.encode(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            cache["blocks.1.attn.hook_z.hook_sae_acts_post"], loaded.encode(x), atol=1e-5, rtol=0
+        )
         with torch.no_grad():
-            torch.testing.assert_close(sh.run_with_saes(model, toks, loaded, use_error_term=True),
-                                       clean, atol=1e-4, rtol=0)
+            torch.testing.assert_close(
+                sh.run_with_saes(model, toks, loaded, use_error_term=True), clean, atol=1e-4, rtol=0
+            )
 
 
 @bridge_only
 def test_training_on_a_canonical_name_stores_the_classic_one(load, tmp_path):
     model = load("llama", compat=False)
-    cfg = sh.TrainConfig(hook_name="blocks.0.hook_out", architecture="topk", d_sae=64, k=4,
-                         total_tokens=4 * 64, batch_size=64, checkpoint_every_tokens=0,
-                         buffer_tokens=256, init_tokens=256, model_batch_rows=32,
-                         matmul_dtype="float32", progress_bar=False, context_size=32,
-                         out_dir=str(tmp_path / "run"))
+    cfg = sh.TrainConfig(
+        hook_name="blocks.0.hook_out",
+        architecture="topk",
+        d_sae=64,
+        k=4,
+        total_tokens=4 * 64,
+        batch_size=64,
+        checkpoint_every_tokens=0,
+        buffer_tokens=256,
+        init_tokens=256,
+        model_batch_rows=32,
+        matmul_dtype="float32",
+        progress_bar=False,
+        context_size=32,
+        out_dir=str(tmp_path / "run"),
+    )
     sae = sh.train_sae(model, tokens(64, 32, seed=3), cfg)
     assert sae.cfg.hook_name == "blocks.0.hook_resid_post"
     assert sae.cfg.metadata["model_processing"]["compatibility_mode"] is False
@@ -371,29 +421,40 @@ def test_training_on_a_canonical_name_stores_the_classic_one(load, tmp_path):
         _, cache = sh.run_with_cache_with_saes(model, toks, sae, use_error_term=True)
     assert "blocks.0.hook_resid_post.hook_sae_acts_post" in cache
     # on a bridge in compatibility mode the name fits; the processing differs, and says so
-    with pytest.warns(ProcessingMismatchWarning, match="compatibility_mode: SAE False vs "
-                      "model True"):
+    with pytest.warns(
+        ProcessingMismatchWarning, match="compatibility_mode: SAE False vs model True"
+    ):
         with sh.attach(load("llama"), sae):
             pass
-    torch.testing.assert_close(sh.run_with_saes(model, toks, sae, use_error_term=True), clean,
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        sh.run_with_saes(model, toks, sae, use_error_term=True), clean, atol=1e-4, rtol=0
+    )
 
 
 def test_a_hook_transformerlens_lacks_names_the_architecture_and_the_hook(load, tmp_path):
     pythia, gpt2 = load("pythia"), load("gpt2")
     sae = random_sae(D_MODEL, "blocks.0.hook_resid_mid")
-    with pytest.raises(HookNameError, match=r"'blocks\.0\.hook_resid_mid' not found on this "
-                       r"GPTNeoXForCausalLM model; attention and MLP read the same residual "
-                       r"stream in parallel"):
+    with pytest.raises(
+        HookNameError,
+        match=r"'blocks\.0\.hook_resid_mid' not found on this "
+        r"GPTNeoXForCausalLM model; attention and MLP read the same residual "
+        r"stream in parallel",
+    ):
         with sh.attach(pythia, sae):
             pass
     with sh.attach(load("llama"), sae):  # sequential blocks have it
         pass
-    with pytest.raises(HookNameError, match=r"'blocks\.1\.attn\.hook_rot_q' not found on this "
-                       r"GPT2LMHeadModel model"):
-        sh.train_sae(gpt2, tokens(8, 16), sh.TrainConfig(hook_name="blocks.1.attn.hook_rot_q",
-                                                         out_dir=str(tmp_path)))
-    assert "blocks.1.attn.hook_rot_q" in models.hook_dict(load("llama"))  # rotary models do
+    with pytest.raises(
+        HookNameError,
+        match=r"'blocks\.1\.attn\.hook_rot_q' not found on this "
+        r"GPT2LMHeadModel model",
+    ):
+        sh.train_sae(
+            gpt2,
+            tokens(8, 16),
+            sh.TrainConfig(hook_name="blocks.1.attn.hook_rot_q", out_dir=str(tmp_path)),
+        )
+    assert "blocks.1.attn.hook_rot_q" in tl.hook_dict(load("llama"))  # rotary models do
 
 
 @pytest.mark.skipif(TL4, reason="TransformerLens 3 only")
@@ -402,8 +463,11 @@ def test_tl3_refuses_a_local_gemma_with_a_clear_error(arch, arch_root):
     from saehooks.errors import InputError
 
     folder = build_model_dir(arch_root, arch)
-    with pytest.raises(InputError, match=f"TransformerLens 3 cannot load the local model .*"
-                       f"{ARCHITECTURES[arch].hf_architecture}.*install TransformerLens 4"):
+    with pytest.raises(
+        InputError,
+        match=f"TransformerLens 3 cannot load the local model .*"
+        f"{ARCHITECTURES[arch].hf_architecture}.*install TransformerLens 4",
+    ):
         sh.load_model(folder)
 
 
@@ -416,8 +480,9 @@ def test_bf16_loads_splices_and_evaluates(arch, load, hf_model):
     with torch.no_grad():
         clean = model(toks)
         expected = hf_model(arch, torch.bfloat16)(toks).logits
-        torch.testing.assert_close(clean.float().log_softmax(-1),
-                                   expected.float().log_softmax(-1), atol=5e-2, rtol=0)
+        torch.testing.assert_close(
+            clean.float().log_softmax(-1), expected.float().log_softmax(-1), atol=5e-2, rtol=0
+        )
         for hook in ("blocks.1.hook_resid_post", "blocks.0.attn.hook_z", "blocks.0.mlp.hook_post"):
             d_in = width(arch, hook.split(".", 2)[2])
             for dtype in (torch.float32, torch.bfloat16):
@@ -431,7 +496,5 @@ def test_bf16_loads_splices_and_evaluates(arch, load, hf_model):
     ident = identity_sae(D_MODEL, name, float(x.abs().max()) + 1.0)
     report = sh.evaluate(model, ident, toks, progress=False)
     assert report.ce_loss_score == pytest.approx(1.0, abs=1e-2)
-    report = sh.evaluate(model, random_sae(D_MODEL, name).to(torch.bfloat16), toks,
-                         progress=False)
-    assert all(math.isfinite(v) for v in report.to_dict().values()
-               if isinstance(v, float))
+    report = sh.evaluate(model, random_sae(D_MODEL, name).to(torch.bfloat16), toks, progress=False)
+    assert all(math.isfinite(v) for v in report.to_dict().values() if isinstance(v, float))

@@ -35,9 +35,14 @@ D_IN, D_SAE = 32, 256
 def make_sae(k: int, seed: int, density: bool) -> sh.SAE:
     """Same shapes for both SAEs, so a mix of their files would load without a shape
     error: only exact comparison can tell."""
-    cfg = sh.SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture="topk", k=k,
-                       hook_name="blocks.1.hook_resid_post",
-                       metadata={"seed": seed, "model_name": "reference-lm"})
+    cfg = sh.SAEConfig(
+        d_in=D_IN,
+        d_sae=D_SAE,
+        architecture="topk",
+        k=k,
+        hook_name="blocks.1.hook_resid_post",
+        metadata={"seed": seed, "model_name": "reference-lm"},
+    )
     sae = sh.SAE(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -59,8 +64,9 @@ def matches(back: sh.SAE, sae: sh.SAE) -> bool:
         return False
     if (back.feature_density is None) != (sae.feature_density is None):
         return False
-    return sae.feature_density is None or torch.allclose(back.feature_density,
-                                                         sae.feature_density, rtol=1e-6)
+    return sae.feature_density is None or torch.allclose(
+        back.feature_density, sae.feature_density, rtol=1e-6
+    )
 
 
 def which(folder: Path, candidates: dict[str, sh.SAE]) -> str:
@@ -79,8 +85,9 @@ def siblings(folder: Path) -> list[str]:
 PATCHED = ("mkdir", "rename", "replace", "fsync", "unlink", "rmdir")
 
 
-def run_save_crashing_at(step: int | None, sae: sh.SAE, folder: Path, fmt: str,
-                         overwrite: bool, count_file: Path) -> int:
+def run_save_crashing_at(
+    step: int | None, sae: sh.SAE, folder: Path, fmt: str, overwrite: bool, count_file: Path
+) -> int:
     """Fork a child that saves and calls ``os._exit`` just before or after its
     ``step``-th file-system call (None: never); returns the child's exit status."""
     pid = os.fork()
@@ -100,6 +107,7 @@ def run_save_crashing_at(step: int | None, sae: sh.SAE, folder: Path, fmt: str,
                     out = fn(*args, **kwargs)
                     tick()
                     return out
+
                 return wrapped
 
             for name in PATCHED:
@@ -307,8 +315,11 @@ def test_leftovers_of_a_killed_save_are_settled_by_the_next_load(tmp_path):
 
 def test_a_look_alike_sibling_is_not_taken_for_a_leftover(tmp_path):
     save_sae(A, tmp_path / "sae")
-    keep = [tmp_path / ".sae.old-notours", tmp_path / "sae.old-0123456789abcdef",
-            tmp_path / ".sae.tmp-0123456789abcdef.tmp-0123456789abcdef"]
+    keep = [
+        tmp_path / ".sae.old-notours",
+        tmp_path / "sae.old-0123456789abcdef",
+        tmp_path / ".sae.tmp-0123456789abcdef.tmp-0123456789abcdef",
+    ]
     for path in keep:
         path.mkdir()
     save_sae(B, tmp_path / "sae")
@@ -318,8 +329,11 @@ def test_a_look_alike_sibling_is_not_taken_for_a_leftover(tmp_path):
 
 def test_loading_a_file_asks_for_its_folder(tmp_path):
     save_sae(A, tmp_path / "sae")
-    with pytest.raises(SAENotFoundError, match=r"is a file; load_sae takes the SAE folder "
-                                               r"that holds it: pass the folder"):
+    with pytest.raises(
+        SAENotFoundError,
+        match=r"is a file; load_sae takes the SAE folder "
+        r"that holds it: pass the folder",
+    ):
         sh.load_sae(tmp_path / "sae" / "cfg.json")
     with pytest.raises(SAENotFoundError) as info:
         sh.load_sae(tmp_path / "sae" / "sae_weights.safetensors")

@@ -22,18 +22,27 @@ def test_eval_json(model, tmp_path, capsys):
     assert "feature_density" not in out
     # the numbers of sh.evaluate on those rows
     report = sh.evaluate(model, random_sae(k=16), rows, progress=False)
-    for key in ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablation",
-                "ce_loss_mean_ablation", "kl_div", "fvu", "mse"):
+    for key in (
+        "ce_loss_clean",
+        "ce_loss_spliced",
+        "ce_loss_zero_ablation",
+        "ce_loss_mean_ablation",
+        "kl_div",
+        "fvu",
+        "mse",
+    ):
         assert out[key] == pytest.approx(getattr(report, key), rel=1e-6), key
 
 
 def test_eval_table_on_a_text_file(model, tmp_path, capsys):
     random_sae(k=16).save(tmp_path / "sae")
-    source = (tmp_path / "code.py")
+    source = tmp_path / "code.py"
     text = "def add(a, b):\n    return a + b\n\n" * 60
     source.write_text(text)
-    assert main(["eval", "--sae", str(tmp_path / "sae"), "--text-file", str(source),
-                 "--n-ctx", "64"]) == 0
+    assert (
+        main(["eval", "--sae", str(tmp_path / "sae"), "--text-file", str(source), "--n-ctx", "64"])
+        == 0
+    )
     out = capsys.readouterr().out
     n_rows = model.to_tokens(text, prepend_bos=False).shape[1] // 63  # BOS + 63 tokens a row
     assert n_rows >= 2 and f"on {n_rows} x 64 tokens" in out
@@ -46,11 +55,13 @@ def test_every_command_takes_threads_and_one_default_sae():
     from saehooks import cli
 
     parser = cli.build_parser()
-    required = {"inspect": ["--feature", "1"], "ablate": ["--feature", "1"],
-                "steer": ["--feature", "1", "--coefficient", "2", "--prompt", "x"]}
+    required = {
+        "inspect": ["--feature", "1"],
+        "ablate": ["--feature", "1"],
+        "steer": ["--feature", "1", "--coefficient", "2", "--prompt", "x"],
+    }
     for command in cli.COMMANDS:
-        args = parser.parse_args([command.NAME, "--threads", "1",
-                                  *required.get(command.NAME, [])])
+        args = parser.parse_args([command.NAME, "--threads", "1", *required.get(command.NAME, [])])
         assert args.threads == 1
         if command.NAME != "train":
             assert args.sae == cli.DEFAULT_SAE

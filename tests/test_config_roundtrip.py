@@ -47,8 +47,12 @@ def filled_sae(cfg: sh.SAEConfig, seed: int = 0) -> sh.SAE:
 def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit-for-bit equal, NaN where the other is NaN (0/0 of an all-zero decoder row
     with rescaling gives NaN in both)."""
-    return (a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.isnan(), b.isnan())
-            and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.isnan(), b.isnan())
+        and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+    )
 
 
 def assert_same_sae(back: sh.SAE, sae: sh.SAE, x: torch.Tensor) -> None:
@@ -68,21 +72,30 @@ def assert_same_sae(back: sh.SAE, sae: sh.SAE, x: torch.Tensor) -> None:
 
 
 def make_cfg(architecture: str, apply_b_dec: bool, rescale: bool, dtype: str) -> sh.SAEConfig:
-    return sh.SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=architecture,
-                        k=K if architecture == "topk" else None,
-                        hook_name="blocks.1.hook_resid_post", apply_b_dec_to_input=apply_b_dec,
-                        rescale_acts_by_decoder_norm=rescale, dtype=dtype,
-                        metadata={"model_name": "reference-lm", "context_size": 64,
-                                  "training": {"tokens": 1000, "betas": [0.9, 0.999],
-                                               "note": None, "flag": False}})
+    return sh.SAEConfig(
+        d_in=D_IN,
+        d_sae=D_SAE,
+        architecture=architecture,
+        k=K if architecture == "topk" else None,
+        hook_name="blocks.1.hook_resid_post",
+        apply_b_dec_to_input=apply_b_dec,
+        rescale_acts_by_decoder_norm=rescale,
+        dtype=dtype,
+        metadata={
+            "model_name": "reference-lm",
+            "context_size": 64,
+            "training": {"tokens": 1000, "betas": [0.9, 0.999], "note": None, "flag": False},
+        },
+    )
 
 
 CASES = list(itertools.product(ARCHS, (True, False), (False, True), DTYPES, FORMATS))
 
 
 @pytest.mark.parametrize(("architecture", "apply_b_dec", "rescale", "dtype", "fmt"), CASES)
-def test_every_combination_is_refused_or_round_trips_exactly(tmp_path, architecture,
-                                                               apply_b_dec, rescale, dtype, fmt):
+def test_every_combination_is_refused_or_round_trips_exactly(
+    tmp_path, architecture, apply_b_dec, rescale, dtype, fmt
+):
     if rescale and architecture != "topk":  # no file format stores it: meaningless
         with pytest.raises(InputError, match="rescale_acts_by_decoder_norm.*top-k option"):
             make_cfg(architecture, apply_b_dec, rescale, dtype)
@@ -107,8 +120,7 @@ def test_every_combination_is_refused_or_round_trips_exactly(tmp_path, architect
 def test_the_issue_jumprelu_with_rescaling_is_refused_at_construction():
     # accepted before: the SAELens writer then dropped the flag and the output changed
     with pytest.raises(InputError, match="fold_W_dec_norm"):
-        sh.SAEConfig(d_in=8, d_sae=16, architecture="jumprelu",
-                     rescale_acts_by_decoder_norm=True)
+        sh.SAEConfig(d_in=8, d_sae=16, architecture="jumprelu", rescale_acts_by_decoder_norm=True)
     cfg = sh.SAEConfig(d_in=8, d_sae=16, architecture="jumprelu")
     with pytest.raises(InputError, match="top-k option"):
         cfg.replace(rescale_acts_by_decoder_norm=True)
@@ -120,20 +132,23 @@ def test_k_on_an_architecture_without_k_is_refused(architecture):
         sh.SAEConfig(d_in=8, d_sae=64, architecture=architecture, k=32)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("d_sae", "4096", r"SAEConfig.d_sae must be an integer, got '4096'; pass int\('4096'\)"),
-    ("d_sae", 4096.9, r"SAEConfig.d_sae must be an integer, got 4096.9"),
-    ("d_sae", 4096.0, r"SAEConfig.d_sae must be an integer, got 4096.0"),
-    ("d_sae", True, r"SAEConfig.d_sae must be an integer, got True"),
-    ("d_in", None, r"SAEConfig.d_in must be an integer, got None"),
-    ("k", "32", r"SAEConfig.k must be an integer"),
-    ("k", 32.0, r"SAEConfig.k must be an integer"),
-    ("apply_b_dec_to_input", "false", r"SAEConfig.apply_b_dec_to_input must be True or False"),
-    ("rescale_acts_by_decoder_norm", 0, r"SAEConfig.rescale_acts_by_decoder_norm must be True"),
-    ("hook_name", 3, r"SAEConfig.hook_name must be a string"),
-    ("metadata", [("a", 1)], r"SAEConfig.metadata must be a dict"),
-    ("dtype", 32, r"torch.dtype or its name"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("d_sae", "4096", r"SAEConfig.d_sae must be an integer, got '4096'; pass int\('4096'\)"),
+        ("d_sae", 4096.9, r"SAEConfig.d_sae must be an integer, got 4096.9"),
+        ("d_sae", 4096.0, r"SAEConfig.d_sae must be an integer, got 4096.0"),
+        ("d_sae", True, r"SAEConfig.d_sae must be an integer, got True"),
+        ("d_in", None, r"SAEConfig.d_in must be an integer, got None"),
+        ("k", "32", r"SAEConfig.k must be an integer"),
+        ("k", 32.0, r"SAEConfig.k must be an integer"),
+        ("apply_b_dec_to_input", "false", r"SAEConfig.apply_b_dec_to_input must be True or False"),
+        ("rescale_acts_by_decoder_norm", 0, r"SAEConfig.rescale_acts_by_decoder_norm must be True"),
+        ("hook_name", 3, r"SAEConfig.hook_name must be a string"),
+        ("metadata", [("a", 1)], r"SAEConfig.metadata must be a dict"),
+        ("dtype", 32, r"torch.dtype or its name"),
+    ],
+)
 def test_fields_are_type_checked_at_construction(field, value, message):
     kw = {"d_in": 8, "d_sae": 4096, "architecture": "topk", "k": 32} | {field: value}
     with pytest.raises(InputTypeError, match=message):
@@ -142,8 +157,7 @@ def test_fields_are_type_checked_at_construction(field, value, message):
 
 def test_numpy_and_tensor_integers_are_sizes():
     np = pytest.importorskip("numpy")
-    cfg = sh.SAEConfig(d_in=np.int64(8), d_sae=torch.tensor(16), architecture="topk",
-                       k=np.int32(4))
+    cfg = sh.SAEConfig(d_in=np.int64(8), d_sae=torch.tensor(16), architecture="topk", k=np.int32(4))
     assert (cfg.d_in, cfg.d_sae, cfg.k) == (8, 16, 4)
     assert all(type(v) is int for v in (cfg.d_in, cfg.d_sae, cfg.k))
 
@@ -155,8 +169,11 @@ def _no_cuda(monkeypatch):
 
 def test_a_missing_cuda_device_is_a_device_error(monkeypatch):
     _no_cuda(monkeypatch)
-    with pytest.raises(DeviceError, match=r"SAEConfig.device='cuda' is not available: this "
-                                          r"machine has 'cpu'"):
+    with pytest.raises(
+        DeviceError,
+        match=r"SAEConfig.device='cuda' is not available: this "
+        r"machine has 'cpu'",
+    ):
         sh.SAEConfig(d_in=8, d_sae=16, device="cuda")
 
 
@@ -164,8 +181,11 @@ def test_load_sae_on_a_missing_cuda_device_is_a_device_error(tmp_path, monkeypat
     sae = filled_sae(make_cfg("relu", True, False, "float32"))
     save_sae(sae, tmp_path / "sae")
     _no_cuda(monkeypatch)
-    with pytest.raises(DeviceError, match=r"device='cuda' is not available: this machine has "
-                                          r"'cpu'"):
+    with pytest.raises(
+        DeviceError,
+        match=r"device='cuda' is not available: this machine has "
+        r"'cpu'",
+    ):
         sh.load_sae(tmp_path / "sae", device="cuda")
     with pytest.raises(DeviceError, match="'cuda:1'"):
         sh.load_sae(tmp_path / "sae", device="cuda:1")
@@ -188,11 +208,16 @@ def test_hook_name_in_metadata_is_refused_rather_than_lost(tmp_path):
 
 # ---- randomised round trips ----------------------------------------------------------
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.text(max_size=8)
     | st.floats(allow_nan=False, allow_infinity=False, width=64),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                  max_size=3),
-    max_leaves=8)
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -202,19 +227,33 @@ def configs(draw):
     d_sae = draw(st.integers(1, 24))
     topk = architecture == "topk"
     k = draw(st.sampled_from([1, d_sae, max(1, d_sae // 2)])) if topk else None
-    metadata = draw(st.dictionaries(st.text(min_size=1, max_size=6).filter(
-        lambda key: key != "hook_name"), JSON_VALUES, max_size=3))
-    return sh.SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k,
-                        hook_name=draw(st.sampled_from(["", "blocks.0.hook_resid_post",
-                                                        "hook_embed"])),
-                        apply_b_dec_to_input=draw(st.booleans()),
-                        rescale_acts_by_decoder_norm=draw(st.booleans()) if topk else False,
-                        dtype=draw(st.sampled_from(DTYPES)), metadata=metadata)
+    metadata = draw(
+        st.dictionaries(
+            st.text(min_size=1, max_size=6).filter(lambda key: key != "hook_name"),
+            JSON_VALUES,
+            max_size=3,
+        )
+    )
+    return sh.SAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        architecture=architecture,
+        k=k,
+        hook_name=draw(st.sampled_from(["", "blocks.0.hook_resid_post", "hook_embed"])),
+        apply_b_dec_to_input=draw(st.booleans()),
+        rescale_acts_by_decoder_norm=draw(st.booleans()) if topk else False,
+        dtype=draw(st.sampled_from(DTYPES)),
+        metadata=metadata,
+    )
 
 
 @settings(max_examples=50, deadline=None)
-@given(cfg=configs(), seed=st.integers(0, 2**16), weights=st.sampled_from(
-    ["random", "zeros", "ties", "all_dead"]), with_density=st.booleans())
+@given(
+    cfg=configs(),
+    seed=st.integers(0, 2**16),
+    weights=st.sampled_from(["random", "zeros", "ties", "all_dead"]),
+    with_density=st.booleans(),
+)
 def test_random_saes_round_trip_bit_for_bit(tmp_path_factory, cfg, seed, weights, with_density):
     """Adversarial corners on purpose: k = d_sae and k = 1, d_sae = 1, all-zero
     weights (every decoder norm 0), tied pre-activations, every latent dead."""
@@ -233,8 +272,11 @@ def test_random_saes_round_trip_bit_for_bit(tmp_path_factory, cfg, seed, weights
     if not with_density:
         sae.feature_density = None
     folder = tmp_path_factory.mktemp("rt") / "sae"
-    fmt_ok = (cfg.architecture == "topk" and cfg.apply_b_dec_to_input
-              and not cfg.rescale_acts_by_decoder_norm)
+    fmt_ok = (
+        cfg.architecture == "topk"
+        and cfg.apply_b_dec_to_input
+        and not cfg.rescale_acts_by_decoder_norm
+    )
     for fmt in ("saelens", "sparsify") if fmt_ok else ("saelens",):
         save_sae(sae, folder, format=fmt, overwrite=True)
         back = sh.load_sae(folder)
@@ -260,7 +302,11 @@ def test_round_trip_keeps_metadata_json_types_exactly(tmp_path):
 
 
 def test_every_refusal_is_a_saehooks_error():
-    for bad in ({"d_sae": "x"}, {"architecture": "softmax"}, {"dtype": "int8"},
-                {"architecture": "gated", "rescale_acts_by_decoder_norm": True}):
+    for bad in (
+        {"d_sae": "x"},
+        {"architecture": "softmax"},
+        {"dtype": "int8"},
+        {"architecture": "gated", "rescale_acts_by_decoder_norm": True},
+    ):
         with pytest.raises(SAEHooksError):
             sh.SAEConfig(**({"d_in": 4, "d_sae": 8} | bad))

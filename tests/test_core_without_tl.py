@@ -87,7 +87,8 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_core_imports_and_works_without_transformer_lens():
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                            timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "core ok without transformer_lens" in result.stdout

@@ -18,14 +18,15 @@ from conftest import random_sae
 
 import saehooks as sh
 from saehooks.analysis.html import feature_html
-from saehooks.models import hook_state
+from saehooks.tl import hook_state
 
 DEVICE = os.environ.get("SAEHOOKS_FLOW_DEVICE", "cuda")
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
-                       reason="needs a CUDA GPU (SAEHOOKS_FLOW_DEVICE=cpu runs these flows "
-                       "on the CPU)"),
+    pytest.mark.skipif(
+        DEVICE == "cuda" and not torch.cuda.is_available(),
+        reason="needs a CUDA GPU (SAEHOOKS_FLOW_DEVICE=cpu runs these flows on the CPU)",
+    ),
 ]
 HOOK = "blocks.1.hook_resid_post"
 HOOK2 = "blocks.2.hook_resid_post"
@@ -79,15 +80,23 @@ def test_evaluate_on_the_device_matches_the_cpu(dev_model, model, saes, tokens):
     sae, cpu_sae = saes[HOOK]
     on_dev = sh.evaluate(dev_model, sae, tokens, batch_size=2, progress=False)
     on_cpu = sh.evaluate(model, cpu_sae, tokens, batch_size=2, progress=False)
-    for key in ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablation",
-                "ce_loss_mean_ablation", "ce_loss_score", "kl_div", "fvu", "mse", "l0", "l1",
-                "pca_fvu"):
-        assert getattr(on_dev, key) == pytest.approx(getattr(on_cpu, key), rel=2e-3,
-                                                     abs=1e-5), key
+    for key in (
+        "ce_loss_clean",
+        "ce_loss_spliced",
+        "ce_loss_zero_ablation",
+        "ce_loss_mean_ablation",
+        "ce_loss_score",
+        "kl_div",
+        "fvu",
+        "mse",
+        "l0",
+        "l1",
+        "pca_fvu",
+    ):
+        assert getattr(on_dev, key) == pytest.approx(getattr(on_cpu, key), rel=2e-3, abs=1e-5), key
     assert on_dev.n_tokens == on_cpu.n_tokens
     assert _device(on_dev.feature_density) == "cpu"  # CPU-side accumulators
-    torch.testing.assert_close(on_dev.feature_density, on_cpu.feature_density, atol=0.02,
-                               rtol=0)
+    torch.testing.assert_close(on_dev.feature_density, on_cpu.feature_density, atol=0.02, rtol=0)
     # tokens already on the device give the same report; so does the SAELens score option
     same = sh.evaluate(dev_model, sae, tokens.to(DEVICE), batch_size=3, progress=False)
     assert same.ce_loss_spliced == pytest.approx(on_dev.ce_loss_spliced, rel=1e-5)
@@ -127,12 +136,12 @@ def test_ablation_and_clamping_on_the_device_are_exact(dev_model, saes, tokens):
     assert _device(means) == "cpu"
     with sh.ablate_features(dev_model, sae, [f], mode="mean", mean_acts=means):
         _, out = cache()
-    torch.testing.assert_close(out - clean_out, (means[f].to(DEVICE) - a[..., f, None]) * row,
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        out - clean_out, (means[f].to(DEVICE) - a[..., f, None]) * row, atol=1e-4, rtol=0
+    )
     with sh.clamp_features(dev_model, sae, {f: 5.0}):
         _, out = cache()
-    torch.testing.assert_close(out - clean_out, (5.0 - a[..., f, None]) * row, atol=1e-4,
-                               rtol=0)
+    torch.testing.assert_close(out - clean_out, (5.0 - a[..., f, None]) * row, atol=1e-4, rtol=0)
 
 
 def test_steer_with_generate_on_the_device(dev_model, saes, tokens):
@@ -143,8 +152,9 @@ def test_steer_with_generate_on_the_device(dev_model, saes, tokens):
     outs = []
     for cached in (True, False):
         with sh.steer(dev_model, sae, 7, 60.0):
-            outs.append(dev_model.generate(prompt, max_new_tokens=8, use_past_kv_cache=cached,
-                                           **GEN))
+            outs.append(
+                dev_model.generate(prompt, max_new_tokens=8, use_past_kv_cache=cached, **GEN)
+            )
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], clean)
     f = int(sh.feature_density(dev_model, sae, tokens).argmax())
     with sh.steer(dev_model, sae, f, 1.0, coefficient_mode="relative", tokens=tokens):
@@ -163,21 +173,25 @@ def test_feature_tools_on_the_device_match_the_cpu(dev_model, model, saes, token
     sae, cpu_sae = saes[HOOK]
     density = sh.feature_density(dev_model, sae, tokens)
     assert _device(density) == "cpu"
-    torch.testing.assert_close(density, sh.feature_density(model, cpu_sae, tokens), atol=0.02,
-                               rtol=0)
+    torch.testing.assert_close(
+        density, sh.feature_density(model, cpu_sae, tokens), atol=0.02, rtol=0
+    )
     f = int(density.argmax())
     scan = sh.scan_features(dev_model, sae, tokens, [f, 3], k=5, context=2)
     want = sh.top_activating_examples(model, cpu_sae, tokens, f, k=5, context=2)
     got = scan.examples[f]
-    assert (got.sequence.iloc[0], got.position.iloc[0]) == (want.sequence.iloc[0],
-                                                            want.position.iloc[0])
+    assert (got.sequence.iloc[0], got.position.iloc[0]) == (
+        want.sequence.iloc[0],
+        want.position.iloc[0],
+    )
     assert got.activation.iloc[0] == pytest.approx(want.activation.iloc[0], rel=1e-3)
     effects_dev = sh.feature_ablation_effects(dev_model, sae, tokens, [f, 3], batch_size=2)
     effects_cpu = sh.feature_ablation_effects(model, cpu_sae, tokens, [f, 3], batch_size=2)
     # a latent at the top-k boundary may flip between devices: loose, but a wrong device
     # would fail outright
     assert effects_dev["frequency"].tolist() == pytest.approx(
-        effects_cpu["frequency"].tolist(), abs=0.02)
+        effects_cpu["frequency"].tolist(), abs=0.02
+    )
     for col in ("loss_change", "kl"):
         assert effects_dev[col].tolist() == pytest.approx(effects_cpu[col].tolist(), abs=2e-3)
     attribution = sh.feature_attribution(dev_model, sae, tokens, batch_size=2)
@@ -185,10 +199,12 @@ def test_feature_tools_on_the_device_match_the_cpu(dev_model, model, saes, token
     logits = sh.feature_logit_effects(dev_model, sae, f, k=5)
     cpu_logits = sh.feature_logit_effects(model, cpu_sae, f, k=5)
     assert logits.promoted_id.iloc[0] == cpu_logits.promoted_id.iloc[0]
-    assert logits.promoted_effect.tolist() == pytest.approx(cpu_logits.promoted_effect.tolist(),
-                                                            rel=1e-3)
-    sweep = sh.steering_sweep(dev_model, sae, f, [0.0, 20.0], "x = 1", tokens=tokens[:2],
-                              max_new_tokens=3)
+    assert logits.promoted_effect.tolist() == pytest.approx(
+        cpu_logits.promoted_effect.tolist(), rel=1e-3
+    )
+    sweep = sh.steering_sweep(
+        dev_model, sae, f, [0.0, 20.0], "x = 1", tokens=tokens[:2], max_new_tokens=3
+    )
     assert sweep.loc[0, "kl"] == 0 and sweep.loc[1, "kl"] > 0
     page = feature_html(dev_model, sae, tokens, f, tmp_path / "f.html", k=3, density=density)
     assert page.read_text(encoding="utf-8").count('class="tok hit"') == 3

@@ -16,12 +16,18 @@ SAE_NAME = "topk-k32-blocks.2.hook_resid_post"
 
 needs_sae = pytest.mark.skipif(
     not (pretrained_sae_dir() / SAE_NAME).is_dir(),
-    reason=f"shipped SAE {SAE_NAME!r} not in {pretrained_sae_dir()} yet (trained by issue 4)")
+    reason=f"shipped SAE {SAE_NAME!r} not in {pretrained_sae_dir()} yet (trained by issue 4)",
+)
 
 
 def _run(script: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, str(ROOT / "demos" / script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "demos" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -60,13 +66,15 @@ def _find_features():
 
 def test_find_features_lexer_labels():
     ff = _find_features()
-    text = ("import os\n"
-            "class A:\n"
-            "    def __init__(self):\n"
-            "        if x:\n"
-            "            if y:\n"
-            "                s = 'msg'  # note\n"
-            '        """doc"""\n')
+    text = (
+        "import os\n"
+        "class A:\n"
+        "    def __init__(self):\n"
+        "        if x:\n"
+        "            if y:\n"
+        "                s = 'msg'  # note\n"
+        '        """doc"""\n'
+    )
     doc = ff.lex(text)
     assert doc.complete
 
@@ -86,6 +94,6 @@ def test_find_features_lexer_labels():
 
     class ByteLevelPieces:  # what a GPT-2-style tokenizer returns for ' x' and '\n  '
         def convert_ids_to_tokens(self, ids):
-            return ["\u0120x", "\u010a\u0120\u0120"][:len(ids)]
+            return ["\u0120x", "\u010a\u0120\u0120"][: len(ids)]
 
     assert ff.token_bytes(ByteLevelPieces(), [0, 1]) == [b" x", b"\n  "]

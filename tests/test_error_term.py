@@ -71,8 +71,9 @@ def _edits(sae, x):
 
 @pytest.mark.parametrize("architecture", ["topk", "jumprelu", "relu"])
 @pytest.mark.parametrize("use_error_term", [True, False])
-def test_an_edit_at_each_hook_point_moves_the_output_by_its_path(model, architecture,
-                                                                  use_error_term):
+def test_an_edit_at_each_hook_point_moves_the_output_by_its_path(
+    model, architecture, use_error_term
+):
     tokens = sh.load_eval_tokens(2)[:, :24]
     sae = random_sae(architecture=architecture, k=16, hook_name=HOOK, seed=3)
     x = _clean_activation(model, tokens)
@@ -90,11 +91,18 @@ def test_the_error_and_output_hooks(model):
     x = _clean_activation(model, tokens)
     with torch.no_grad():
         recons = sae.decode(sae.encode(x))
-    got = _spliced_activation(model, sae, tokens, "hook_sae_error",
-                              lambda e, hook: 2 * e, use_error_term=True)
+    got = _spliced_activation(
+        model, sae, tokens, "hook_sae_error", lambda e, hook: 2 * e, use_error_term=True
+    )
     torch.testing.assert_close(got, recons + 2 * (x - recons), atol=1e-4, rtol=1e-5)
-    got = _spliced_activation(model, sae, tokens, "hook_sae_output",
-                              lambda o, hook: torch.zeros_like(o), use_error_term=True)
+    got = _spliced_activation(
+        model,
+        sae,
+        tokens,
+        "hook_sae_output",
+        lambda o, hook: torch.zeros_like(o),
+        use_error_term=True,
+    )
     assert torch.equal(got, torch.zeros_like(got))
 
 
@@ -105,8 +113,9 @@ def test_no_edit_leaves_the_activation_unchanged_and_both_paths_agree(model):
     sae = random_sae(architecture="topk", k=16, hook_name=HOOK, seed=5)
     x = _clean_activation(model, tokens)
     fast = _spliced_activation(model, sae, tokens, None, None, use_error_term=True)
-    slow = _spliced_activation(model, sae, tokens, "hook_sae_acts_post",
-                               lambda a, hook: None, use_error_term=True)
+    slow = _spliced_activation(
+        model, sae, tokens, "hook_sae_acts_post", lambda a, hook: None, use_error_term=True
+    )
     torch.testing.assert_close(fast, x, atol=1e-5, rtol=0)
     assert torch.equal(fast, slow)
 
@@ -122,13 +131,18 @@ def test_the_issue_example_on_the_shipped_topk_sae(model):
     with torch.no_grad():
         pre = sae.encode_pre(x)
         j = sae.activation(pre).argmax(-1, keepdim=True)
-        expected_change = sae.decode(sae.activation(pre.scatter(-1, j, -1e4))) - \
-            sae.decode(sae.activation(pre))
+        expected_change = sae.decode(sae.activation(pre.scatter(-1, j, -1e4))) - sae.decode(
+            sae.activation(pre)
+        )
     store = {}
     with torch.no_grad(), sh.attach(model, sae, use_error_term=True):
-        model.run_with_hooks(tokens, fwd_hooks=[
-            (f"{hook}.hook_sae_acts_pre", lambda p, hook: p.scatter(-1, j, -1e4)),
-            (after, lambda a, hook: store.setdefault("out", a.clone()))])
+        model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (f"{hook}.hook_sae_acts_pre", lambda p, hook: p.scatter(-1, j, -1e4)),
+                (after, lambda a, hook: store.setdefault("out", a.clone())),
+            ],
+        )
     change = store["out"] - x
     torch.testing.assert_close(change, expected_change, atol=1e-3, rtol=1e-4)
     assert change[0, 1:].norm(dim=-1).mean() > 10.0  # a real move, not 2e-6

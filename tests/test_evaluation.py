@@ -56,8 +56,9 @@ def test_report_against_independent_computation(model, tokens, report):
         clean, cache = model.run_with_cache(tokens, names_filter=HOOK)
         x = cache[HOOK]
         recon = sae(x)
-        spliced = model.run_with_hooks(tokens, fwd_hooks=[
-            (HOOK, lambda a, hook: torch.where(mask[..., None], recon, a))])
+        spliced = model.run_with_hooks(
+            tokens, fwd_hooks=[(HOOK, lambda a, hook: torch.where(mask[..., None], recon, a))]
+        )
     predict = mask[:, :-1]
     ce_clean = metrics.next_token_ce(clean, tokens)[predict].mean().item()
     ce_spliced = metrics.next_token_ce(spliced, tokens)[predict].mean().item()
@@ -76,13 +77,15 @@ def test_report_against_independent_computation(model, tokens, report):
     assert report.dead_fraction == pytest.approx((acts != 0).sum(0).eq(0).float().mean().item())
     assert report.ce_loss_score == pytest.approx(
         (report.ce_loss_zero_ablation - ce_spliced) / (report.ce_loss_zero_ablation - ce_clean),
-        rel=1e-4)
+        rel=1e-4,
+    )
 
 
 def _plain_ce(logits, tokens, predict):
     """Mean next-token CE over the predicting positions, with torch's own cross_entropy."""
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).double(),
-                                           tokens[:, 1:].flatten(), reduction="none")
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).double(), tokens[:, 1:].flatten(), reduction="none"
+    )
     return float(ce.reshape(predict.shape)[predict].mean())
 
 
@@ -97,25 +100,40 @@ def test_ablation_baselines_against_plain_hooks(model, tokens, report, ablate_bo
         _, cache = model.run_with_cache(tokens, names_filter=HOOK)
         x = cache[HOOK]
         mean = x[mask].double().mean(0).float()
-        zero_logits = model.run_with_hooks(tokens, fwd_hooks=[
-            (HOOK, lambda a, hook: torch.where(where[..., None], torch.zeros_like(a), a))])
-        mean_logits = model.run_with_hooks(tokens, fwd_hooks=[
-            (HOOK, lambda a, hook: torch.where(where[..., None], mean.expand_as(a), a))])
+        zero_logits = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (HOOK, lambda a, hook: torch.where(where[..., None], torch.zeros_like(a), a))
+            ],
+        )
+        mean_logits = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[(HOOK, lambda a, hook: torch.where(where[..., None], mean.expand_as(a), a))],
+        )
         clean_logits = model(tokens)
     predict = mask[:, :-1]
-    ce_zero, ce_mean = _plain_ce(zero_logits, tokens, predict), _plain_ce(mean_logits, tokens,
-                                                                          predict)
+    ce_zero, ce_mean = (
+        _plain_ce(zero_logits, tokens, predict),
+        _plain_ce(mean_logits, tokens, predict),
+    )
     ce_clean = _plain_ce(clean_logits, tokens, predict)
     assert ce_zero > ce_mean > ce_clean + 0.1  # the baselines really ablate
-    r = report if not ablate_bos else evaluate(model, random_sae(k=16), tokens, batch_size=4,
-                                               progress=False, ablate_bos=True)
+    r = (
+        report
+        if not ablate_bos
+        else evaluate(
+            model, random_sae(k=16), tokens, batch_size=4, progress=False, ablate_bos=True
+        )
+    )
     assert r.ablate_bos is ablate_bos
     assert r.ce_loss_zero_ablation == pytest.approx(ce_zero, rel=1e-5)
     assert r.ce_loss_mean_ablation == pytest.approx(ce_mean, rel=1e-5)
     assert r.ce_loss_score == pytest.approx(
-        (ce_zero - r.ce_loss_spliced) / (ce_zero - ce_clean), rel=1e-4)
+        (ce_zero - r.ce_loss_spliced) / (ce_zero - ce_clean), rel=1e-4
+    )
     assert r.ce_loss_score_mean_ablation == pytest.approx(
-        (ce_mean - r.ce_loss_spliced) / (ce_mean - ce_clean), rel=1e-4)
+        (ce_mean - r.ce_loss_spliced) / (ce_mean - ce_clean), rel=1e-4
+    )
 
 
 def test_results_do_not_depend_on_batch_size(model, tokens, report):
@@ -140,10 +158,16 @@ def test_loss_increase_per_token(model, tokens):
     table = loss_increase_per_token(model, sae, tokens[:2], progress=False)
     bos = model.tokenizer.bos_token_id
     assert len(table) == int((tokens[:2, :-1] != bos).sum())
-    assert list(table.columns) == ["sequence", "position", "token", "loss_clean",
-                                   "loss_spliced", "delta"]
+    assert list(table.columns) == [
+        "sequence",
+        "position",
+        "token",
+        "loss_clean",
+        "loss_spliced",
+        "delta",
+    ]
     row = table.iloc[10]
-    assert row.token == model.to_string(tokens[row.sequence, row.position:row.position + 1])
+    assert row.token == model.to_string(tokens[row.sequence, row.position : row.position + 1])
     report = evaluate(model, sae, tokens[:2], progress=False)
     assert table.loss_spliced.mean() == pytest.approx(report.ce_loss_spliced, rel=1e-5)
     assert table.delta.mean() == pytest.approx(report.ce_loss_increase, rel=1e-4, abs=1e-6)
@@ -158,8 +182,11 @@ def test_bad_tokens(model):
         evaluate(model, random_sae(), torch.zeros(1, 2, 3, dtype=torch.long), progress=False)
     with pytest.raises(InputTypeError, match="to_tokens"):
         evaluate(model, random_sae(), "def f(): pass", progress=False)
-    with pytest.raises(InputError, match=r"ids \[4096\] outside the model's vocabulary "
-                                         r"0 … 4095; tokenize with this model's tokenizer"):
+    with pytest.raises(
+        InputError,
+        match=r"ids \[4096\] outside the model's vocabulary "
+        r"0 … 4095; tokenize with this model's tokenizer",
+    ):
         evaluate(model, random_sae(), torch.tensor([[0, 4096]]), progress=False)
     # longer than the context window: a named error, not the embedding's IndexError
     with pytest.raises(InputError, match=r"n_ctx=256; cut them, e.g. tokens\[:, :256\]"):

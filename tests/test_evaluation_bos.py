@@ -55,9 +55,17 @@ def by_hand(model, sae, tokens):
         zero_all = run(lambda a, hook: torch.zeros_like(a))
         mean_keep_bos = run(lambda a, hook: torch.where(keep[..., None], mean, a))
         mean_all = run(lambda a, hook: mean.expand_as(a).clone())
-    return {name: _ce(logits, tokens, predict) for name, logits in [
-        ("clean", clean), ("spliced", spliced), ("zero_keep_bos", zero_keep_bos),
-        ("zero_all", zero_all), ("mean_keep_bos", mean_keep_bos), ("mean_all", mean_all)]}
+    return {
+        name: _ce(logits, tokens, predict)
+        for name, logits in [
+            ("clean", clean),
+            ("spliced", spliced),
+            ("zero_keep_bos", zero_keep_bos),
+            ("zero_all", zero_all),
+            ("mean_keep_bos", mean_keep_bos),
+            ("mean_all", mean_all),
+        ]
+    }
 
 
 def test_ablate_bos_gives_saelens_ce_loss_score(model, sae, tokens, by_hand):
@@ -95,27 +103,36 @@ def test_ablate_bos_changes_only_the_ablation_baselines(model, sae, tokens):
 
 
 # ---- several SAEs at once ---------------------------------------------------------------
-def test_several_saes_are_spliced_together_and_each_reports_its_own_reconstruction(
-        model, tokens):
-    sae1, sae2 = random_sae(k=16, hook_name=HOOK, seed=7), random_sae(k=8, hook_name=HOOK2,
-                                                                       seed=8)
-    reports = evaluate(model, [sae1, sae2], tokens, batch_size=2, exclude_bos=False,
-                       progress=False)
+def test_several_saes_are_spliced_together_and_each_reports_its_own_reconstruction(model, tokens):
+    sae1, sae2 = random_sae(k=16, hook_name=HOOK, seed=7), random_sae(k=8, hook_name=HOOK2, seed=8)
+    reports = evaluate(model, [sae1, sae2], tokens, batch_size=2, exclude_bos=False, progress=False)
     assert list(reports) == [HOOK, HOOK2]
-    alone = {s.cfg.hook_name: evaluate(model, s, tokens, exclude_bos=False, progress=False)
-             for s in (sae1, sae2)}
+    alone = {
+        s.cfg.hook_name: evaluate(model, s, tokens, exclude_bos=False, progress=False)
+        for s in (sae1, sae2)
+    }
     for name, report in reports.items():
         assert report.hook_name == name and report.spliced_hooks == (HOOK, HOOK2)
         for key in ("fvu", "mse", "l0", "l1", "dead_fraction", "pca_fvu", "n_tokens"):
-            assert getattr(report, key) == pytest.approx(getattr(alone[name], key),
-                                                         rel=1e-6), (name, key)
+            assert getattr(report, key) == pytest.approx(getattr(alone[name], key), rel=1e-6), (
+                name,
+                key,
+            )
         assert torch.equal(report.feature_density, alone[name].feature_density)
     # the joint CE: both SAEs spliced in at every position, computed by hand
     with torch.no_grad():
-        both = model.run_with_hooks(tokens, fwd_hooks=[
-            (s.cfg.hook_name, lambda a, hook, s=s: s.decode(s.encode(a))) for s in (sae1, sae2)])
-        zero = model.run_with_hooks(tokens, fwd_hooks=[
-            (s.cfg.hook_name, lambda a, hook: torch.zeros_like(a)) for s in (sae1, sae2)])
+        both = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (s.cfg.hook_name, lambda a, hook, s=s: s.decode(s.encode(a))) for s in (sae1, sae2)
+            ],
+        )
+        zero = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (s.cfg.hook_name, lambda a, hook: torch.zeros_like(a)) for s in (sae1, sae2)
+            ],
+        )
     every = torch.ones_like(tokens[:, :-1], dtype=torch.bool)
     joint = reports[HOOK2]
     assert joint.ce_loss_spliced == pytest.approx(_ce(both, tokens, every), rel=1e-6)

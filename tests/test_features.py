@@ -13,7 +13,7 @@ from saehooks.analysis import logits, stats
 from saehooks.analysis.html import feature_html
 from saehooks.data import sae_acts
 from saehooks.errors import InputError
-from saehooks.models import hook_state
+from saehooks.tl import hook_state
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,14 @@ def test_streaming_top_examples_equal_a_brute_force_pass(model, sae, tokens, bat
     acts = sae_acts(model, sae, tokens)
     freq = (acts > 0).float().mean((0, 1))
     for feature in (int(freq.argmax()), int(((freq > 0) & (freq < 0.2)).nonzero()[0])):
-        got = stats.top_activating_examples(model, sae, tokens, feature, k=7, context=4,
-                                               batch_size=batch_size)
+        got = stats.top_activating_examples(
+            model, sae, tokens, feature, k=7, context=4, batch_size=batch_size
+        )
         want = _brute_force(model, sae, tokens, feature, 7)
         assert list(zip(got["sequence"], got["position"])) == [(s, p) for _, s, p in want]
-        torch.testing.assert_close(torch.tensor(got["activation"].tolist()),
-                                   torch.tensor([a for a, _, _ in want]))
+        torch.testing.assert_close(
+            torch.tensor(got["activation"].tolist()), torch.tensor([a for a, _, _ in want])
+        )
         n = int((tokens != 0).sum())
         fired = int(((acts[..., feature] > 0) & (tokens != 0)).sum())
         assert got.attrs["frequency"] == pytest.approx(fired / n)
@@ -92,15 +94,19 @@ def test_logit_effects_are_the_decoder_row_through_the_unembedding(model, sae):
     table = logits.feature_logit_effects(model, sae, 9, k=5)
     row = sae.W_dec[9].detach()
     effects = (row - row.mean()) @ model.W_U
-    torch.testing.assert_close(torch.tensor(table["promoted_effect"].tolist()),
-                               effects.topk(5).values)
+    torch.testing.assert_close(
+        torch.tensor(table["promoted_effect"].tolist()), effects.topk(5).values
+    )
     assert table["promoted_id"].tolist() == effects.topk(5).indices.tolist()
     assert table["suppressed_id"].tolist() == (-effects).topk(5).indices.tolist()
     assert table["promoted_effect"].is_monotonic_decreasing
     assert (table["suppressed_effect"] < 0).all()
     assert table.index.tolist() == [1, 2, 3, 4, 5]
-    with pytest.raises(InputError, match=r"feature=-1 is out of range: this SAE has d_sae=512 "
-                                         r"latents \(ids 0 … 511\)"):
+    with pytest.raises(
+        InputError,
+        match=r"feature=-1 is out of range: this SAE has d_sae=512 "
+        r"latents \(ids 0 … 511\)",
+    ):
         logits.feature_logit_effects(model, sae, -1)
 
 
@@ -120,8 +126,9 @@ def test_feature_html_is_self_contained(model, sae, tokens, tmp_path):
     before = hook_state(model)
     density = stats.feature_density(model, sae, tokens)
     feature = int(density.argmax())
-    path = feature_html(model, sae, tokens, feature, tmp_path / "f.html", k=4, context=3,
-                        density=density)
+    path = feature_html(
+        model, sae, tokens, feature, tmp_path / "f.html", k=4, context=3, density=density
+    )
     page = path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert page.count('class="tok hit"') == 4
@@ -135,8 +142,9 @@ def test_cli_commands(model, sae, tmp_path, capsys):
     sae.save(str(folder))
     parser = cli.build_parser()
     common = ["--sae", str(folder), "--n-seq", "2"]
-    args = parser.parse_args(["inspect", "--feature", "5", "--k", "3", "--html",
-                              str(tmp_path / "p.html"), *common])
+    args = parser.parse_args(
+        ["inspect", "--feature", "5", "--k", "3", "--html", str(tmp_path / "p.html"), *common]
+    )
     assert cli.run(args, model=model) == 0
     out = capsys.readouterr().out
     assert "feature 5" in out and "logit effects" in out and (tmp_path / "p.html").is_file()
@@ -144,8 +152,20 @@ def test_cli_commands(model, sae, tmp_path, capsys):
     assert cli.run(args, model=model) == 0
     out = capsys.readouterr().out
     assert "loss_change" in out and "kl" in out
-    args = parser.parse_args(["steer", "--feature", "5", "--coefficient", "50", "--prompt",
-                              "def f(", "--max-new-tokens", "3", *common])
+    args = parser.parse_args(
+        [
+            "steer",
+            "--feature",
+            "5",
+            "--coefficient",
+            "50",
+            "--prompt",
+            "def f(",
+            "--max-new-tokens",
+            "3",
+            *common,
+        ]
+    )
     assert cli.run(args, model=model) == 0
     out = capsys.readouterr().out
     assert "clean continuation" in out and "steered continuation" in out

@@ -8,9 +8,9 @@ import torch
 from conftest import random_sae
 
 import saehooks as sh
-from saehooks import hooks, models
+from saehooks import hooks, tl
 from saehooks.errors import ConcurrentUseError, DeviceError, InputError
-from saehooks.models import hook_state
+from saehooks.tl import hook_state
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -48,8 +48,10 @@ def test_hook_width_is_the_measured_width_for_every_hook_name(model):
     names = [n for n in model.hook_dict if ".hook_sae_" not in n]
     fwd = []
     for name in names:
+
         def read(act, hook, name=name):
             seen[name] = act.shape
+
         fwd.append((name, read))
     with torch.no_grad():
         for name, fn in fwd:  # one at a time: some hooks must be switched on by name
@@ -61,15 +63,20 @@ def test_hook_width_is_the_measured_width_for_every_hook_name(model):
     for name, shape in seen.items():
         if "pattern" in name or "attn_scores" in name or len(shape) < 3:
             continue  # [batch, head, q, k] and token ids [batch, pos] have no width
-        assert models.hook_width(model, name) == shape[-1], name
-    assert models.hook_width(model, "blocks.0.mlp.in.hook_out") == 1024
-    assert models.hook_width(model, "blocks.0.ln2.hook_normalized") == 256
-    assert models.is_per_head(model, "blocks.0.attn.o.hook_in")
+        assert tl.hook_width(model, name) == shape[-1], name
+    assert tl.hook_width(model, "blocks.0.mlp.in.hook_out") == 1024
+    assert tl.hook_width(model, "blocks.0.ln2.hook_normalized") == 256
+    assert tl.is_per_head(model, "blocks.0.attn.o.hook_in")
 
 
-@pytest.mark.parametrize("name, d_in", [("blocks.0.mlp.in.hook_out", 256),
-                                        ("blocks.0.ln2.hook_normalized", 1024),
-                                        ("blocks.0.mlp.hook_post", 256)])
+@pytest.mark.parametrize(
+    "name, d_in",
+    [
+        ("blocks.0.mlp.in.hook_out", 256),
+        ("blocks.0.ln2.hook_normalized", 1024),
+        ("blocks.0.mlp.hook_post", 256),
+    ],
+)
 def test_a_wrong_width_sae_is_refused_at_any_name(model, name, d_in):
     sae = random_sae(d_in=d_in, hook_name=name)
     with pytest.raises(InputError, match="does not match the width"):
@@ -110,8 +117,7 @@ def test_hooks_added_on_sae_points_inside_attach_are_gone_after(model, small_tok
             model.add_hook(f"{HOOK}.hook_sae_acts_post", lambda a, hook: torch.zeros_like(a))
             model.reset_hooks()  # TL4 does not reach every SAE hook point this way
             sae.hook_sae_acts_pre.add_hook(lambda a, hook: a * 0, is_permanent=True)
-        assert all(not hp.fwd_hooks and not hp._forward_hooks
-                   for hp in sae.hook_points().values())
+        assert all(not hp.fwd_hooks and not hp._forward_hooks for hp in sae.hook_points().values())
         with sh.attach(model, sae):
             again = model(small_tokens)
     assert torch.equal(reference, again)

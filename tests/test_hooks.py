@@ -11,15 +11,14 @@ from conftest import random_sae
 
 import saehooks as sh
 from saehooks.hooks import ProcessingMismatchWarning
-from saehooks.models import HookNameError, hook_state
+from saehooks.tl import HookNameError, hook_state
 
 HOOK = "blocks.1.hook_resid_post"
 
 
 def identity_sae(d_in=256, hook_name=HOOK):
     """ReLU SAE with dictionary [I; -I]: relu(x) - relu(-x) == x exactly."""
-    sae = sh.SAE(sh.SAEConfig(d_in=d_in, d_sae=2 * d_in, architecture="relu",
-                              hook_name=hook_name))
+    sae = sh.SAE(sh.SAEConfig(d_in=d_in, d_sae=2 * d_in, architecture="relu", hook_name=hook_name))
     eye = torch.eye(d_in)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
@@ -29,8 +28,9 @@ def identity_sae(d_in=256, hook_name=HOOK):
 
 def test_a_hook_returning_zeros_changes_the_loss(model, small_tokens):
     clean = model(small_tokens, return_type="loss")
-    zeroed = model.run_with_hooks(small_tokens, return_type="loss",
-                                  fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))])
+    zeroed = model.run_with_hooks(
+        small_tokens, return_type="loss", fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))]
+    )
     assert zeroed.item() > clean.item() + 1.0
 
 
@@ -62,8 +62,13 @@ def test_error_term_gives_the_clean_logits_and_caches_features(model, small_toke
     acts = cache[HOOK + ".hook_sae_acts_post"]
     assert acts.shape == (*small_tokens.shape, sae.cfg.d_sae)
     assert torch.equal((acts != 0).sum(-1), torch.full(small_tokens.shape, 8))
-    for name in ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_recons", "hook_sae_error",
-                 "hook_sae_output"):
+    for name in (
+        "hook_sae_input",
+        "hook_sae_acts_pre",
+        "hook_sae_recons",
+        "hook_sae_error",
+        "hook_sae_output",
+    ):
         assert cache[f"{HOOK}.{name}"].shape[:2] == small_tokens.shape
     x = cache[HOOK + ".hook_sae_input"]
     assert torch.allclose(acts, sae.encode(x), atol=1e-5)
@@ -75,7 +80,8 @@ def test_feature_intervention_through_the_model_hook_api(model, small_tokens):
     sae = random_sae(k=8)
     with torch.no_grad(), sh.attach(model, sae, use_error_term=True):
         acts = model.run_with_cache(small_tokens, names_filter=HOOK + ".hook_sae_acts_post")[1][
-            HOOK + ".hook_sae_acts_post"]
+            HOOK + ".hook_sae_acts_post"
+        ]
         feature = int(acts[0, 5].nonzero()[0])
         outs = {}
 
@@ -87,8 +93,10 @@ def test_feature_intervention_through_the_model_hook_api(model, small_tokens):
             a[..., feature] = 0
             return a
 
-        model.run_with_hooks(small_tokens, fwd_hooks=[
-            (HOOK + ".hook_sae_acts_post", zero), (HOOK + ".hook_sae_output", keep)])
+        model.run_with_hooks(
+            small_tokens,
+            fwd_hooks=[(HOOK + ".hook_sae_acts_post", zero), (HOOK + ".hook_sae_output", keep)],
+        )
         _, cache = model.run_with_cache(small_tokens, names_filter=HOOK + ".hook_sae_input")
     x = cache[HOOK + ".hook_sae_input"]
     expected = x - acts[..., feature, None] * sae.W_dec[feature]
@@ -99,8 +107,13 @@ def test_several_saes_at_different_hooks(model, small_tokens):
     a, b = random_sae(hook_name="blocks.0.hook_resid_post"), random_sae(seed=1)
     with torch.no_grad():
         both = sh.run_with_saes(model, small_tokens, [a, b])
-        manual = model.run_with_hooks(small_tokens, fwd_hooks=[
-            ("blocks.0.hook_resid_post", lambda x, hook: a(x)), (HOOK, lambda x, hook: b(x))])
+        manual = model.run_with_hooks(
+            small_tokens,
+            fwd_hooks=[
+                ("blocks.0.hook_resid_post", lambda x, hook: a(x)),
+                (HOOK, lambda x, hook: b(x)),
+            ],
+        )
         _, cache = sh.run_with_cache_with_saes(model, small_tokens, [a, b])
     assert torch.allclose(both, manual, atol=1e-5)
     assert "blocks.0.hook_resid_post.hook_sae_acts_post" in cache
@@ -118,8 +131,9 @@ def test_hooks_never_leak(model, small_tokens):
     assert hook_state(model) == before and set(model.hook_dict) == names_before
     # nested inside the model's own hook context and another attach
     user_hook_calls = []
-    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post",
-                                 lambda a, hook: user_hook_calls.append(1))]):
+    with model.hooks(
+        fwd_hooks=[("blocks.0.hook_resid_post", lambda a, hook: user_hook_calls.append(1))]
+    ):
         with sh.attach(model, random_sae(hook_name="blocks.2.hook_resid_post")):
             with pytest.raises(ValueError), sh.attach(model, sae):
                 raise ValueError("inner")
@@ -150,12 +164,18 @@ def test_sae_dtype_and_stream_dtype(model, small_tokens):
     def look(name):
         def hook(a, hook):
             seen[name] = a.dtype
+
         return hook
 
     with torch.no_grad(), sh.attach(model, sae):
-        model.run_with_hooks(small_tokens, fwd_hooks=[
-            (HOOK + ".hook_sae_acts_post", look("acts")), (HOOK, look("out")),
-            ("blocks.2.hook_resid_pre", look("next"))])
+        model.run_with_hooks(
+            small_tokens,
+            fwd_hooks=[
+                (HOOK + ".hook_sae_acts_post", look("acts")),
+                (HOOK, look("out")),
+                ("blocks.2.hook_resid_pre", look("next")),
+            ],
+        )
     assert seen == {"acts": torch.bfloat16, "out": torch.float32, "next": torch.float32}
 
 
@@ -206,7 +226,7 @@ def test_processing_mismatch_warns(model):
     with pytest.warns(ProcessingMismatchWarning, match="fold_ln"):
         with sh.attach(model, sae):
             pass
-    sae.cfg.metadata["model_processing"] = sh.models.model_processing(model)
+    sae.cfg.metadata["model_processing"] = sh.tl.model_processing(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ProcessingMismatchWarning)
         with sh.attach(model, sae):

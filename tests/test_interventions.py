@@ -12,7 +12,7 @@ from saehooks.data import capture, sae_acts
 from saehooks.errors import InputError
 from saehooks.metrics import kl_div
 from saehooks.metrics import next_token_ce as token_losses
-from saehooks.models import hook_state
+from saehooks.tl import hook_state
 
 GEN = {"do_sample": False, "stop_at_eos": False, "verbose": False}
 
@@ -70,8 +70,9 @@ def test_several_saes_and_features(model, small_tokens, sae, sae2):
     torch.testing.assert_close(out1 - clean_out, expected, atol=1e-5, rtol=0)
     # the second SAE sees the edited stream; its own edit is exact relative to its input
     a2 = sae2.encode(x2)[..., g]
-    torch.testing.assert_close(out2 - x2, -a2[..., None] * sae2.W_dec[g].detach(),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        out2 - x2, -a2[..., None] * sae2.W_dec[g].detach(), atol=1e-4, rtol=0
+    )
 
 
 def test_ablation_positions_mean_mode_and_clamping(model, small_tokens, sae):
@@ -117,10 +118,12 @@ def test_ablating_a_feature_that_never_fires_leaves_the_loss_unchanged(model, sm
 
 
 def test_ablating_all_features_without_error_term_is_the_zero_reconstruction(
-        model, small_tokens, sae):
+    model, small_tokens, sae
+):
     b_dec = sae.b_dec.detach()
-    zero_recon = sh.hooks.run_with_hook(model, small_tokens, sae.cfg.hook_name,
-                                        lambda act, hook: b_dec.expand_as(act).clone())
+    zero_recon = sh.hooks.run_with_hook(
+        model, small_tokens, sae.cfg.hook_name, lambda act, hook: b_dec.expand_as(act).clone()
+    )
     with interventions.ablate_features(model, sae, range(sae.cfg.d_sae), use_error_term=False):
         ablated = model(small_tokens)
     torch.testing.assert_close(ablated, zero_recon, atol=1e-5, rtol=0)
@@ -133,8 +136,9 @@ def test_ablating_all_features_without_error_term_is_the_zero_reconstruction(
 
 def test_effects_table_matches_a_direct_ablated_run(model, small_tokens, sae):
     f = int(_frequencies(model, sae, small_tokens).argmax())
-    table = sh.feature_ablation_effects(model, sae, small_tokens, [f], batch_size=3,
-                                             exclude_bos=False)
+    table = sh.feature_ablation_effects(
+        model, sae, small_tokens, [f], batch_size=3, exclude_bos=False
+    )
     with torch.no_grad(), sh.attach(model, sae, use_error_term=True):
         clean = token_losses(model(small_tokens), small_tokens)
     with torch.no_grad(), interventions.ablate_features(model, sae, [f]):
@@ -153,21 +157,26 @@ def test_effects_table_matches_a_direct_ablated_run(model, small_tokens, sae):
     acts = sae_acts(model, sae, small_tokens)[..., f]
     assert row["frequency"] == float((acts > 0).double().mean())
     fires = acts > 0
-    assert row["mean_act_when_firing"] == pytest.approx(float(acts[fires].double().mean()),
-                                                        rel=1e-6)
+    assert row["mean_act_when_firing"] == pytest.approx(
+        float(acts[fires].double().mean()), rel=1e-6
+    )
     fires_predicting = fires[:, :-1]
     assert row["loss_change_when_firing"] == pytest.approx(
-        float((ablated - clean)[fires_predicting].double().mean()), abs=1e-6)
+        float((ablated - clean)[fires_predicting].double().mean()), abs=1e-6
+    )
     # the largest rise over every token, even when the largest |changes| are falls
     assert row["max_loss_increase"] == pytest.approx(
-        max(float((ablated - clean).max()), 0.0), abs=1e-5)
-    narrow = sh.feature_ablation_effects(model, sae, small_tokens, [f], batch_size=3,
-                                              exclude_bos=False, n_top=1)
+        max(float((ablated - clean).max()), 0.0), abs=1e-5
+    )
+    narrow = sh.feature_ablation_effects(
+        model, sae, small_tokens, [f], batch_size=3, exclude_bos=False, n_top=1
+    )
     assert narrow.loc[f, "max_loss_increase"] == pytest.approx(row["max_loss_increase"])
 
 
 def test_attribution_is_the_gradient_estimate_and_is_checked_against_ablation(
-        model, small_tokens, sae):
+    model, small_tokens, sae
+):
     attr = sh.feature_attribution(model, sae, small_tokens, batch_size=2)
     assert len(attr) == sae.cfg.d_sae
     assert attr["attribution"].abs().is_monotonic_decreasing
@@ -201,10 +210,11 @@ def test_attribution_is_the_gradient_estimate_and_is_checked_against_ablation(
     got = torch.tensor(exact["loss_change"].tolist(), dtype=torch.float64)
     assert len(set(est.tolist())) == 4 and len(set(got.tolist())) == 4
     d = est.argsort().argsort() - got.argsort().argsort()
-    assert check.spearman == pytest.approx(1 - 6 * float((d ** 2).sum()) / (4 * 15))
+    assert check.spearman == pytest.approx(1 - 6 * float((d**2).sum()) / (4 * 15))
     assert check.sign_agreement == float((est.sign() == got.sign()).double().mean())
-    assert check.table["exact_rank"].tolist() == (
-        4 - got.argsort().argsort()).tolist()  # 1 = largest change
+    assert (
+        check.table["exact_rank"].tolist() == (4 - got.argsort().argsort()).tolist()
+    )  # 1 = largest change
 
 
 def test_steering_with_coefficient_zero_is_the_clean_model(model, small_tokens, sae):
@@ -219,8 +229,9 @@ def test_steering_with_coefficient_zero_is_the_clean_model(model, small_tokens, 
 
 def test_kv_cache_and_no_cache_generation_agree_while_steering(model, sae):
     prompt = model.to_tokens("import os\n\n\ndef main(args):\n    ")
-    clean_runs = [model.generate(prompt, max_new_tokens=6, use_past_kv_cache=c, **GEN)
-                  for c in (True, False)]
+    clean_runs = [
+        model.generate(prompt, max_new_tokens=6, use_past_kv_cache=c, **GEN) for c in (True, False)
+    ]
     assert torch.equal(*clean_runs)  # load_model repairs the bridge's KV cache
     _, act = capture(model, prompt, sae.cfg.hook_name)
     f, coefficient = 7, 2 * float(act[0, 1:].norm(dim=-1).median())  # twice the stream's norm
@@ -242,10 +253,17 @@ def test_steering_raises_the_feature_and_its_promoted_tokens(model, small_tokens
     _, act = capture(model, small_tokens, sae.cfg.hook_name)
     f, coefficient = 11, float(act[:, 1:].norm(dim=-1).median())  # the stream's typical norm
     prompt = "def f(x):\n    return x\n"
-    sweep = sh.steering_sweep(model, sae, f, [0.0, coefficient], [prompt],
-                              tokens=small_tokens[:2], max_new_tokens=4)
-    assert list(sweep.columns) == ["coefficient", "added_norm", "feature_act", "kl", "loss",
-                                   "sample"]
+    sweep = sh.steering_sweep(
+        model, sae, f, [0.0, coefficient], [prompt], tokens=small_tokens[:2], max_new_tokens=4
+    )
+    assert list(sweep.columns) == [
+        "coefficient",
+        "added_norm",
+        "feature_act",
+        "kl",
+        "loss",
+        "sample",
+    ]
     # each column recomputed with a plain hook adding c · W_dec[f] / ‖W_dec[f]‖
     row = sae.W_dec[f].detach()
     p, rows = model.to_tokens(prompt), small_tokens[:2]
@@ -262,8 +280,9 @@ def test_steering_raises_the_feature_and_its_promoted_tokens(model, small_tokens
         with torch.no_grad():
             logits = model.run_with_hooks(p, fwd_hooks=[(sae.cfg.hook_name, steer_and_read)])
             feature_act = sae.encode(seen["act"])[..., f].mean()
-            loss_logits = model.run_with_hooks(rows, fwd_hooks=[(sae.cfg.hook_name,
-                                                                 steer_and_read)])
+            loss_logits = model.run_with_hooks(
+                rows, fwd_hooks=[(sae.cfg.hook_name, steer_and_read)]
+            )
             out = model.run_with_hooks(p, fwd_hooks=[(sae.cfg.hook_name, steer_and_read)])
         kl = kl_div(clean, logits).mean()
         predict = (rows != model.tokenizer.bos_token_id)[:, :-1]
@@ -297,8 +316,11 @@ def test_relative_coefficients(model, small_tokens, sae):
 
 
 def test_errors_name_the_problem_and_the_fix(model, sae):
-    with pytest.raises(InputError, match=r"\[512\] out of range: this SAE has d_sae=512 "
-                                         r"latents \(ids 0 … 511\)"):
+    with pytest.raises(
+        InputError,
+        match=r"\[512\] out of range: this SAE has d_sae=512 "
+        r"latents \(ids 0 … 511\)",
+    ):
         with interventions.ablate_features(model, sae, [512]):
             pass
     with pytest.raises(InputError, match=r"mean_acts=saehooks.mean_feature_acts"):
@@ -319,8 +341,9 @@ def test_hooks_never_leak(model, small_tokens, sae, sae2):
         lambda: interventions.ablate_features(model, [sae, sae2], [[1], [2]]),
         lambda: interventions.clamp_features(model, sae, {3: 1.0}),
         lambda: interventions.steer(model, sae, 4, 5.0),
-        lambda: interventions.steer_direction(model, "blocks.0.hook_resid_post",
-                                              torch.ones(256), 1.0),
+        lambda: interventions.steer_direction(
+            model, "blocks.0.hook_resid_post", torch.ones(256), 1.0
+        ),
     ]
     for make in contexts:
         with make():
@@ -335,8 +358,10 @@ def test_hooks_never_leak(model, small_tokens, sae, sae2):
     with sh.attach(model, sae2):
         inner = hook_state(model)
         with pytest.raises(RuntimeError):
-            with interventions.steer(model, sae, 1, 1.0), \
-                    interventions.ablate_features(model, sae2, [1], use_error_term=True):
+            with (
+                interventions.steer(model, sae, 1, 1.0),
+                interventions.ablate_features(model, sae2, [1], use_error_term=True),
+            ):
                 assert sae2.use_error_term is True
                 raise RuntimeError
         assert hook_state(model) == inner and sae2.use_error_term is False

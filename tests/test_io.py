@@ -24,10 +24,16 @@ D_IN, D_SAE, K = 16, 48, 5
 def rich_sae(architecture: str, dtype: str = "float32", seed: int = 0, **kw) -> sh.SAE:
     """An SAE whose every tensor matters: uneven decoder norms, random biases,
     thresholds, gates and magnitudes."""
-    cfg = sh.SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=architecture,
-                       k=K if architecture == "topk" else None,
-                       hook_name="blocks.1.hook_resid_post", dtype=dtype,
-                       metadata={"model_name": "reference-lm", "context_size": 64}, **kw)
+    cfg = sh.SAEConfig(
+        d_in=D_IN,
+        d_sae=D_SAE,
+        architecture=architecture,
+        k=K if architecture == "topk" else None,
+        hook_name="blocks.1.hook_resid_post",
+        dtype=dtype,
+        metadata={"model_name": "reference-lm", "context_size": 64},
+        **kw,
+    )
     sae = sh.SAE(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -41,13 +47,15 @@ def rich_sae(architecture: str, dtype: str = "float32", seed: int = 0, **kw) -> 
     return sae
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-6,
-                 atol: float = 1e-6) -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-6, atol: float = 1e-6
+) -> None:
     """torch.allclose with the largest difference in the message (torch.testing's
     version imports sympy on first use, which costs seconds)."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert torch.allclose(actual.float(), expected.float(), rtol=rtol, atol=atol), (
-        f"max abs difference {(actual.float() - expected.float()).abs().max().item():.3g}")
+        f"max abs difference {(actual.float() - expected.float()).abs().max().item():.3g}"
+    )
 
 
 def inputs(n: int = 32, seed: int = 1) -> torch.Tensor:
@@ -89,10 +97,14 @@ def test_sparsify_round_trip_is_exact(tmp_path, dtype):
     assert torch.equal(back(x), sae(x))
 
 
-@pytest.mark.parametrize("kw", [{"rescale_acts_by_decoder_norm": True},
-                                {"apply_b_dec_to_input": False},
-                                {"rescale_acts_by_decoder_norm": True,
-                                 "apply_b_dec_to_input": False}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"rescale_acts_by_decoder_norm": True},
+        {"apply_b_dec_to_input": False},
+        {"rescale_acts_by_decoder_norm": True, "apply_b_dec_to_input": False},
+    ],
+)
 def test_sparsify_refuses_options_it_cannot_express_and_writes_nothing(tmp_path, kw):
     sae = rich_sae("topk", **kw)
     with pytest.raises(InputError, match="to_sparsify_form"):
@@ -138,8 +150,17 @@ def test_load_sae_honours_device_and_dtype(tmp_path):
 
 
 # ---- the SAELens v6 file ------------------------------------------------------------
-V6_FIELDS = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
-             "normalize_activations", "reshape_activations", "metadata"}
+V6_FIELDS = {
+    "architecture",
+    "d_in",
+    "d_sae",
+    "dtype",
+    "device",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "reshape_activations",
+    "metadata",
+}
 
 
 @pytest.mark.parametrize("architecture", ARCHS)
@@ -157,7 +178,9 @@ def test_written_cfg_is_what_saelens_6_reads(tmp_path, architecture):
     assert meta["model_name"] == "reference-lm" and meta["context_size"] == 64
     names = set(load_file(str(tmp_path / "sae_weights.safetensors")))
     expected = {"W_enc", "b_enc", "W_dec", "b_dec"} | {
-        "jumprelu": {"threshold"}, "gated": {"b_gate", "r_mag", "b_mag"}}.get(architecture, set())
+        "jumprelu": {"threshold"},
+        "gated": {"b_gate", "r_mag", "b_mag"},
+    }.get(architecture, set())
     if architecture == "gated":
         expected.discard("b_enc")  # SAELens' gated SAE has none
     assert names == expected
@@ -187,12 +210,15 @@ def test_saelens_training_checkpoint_log_threshold(tmp_path):
     assert_close(back.threshold, sae.threshold)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("normalize_activations", "layer_norm", "normalises every input"),
-    ("normalize_activations", "expected_average_only_in", "fold_activation_norm_scaling"),
-    ("reshape_activations", "hook_z", "hook_z"),
-    ("architecture", "matryoshka_batchtopk", "not supported"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("normalize_activations", "layer_norm", "normalises every input"),
+        ("normalize_activations", "expected_average_only_in", "fold_activation_norm_scaling"),
+        ("reshape_activations", "hook_z", "hook_z"),
+        ("architecture", "matryoshka_batchtopk", "not supported"),
+    ],
+)
 def test_v6_settings_that_cannot_run_are_refused(tmp_path, field, value, message):
     rich_sae("relu").save(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
@@ -209,11 +235,22 @@ def write_legacy(path, sae: sh.SAE, **cfg) -> None:
     tensors = {k: v.contiguous() for k, v in sae.state_dict().items()}
     tensors.update(cfg.pop("tensors", {}))
     save_file(tensors, str(path / "sae_weights.safetensors"))
-    flat = {"d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "dtype": "float32",
-            "device": "cpu", "model_name": "gpt2-small", "hook_point": "blocks.1.hook_resid_post",
-            "hook_point_layer": 1, "hook_point_head_index": None, "context_size": 128,
-            "prepend_bos": True, "lr": 4e-4, "l1_coefficient": 5.0,
-            "sae_lens_version": "3.13.0", **cfg}
+    flat = {
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "model_name": "gpt2-small",
+        "hook_point": "blocks.1.hook_resid_post",
+        "hook_point_layer": 1,
+        "hook_point_head_index": None,
+        "context_size": 128,
+        "prepend_bos": True,
+        "lr": 4e-4,
+        "l1_coefficient": 5.0,
+        "sae_lens_version": "3.13.0",
+        **cfg,
+    }
     (path / "cfg.json").write_text(json.dumps(flat))
 
 
@@ -221,8 +258,13 @@ def test_legacy_topk_config_loads_as_topk_with_l0_equal_k(tmp_path):
     sae = rich_sae("topk")
     with torch.no_grad():
         sae.b_enc.fill_(10.0)  # every pre-activation positive: each row keeps exactly k
-    write_legacy(tmp_path, sae, architecture="standard", activation_fn_str="topk",
-                 activation_fn_kwargs={"k": K})
+    write_legacy(
+        tmp_path,
+        sae,
+        architecture="standard",
+        activation_fn_str="topk",
+        activation_fn_kwargs={"k": K},
+    )
     back = sh.load_sae(tmp_path)
     assert back.cfg.architecture == "topk" and back.cfg.k == K
     l0 = (back.encode(inputs(64)) != 0).sum(-1)
@@ -258,8 +300,7 @@ def test_legacy_sizes_from_expansion_factor_and_jumprelu(tmp_path):
 def test_legacy_finetuning_scaling_factor_is_folded_into_the_decoder(tmp_path):
     sae = rich_sae("relu")
     scale = torch.linspace(0.5, 1.5, D_SAE)
-    write_legacy(tmp_path, sae, finetuning_scaling_factor=True,
-                 tensors={"scaling_factor": scale})
+    write_legacy(tmp_path, sae, finetuning_scaling_factor=True, tensors={"scaling_factor": scale})
     back = sh.load_sae(tmp_path)
     x = inputs()
     acts = sae.encode(x)
@@ -272,13 +313,16 @@ def test_legacy_finetuning_scaling_factor_is_folded_into_the_decoder(tmp_path):
         sh.load_sae(tmp_path / "bad")
 
 
-@pytest.mark.parametrize(("cfg", "message"), [
-    ({"activation_fn_str": "topk"}, "without k"),
-    ({"activation_fn_str": "tanh-relu"}, "'tanh-relu' is not supported"),
-    ({"normalize_activations": True}, "scaling factor"),
-    ({"hook_point_head_index": 3}, "one attention head"),
-    ({"activation_fn_str": "topk", "activation_fn_kwargs": {"k": 4, "signed": True}}, "signed"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"activation_fn_str": "topk"}, "without k"),
+        ({"activation_fn_str": "tanh-relu"}, "'tanh-relu' is not supported"),
+        ({"normalize_activations": True}, "scaling factor"),
+        ({"hook_point_head_index": 3}, "one attention head"),
+        ({"activation_fn_str": "topk", "activation_fn_kwargs": {"k": 4, "signed": True}}, "signed"),
+    ],
+)
 def test_legacy_configs_that_cannot_load_faithfully_are_refused(tmp_path, cfg, message):
     write_legacy(tmp_path, rich_sae("relu"), **cfg)
     with pytest.raises(ValueError, match=message):
@@ -378,8 +422,10 @@ def test_folding_jumprelu_decoder_norms_keeps_active_set_and_reconstruction():
     assert_close(sae(x), recons, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("architecture", "kw"), [
-    ("relu", {}), ("gated", {}), ("topk", {"rescale_acts_by_decoder_norm": True})])
+@pytest.mark.parametrize(
+    ("architecture", "kw"),
+    [("relu", {}), ("gated", {}), ("topk", {"rescale_acts_by_decoder_norm": True})],
+)
 def test_folding_keeps_every_architecture_equivalent(architecture, kw):
     sae = rich_sae(architecture, **kw)
     x = inputs(64)

@@ -38,14 +38,27 @@ X = rand(50, D, seed=99)
 def write_sparsify(folder, dtype=torch.float32, **cfg_changes):
     """A sparsify hook-point folder; returns its tensors."""
     folder.mkdir(parents=True)
-    tensors = {"encoder.weight": rand(F, D, seed=1), "encoder.bias": rand(F, seed=2),
-               "W_dec": rand(F, D, seed=3), "b_dec": rand(D, seed=4)}
+    tensors = {
+        "encoder.weight": rand(F, D, seed=1),
+        "encoder.bias": rand(F, seed=2),
+        "W_dec": rand(F, D, seed=3),
+        "b_dec": rand(D, seed=4),
+    }
     tensors = {k: v.to(dtype) for k, v in tensors.items()}
     tensors.update(cfg_changes.pop("extra_tensors", {}))
     save_file(tensors, str(folder / "sae.safetensors"))
-    cfg = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True,
-           "num_latents": F, "k": K, "multi_topk": False, "skip_connection": False,
-           "transcode": False, "d_in": D, **cfg_changes}
+    cfg = {
+        "activation": "topk",
+        "expansion_factor": 32,
+        "normalize_decoder": True,
+        "num_latents": F,
+        "k": K,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": D,
+        **cfg_changes,
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return tensors
 
@@ -88,11 +101,14 @@ def test_sparsify_size_from_expansion_factor(tmp_path):
         sh.load_sae(tmp_path / "h.0")
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"activation": "groupmax"}, "'groupmax' is not supported"),
-    ({"transcode": True}, "transcoder"),
-    ({"skip_connection": True}, "skip_connection"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"activation": "groupmax"}, "'groupmax' is not supported"),
+        ({"transcode": True}, "transcoder"),
+        ({"skip_connection": True}, "skip_connection"),
+    ],
+)
 def test_sparsify_coders_that_are_not_plain_saes_are_refused(tmp_path, change, message):
     write_sparsify(tmp_path / "layers.0", **change)
     with pytest.raises(ValueError, match=message):
@@ -105,17 +121,20 @@ def test_sparsify_extra_tensor_is_named(tmp_path):
         sh.load_sae(tmp_path / "layers.0")
 
 
-@pytest.mark.parametrize(("module", "hook"), [
-    ("layers.3", "blocks.3.hook_resid_post"),
-    ("model.layers.3", "blocks.3.hook_resid_post"),
-    ("transformer.h.11", "blocks.11.hook_resid_post"),
-    ("gpt_neox.layers.5", "blocks.5.hook_resid_post"),
-    ("layers.3.mlp", "blocks.3.hook_mlp_out"),
-    ("h.0.attn", "blocks.0.hook_attn_out"),
-    ("embed_tokens", "hook_embed"),
-    ("blocks.2.hook_resid_pre", "blocks.2.hook_resid_pre"),
-    ("lm_head", ""),
-])
+@pytest.mark.parametrize(
+    ("module", "hook"),
+    [
+        ("layers.3", "blocks.3.hook_resid_post"),
+        ("model.layers.3", "blocks.3.hook_resid_post"),
+        ("transformer.h.11", "blocks.11.hook_resid_post"),
+        ("gpt_neox.layers.5", "blocks.5.hook_resid_post"),
+        ("layers.3.mlp", "blocks.3.hook_mlp_out"),
+        ("h.0.attn", "blocks.0.hook_attn_out"),
+        ("embed_tokens", "hook_embed"),
+        ("blocks.2.hook_resid_pre", "blocks.2.hook_resid_pre"),
+        ("lm_head", ""),
+    ],
+)
 def test_sparsify_hook_points_map_to_transformer_lens_names(module, hook):
     assert hook_name_from_module(module) == hook
 
@@ -126,22 +145,49 @@ def dl_state(dict_class: str) -> dict[str, torch.Tensor]:
     enc_w, enc_b, dec_w = rand(F, D, seed=11), rand(F, seed=12), rand(D, F, seed=13)
     vec_d, vec_f = rand(D, seed=14), rand(F, seed=15)
     return {
-        "AutoEncoder": {"encoder.weight": enc_w, "encoder.bias": enc_b,
-                        "decoder.weight": dec_w, "bias": vec_d},
-        "AutoEncoderNew": {"encoder.weight": enc_w, "encoder.bias": enc_b,
-                           "decoder.weight": dec_w, "decoder.bias": vec_d},
-        "GatedAutoEncoder": {"encoder.weight": enc_w, "decoder.weight": dec_w,
-                             "decoder_bias": vec_d, "r_mag": 0.3 * vec_f,
-                             "gate_bias": enc_b, "mag_bias": rand(F, seed=16)},
-        "JumpReluAutoEncoder": {"W_enc": enc_w.T.contiguous(), "b_enc": enc_b,
-                                "W_dec": dec_w.T.contiguous(), "b_dec": vec_d,
-                                "threshold": vec_f.abs()},
-        "AutoEncoderTopK": {"encoder.weight": enc_w, "encoder.bias": enc_b,
-                            "decoder.weight": dec_w, "b_dec": vec_d,
-                            "k": torch.tensor(K, dtype=torch.int), "threshold": torch.tensor(-1.0)},
-        "BatchTopKSAE": {"encoder.weight": enc_w, "encoder.bias": enc_b,
-                         "decoder.weight": dec_w, "b_dec": vec_d,
-                         "k": torch.tensor(K, dtype=torch.int), "threshold": torch.tensor(0.7)},
+        "AutoEncoder": {
+            "encoder.weight": enc_w,
+            "encoder.bias": enc_b,
+            "decoder.weight": dec_w,
+            "bias": vec_d,
+        },
+        "AutoEncoderNew": {
+            "encoder.weight": enc_w,
+            "encoder.bias": enc_b,
+            "decoder.weight": dec_w,
+            "decoder.bias": vec_d,
+        },
+        "GatedAutoEncoder": {
+            "encoder.weight": enc_w,
+            "decoder.weight": dec_w,
+            "decoder_bias": vec_d,
+            "r_mag": 0.3 * vec_f,
+            "gate_bias": enc_b,
+            "mag_bias": rand(F, seed=16),
+        },
+        "JumpReluAutoEncoder": {
+            "W_enc": enc_w.T.contiguous(),
+            "b_enc": enc_b,
+            "W_dec": dec_w.T.contiguous(),
+            "b_dec": vec_d,
+            "threshold": vec_f.abs(),
+        },
+        "AutoEncoderTopK": {
+            "encoder.weight": enc_w,
+            "encoder.bias": enc_b,
+            "decoder.weight": dec_w,
+            "b_dec": vec_d,
+            "k": torch.tensor(K, dtype=torch.int),
+            "threshold": torch.tensor(-1.0),
+        },
+        "BatchTopKSAE": {
+            "encoder.weight": enc_w,
+            "encoder.bias": enc_b,
+            "decoder.weight": dec_w,
+            "b_dec": vec_d,
+            "k": torch.tensor(K, dtype=torch.int),
+            "threshold": torch.tensor(0.7),
+        },
     }[dict_class]
 
 
@@ -175,15 +221,27 @@ def write_dl(folder, state, dict_class=None, **trainer):
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, folder / "ae.pt")
     if dict_class is not None:
-        config = {"trainer": {"dict_class": dict_class, "activation_dim": D, "dict_size": F,
-                              "lm_name": "EleutherAI/pythia-70m-deduped", **trainer},
-                  "buffer": {"d_submodule": D, "ctx_len": 128}}
+        config = {
+            "trainer": {
+                "dict_class": dict_class,
+                "activation_dim": D,
+                "dict_size": F,
+                "lm_name": "EleutherAI/pythia-70m-deduped",
+                **trainer,
+            },
+            "buffer": {"d_submodule": D, "ctx_len": 128},
+        }
         (folder / "config.json").write_text(json.dumps(config))
 
 
-EXPECTED_ARCH = {"AutoEncoder": "relu", "AutoEncoderNew": "relu", "GatedAutoEncoder": "gated",
-                 "JumpReluAutoEncoder": "jumprelu", "AutoEncoderTopK": "topk",
-                 "BatchTopKSAE": "jumprelu"}
+EXPECTED_ARCH = {
+    "AutoEncoder": "relu",
+    "AutoEncoderNew": "relu",
+    "GatedAutoEncoder": "gated",
+    "JumpReluAutoEncoder": "jumprelu",
+    "AutoEncoderTopK": "topk",
+    "BatchTopKSAE": "jumprelu",
+}
 
 
 @pytest.mark.parametrize("dict_class", list(EXPECTED_ARCH))
@@ -217,8 +275,9 @@ def test_dictionary_learning_ambiguous_layout_needs_the_config(tmp_path):
 
 
 def test_dictionary_learning_submodule_picks_the_hook(tmp_path):
-    write_dl(tmp_path, dl_state("AutoEncoder"), "AutoEncoder", layer=1,
-             submodule_name="mlp_out_layer_1")
+    write_dl(
+        tmp_path, dl_state("AutoEncoder"), "AutoEncoder", layer=1, submodule_name="mlp_out_layer_1"
+    )
     assert sh.load_sae(tmp_path).cfg.hook_name == "blocks.1.hook_mlp_out"
 
 

@@ -32,33 +32,63 @@ def base_sae(architecture: str, **kw) -> sh.SAE:
 
 def write_legacy_topk(path, sae):
     path.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in sae.state_dict().items()},
-              str(path / "sae_weights.safetensors"))
-    (path / "cfg.json").write_text(json.dumps({
-        "architecture": "standard", "d_in": 256, "d_sae": D_SAE, "dtype": "float32",
-        "activation_fn_str": "topk", "activation_fn_kwargs": {"k": sae.cfg.k},
-        "hook_point": HOOK, "hook_point_layer": 1, "sae_lens_version": "4.0.0"}))
+    save_file(
+        {k: v.contiguous() for k, v in sae.state_dict().items()},
+        str(path / "sae_weights.safetensors"),
+    )
+    (path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "standard",
+                "d_in": 256,
+                "d_sae": D_SAE,
+                "dtype": "float32",
+                "activation_fn_str": "topk",
+                "activation_fn_kwargs": {"k": sae.cfg.k},
+                "hook_point": HOOK,
+                "hook_point_layer": 1,
+                "sae_lens_version": "4.0.0",
+            }
+        )
+    )
 
 
 def write_dictionary_learning(path, sae, dict_class):
     path.mkdir(parents=True)
     s = {k: v.detach() for k, v in sae.state_dict().items()}
     if dict_class == "AutoEncoder":
-        state = {"encoder.weight": s["W_enc"].T, "encoder.bias": s["b_enc"],
-                 "decoder.weight": s["W_dec"].T, "bias": s["b_dec"]}
+        state = {
+            "encoder.weight": s["W_enc"].T,
+            "encoder.bias": s["b_enc"],
+            "decoder.weight": s["W_dec"].T,
+            "bias": s["b_dec"],
+        }
     elif dict_class == "GatedAutoEncoder":
-        state = {"encoder.weight": s["W_enc"].T, "decoder.weight": s["W_dec"].T,
-                 "decoder_bias": s["b_dec"], "r_mag": s["r_mag"], "gate_bias": s["b_gate"],
-                 "mag_bias": s["b_mag"]}
+        state = {
+            "encoder.weight": s["W_enc"].T,
+            "decoder.weight": s["W_dec"].T,
+            "decoder_bias": s["b_dec"],
+            "r_mag": s["r_mag"],
+            "gate_bias": s["b_gate"],
+            "mag_bias": s["b_mag"],
+        }
     elif dict_class == "JumpReluAutoEncoder":
         state = {k: s[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
     else:  # AutoEncoderTopK
-        state = {"encoder.weight": s["W_enc"].T, "encoder.bias": s["b_enc"],
-                 "decoder.weight": s["W_dec"].T, "b_dec": s["b_dec"],
-                 "k": torch.tensor(sae.cfg.k, dtype=torch.int), "threshold": torch.tensor(-1.0)}
+        state = {
+            "encoder.weight": s["W_enc"].T,
+            "encoder.bias": s["b_enc"],
+            "decoder.weight": s["W_dec"].T,
+            "b_dec": s["b_dec"],
+            "k": torch.tensor(sae.cfg.k, dtype=torch.int),
+            "threshold": torch.tensor(-1.0),
+        }
     torch.save({k: v.contiguous() for k, v in state.items()}, path / "ae.pt")
-    (path / "config.json").write_text(json.dumps(
-        {"trainer": {"dict_class": dict_class, "layer": 1, "submodule_name": "resid_post"}}))
+    (path / "config.json").write_text(
+        json.dumps(
+            {"trainer": {"dict_class": dict_class, "layer": 1, "submodule_name": "resid_post"}}
+        )
+    )
 
 
 CASES = {
@@ -70,8 +100,10 @@ CASES = {
     "sparsify-topk": lambda p: (base_sae("topk"), "sparsify"),
     "dl-AutoEncoder": lambda p: (base_sae("relu"), "AutoEncoder"),
     "dl-GatedAutoEncoder": lambda p: (base_sae("gated"), "GatedAutoEncoder"),
-    "dl-JumpReluAutoEncoder": lambda p: (base_sae("jumprelu", apply_b_dec_to_input=False),
-                                         "JumpReluAutoEncoder"),
+    "dl-JumpReluAutoEncoder": lambda p: (
+        base_sae("jumprelu", apply_b_dec_to_input=False),
+        "JumpReluAutoEncoder",
+    ),
     "dl-AutoEncoderTopK": lambda p: (base_sae("topk"), "AutoEncoderTopK"),
 }
 

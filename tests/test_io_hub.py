@@ -23,8 +23,11 @@ def hub_cache(tmp_path, monkeypatch):
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(COMMIT)
     snapshot = repo / "snapshots" / COMMIT
-    sae = sh.SAE(sh.SAEConfig(d_in=8, d_sae=16, architecture="topk", k=3,
-                              hook_name="blocks.0.hook_resid_post"))
+    sae = sh.SAE(
+        sh.SAEConfig(
+            d_in=8, d_sae=16, architecture="topk", k=3, hook_name="blocks.0.hook_resid_post"
+        )
+    )
     with torch.no_grad():
         for param in sae.parameters():
             param.normal_(generator=torch.Generator().manual_seed(0))
@@ -37,16 +40,21 @@ def hub_cache(tmp_path, monkeypatch):
 
 def test_offline_load_uses_the_local_cache(hub_cache):
     x = torch.randn(5, 8)
-    for url in ("hf://owner/saes/saelens/blocks.0.hook_resid_post",
-                f"hf://owner/saes@{COMMIT}/sparsify/layers.0"):
+    for url in (
+        "hf://owner/saes/saelens/blocks.0.hook_resid_post",
+        f"hf://owner/saes@{COMMIT}/sparsify/layers.0",
+    ):
         sae = sh.load_sae(url)
         assert sae.cfg.hook_name == "blocks.0.hook_resid_post"
         assert torch.equal(sae.encode(x), hub_cache.encode(x))
 
 
 def test_offline_miss_says_what_to_download(hub_cache):
-    with pytest.raises(FileNotFoundError, match=r"HF_HUB_OFFLINE is set.*hf download "
-                       r"owner/other --include 'layer_3/\*'"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"HF_HUB_OFFLINE is set.*hf download "
+        r"owner/other --include 'layer_3/\*'",
+    ):
         sh.load_sae("hf://owner/other/layer_3")
     with pytest.raises(FileNotFoundError, match="has no folder 'missing'"):
         sh.load_sae("hf://owner/saes/missing")

@@ -14,8 +14,13 @@ import saehooks as sh
 
 sae_lens = pytest.importorskip("sae_lens")
 
-CASES = [("relu", {}), ("topk", {}), ("topk", {"rescale_acts_by_decoder_norm": True}),
-         ("jumprelu", {"apply_b_dec_to_input": False}), ("gated", {})]
+CASES = [
+    ("relu", {}),
+    ("topk", {}),
+    ("topk", {"rescale_acts_by_decoder_norm": True}),
+    ("jumprelu", {"apply_b_dec_to_input": False}),
+    ("gated", {}),
+]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -32,8 +37,9 @@ def test_saelens_loads_our_files_as_the_same_sae(tmp_path, architecture, kw, dty
     assert torch.equal(theirs.encode(x) > 0, acts > 0)
     tol = 1e-5 if dtype == "float32" else 5e-2
     assert torch.allclose(theirs.encode(x).float(), acts.float(), rtol=tol, atol=tol)
-    assert torch.allclose(theirs.decode(acts).float(), ours.decode(acts).float(),
-                          rtol=tol, atol=tol)
+    assert torch.allclose(
+        theirs.decode(acts).float(), ours.decode(acts).float(), rtol=tol, atol=tol
+    )
     theirs.save_model(str(tmp_path / "theirs"))
     back = sh.load_sae(tmp_path / "theirs")
     assert torch.equal(back.encode(x), acts)

@@ -48,10 +48,17 @@ def refused(folder: Path, *patterns: str) -> SAEFileError:
 def test_quoted_booleans_are_refused_not_flipped(tmp_path, field, text):
     rich_sae("topk").save(tmp_path)
     edit_cfg(tmp_path, **{field: text})
-    hint = (rf'without quotes: "{field}": {text.lower()}' if text.lower() in ("true", "false")
-            else rf'"{field}": true or false')
-    refused(tmp_path, rf"field '{field}' must be a JSON boolean", re.escape(f'"{text}"'),
-            re.escape(hint))
+    hint = (
+        rf'without quotes: "{field}": {text.lower()}'
+        if text.lower() in ("true", "false")
+        else rf'"{field}": true or false'
+    )
+    refused(
+        tmp_path,
+        rf"field '{field}' must be a JSON boolean",
+        re.escape(f'"{text}"'),
+        re.escape(hint),
+    )
 
 
 def test_a_number_is_not_a_boolean_either(tmp_path):
@@ -60,14 +67,17 @@ def test_a_number_is_not_a_boolean_either(tmp_path):
     refused(tmp_path, r"'apply_b_dec_to_input' must be a JSON boolean .*found 0 \(a number\)")
 
 
-@pytest.mark.parametrize(("value", "pattern"), [
-    ("abc", r"field 'd_sae' must be an integer, found \"abc\" \(a string\)"),
-    (4096.9, r"field 'd_sae' must be an integer, found 4096.9, which is not a whole number"),
-    (True, r"field 'd_sae' must be an integer, found true \(a boolean\)"),
-    (None, r"field 'd_sae' must be an integer, found null"),
-    ([48], r"field 'd_sae' must be an integer, found \[48\] \(an array\)"),
-    (0, r"field 'd_sae' must be >= 1, found 0"),
-])
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [
+        ("abc", r"field 'd_sae' must be an integer, found \"abc\" \(a string\)"),
+        (4096.9, r"field 'd_sae' must be an integer, found 4096.9, which is not a whole number"),
+        (True, r"field 'd_sae' must be an integer, found true \(a boolean\)"),
+        (None, r"field 'd_sae' must be an integer, found null"),
+        ([48], r"field 'd_sae' must be an integer, found \[48\] \(an array\)"),
+        (0, r"field 'd_sae' must be >= 1, found 0"),
+    ],
+)
 def test_bad_sizes_name_the_file_and_the_field(tmp_path, value, pattern):
     rich_sae("relu").save(tmp_path)
     path = tmp_path / "cfg.json"
@@ -89,8 +99,12 @@ def test_an_integral_float_size_is_the_integer(tmp_path):
 def test_k_without_an_architecture_is_refused_with_the_fix(tmp_path):
     rich_sae("topk").save(tmp_path)  # a v6 file (it has a metadata object)
     edit_cfg(tmp_path, architecture=None, rescale_acts_by_decoder_norm=None)
-    refused(tmp_path, r"sets k=5 but no architecture", r"load as a ReLU SAE that ignores k",
-            r'add "architecture": "topk"')
+    refused(
+        tmp_path,
+        r"sets k=5 but no architecture",
+        r"load as a ReLU SAE that ignores k",
+        r'add "architecture": "topk"',
+    )
 
 
 def test_legacy_k_without_an_architecture_is_refused_with_the_fix(tmp_path):
@@ -125,15 +139,18 @@ def test_rescaling_on_a_non_topk_file_is_refused(tmp_path):
     refused(tmp_path, r"rescale_acts_by_decoder_norm=true is a top-k option")
 
 
-@pytest.mark.parametrize(("field", "value", "pattern"), [
-    ("dtype", "int8", r"unsupported SAE dtype 'int8'"),
-    ("dtype", 32, r"field 'dtype' must be a string, found 32"),
-    ("architecture", 1, r"field 'architecture' must be a string"),
-    ("normalize_activations", False, r"field 'normalize_activations' must be a string"),
-    ("metadata", [1, 2], r"field 'metadata' must be a JSON object, found an array"),
-    ("d_in", "16", r"field 'd_in' must be an integer, found \"16\""),
-    ("k", "5", r"field 'k' must be an integer, found \"5\""),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "pattern"),
+    [
+        ("dtype", "int8", r"unsupported SAE dtype 'int8'"),
+        ("dtype", 32, r"field 'dtype' must be a string, found 32"),
+        ("architecture", 1, r"field 'architecture' must be a string"),
+        ("normalize_activations", False, r"field 'normalize_activations' must be a string"),
+        ("metadata", [1, 2], r"field 'metadata' must be a JSON object, found an array"),
+        ("d_in", "16", r"field 'd_in' must be an integer, found \"16\""),
+        ("k", "5", r"field 'k' must be an integer, found \"5\""),
+    ],
+)
 def test_other_fields_of_the_wrong_type_are_named(tmp_path, field, value, pattern):
     rich_sae("topk").save(tmp_path)
     edit_cfg(tmp_path, **{field: value})
@@ -150,20 +167,27 @@ def test_hook_name_of_the_wrong_type_is_named(tmp_path):
 
 
 def test_legacy_finetuning_flag_must_be_a_boolean(tmp_path):
-    write_legacy(tmp_path, rich_sae("relu"), finetuning_scaling_factor="false",
-                 tensors={"scaling_factor": torch.ones(D_SAE)})
+    write_legacy(
+        tmp_path,
+        rich_sae("relu"),
+        finetuning_scaling_factor="false",
+        tensors={"scaling_factor": torch.ones(D_SAE)},
+    )
     refused(tmp_path, r"'finetuning_scaling_factor' must be a JSON boolean")
 
 
 # ---- sparsify -------------------------------------------------------------------------
-@pytest.mark.parametrize(("field", "value", "pattern"), [
-    ("transcode", "false", r"'transcode' must be a JSON boolean"),
-    ("skip_connection", "false", r"'skip_connection' must be a JSON boolean"),
-    ("multi_topk", "no", r"'multi_topk' must be a JSON boolean"),
-    ("num_latents", 47.5, r"'num_latents' must be an integer, found 47.5"),
-    ("k", "5", r"'k' must be an integer"),
-    ("d_in", None, r"missing required field 'd_in'"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "pattern"),
+    [
+        ("transcode", "false", r"'transcode' must be a JSON boolean"),
+        ("skip_connection", "false", r"'skip_connection' must be a JSON boolean"),
+        ("multi_topk", "no", r"'multi_topk' must be a JSON boolean"),
+        ("num_latents", 47.5, r"'num_latents' must be an integer, found 47.5"),
+        ("k", "5", r"'k' must be an integer"),
+        ("d_in", None, r"missing required field 'd_in'"),
+    ],
+)
 def test_sparsify_fields_are_read_strictly(tmp_path, field, value, pattern):
     folder = tmp_path / "layers.1"
     save_sae(rich_sae("topk"), folder, format="sparsify")
@@ -185,13 +209,20 @@ def test_a_sparsify_file_written_by_sparsify_keeps_its_settings(tmp_path):
 # ---- dictionary_learning ------------------------------------------------------------
 def test_dictionary_learning_config_fields_are_read_strictly(tmp_path):
     sae = rich_sae("relu")
-    state = {"encoder.weight": sae.W_enc.T.contiguous(), "encoder.bias": sae.b_enc,
-             "decoder.weight": sae.W_dec.T.contiguous(), "bias": sae.b_dec}
+    state = {
+        "encoder.weight": sae.W_enc.T.contiguous(),
+        "encoder.bias": sae.b_enc,
+        "decoder.weight": sae.W_dec.T.contiguous(),
+        "bias": sae.b_dec,
+    }
     torch.save(state, tmp_path / "ae.pt")
     config = {"trainer": {"dict_class": "AutoEncoder", "layer": "3"}}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SAEFileError, match=r"config.json \(trainer\): field 'layer' must be "
-                                           r"an integer, found \"3\""):
+    with pytest.raises(
+        SAEFileError,
+        match=r"config.json \(trainer\): field 'layer' must be "
+        r"an integer, found \"3\"",
+    ):
         sh.load_sae(tmp_path)
     config["trainer"]["layer"] = 3.0
     (tmp_path / "config.json").write_text(json.dumps(config))

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import saehooks as sh
-from saehooks import models
+from saehooks import tl
 from saehooks.reference import reference_model_dir
 
-pytestmark = pytest.mark.skipif(models.tl_major_version() != 3,
-                                reason="TransformerLens 3 only (.ci/tl3_env.sh)")
+pytestmark = pytest.mark.skipif(
+    tl.tl_major_version() != 3, reason="TransformerLens 3 only (.ci/tl3_env.sh)"
+)
 
 
 def hf_logits(tokens: torch.Tensor) -> torch.Tensor:
@@ -30,10 +31,12 @@ def test_reference_model_is_a_processed_hooked_transformer(model, small_tokens):
 
     assert isinstance(model, HookedTransformer)
     assert model.cfg.normalization_type == "LNPre"  # LayerNorm folded
-    processing = models.model_processing(model)
+    processing = tl.model_processing(model)
     assert processing["backend"] == "HookedTransformer"
-    assert all(processing[k] for k in ("fold_ln", "center_writing_weights", "center_unembed",
-                                       "fold_value_biases"))
+    assert all(
+        processing[k]
+        for k in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+    )
     tokens = small_tokens[:2, :32]
     with torch.no_grad():
         ours = model(tokens).log_softmax(-1)
@@ -44,7 +47,7 @@ def test_reference_model_is_a_processed_hooked_transformer(model, small_tokens):
 def test_unprocessed_model_keeps_layernorm_and_outputs(small_tokens):
     raw = sh.load_model(compatibility_mode=False)
     assert raw.cfg.normalization_type == "LN"
-    assert not models.model_processing(raw)["fold_ln"]
+    assert not tl.model_processing(raw)["fold_ln"]
     tokens = small_tokens[:2, :32]
     with torch.no_grad():
         ours = raw(tokens).log_softmax(-1)

@@ -15,8 +15,10 @@ from saehooks.io.saelens import config_from_dict
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 TEXT_SUFFIXES = {".json", ".md", ".csv", ".py", ".txt", ".toml", ".yaml", ".yml", ".cfg"}
-ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?:tmp|work|root|home|Users|mnt|private|var|scratch)/"
-                      r"|\b[A-Za-z]:\\(?:Users|Temp|tmp)\\")
+ABSOLUTE = re.compile(
+    r"(?<![\w.:/~-])/(?:tmp|work|root|home|Users|mnt|private|var|scratch)/"
+    r"|\b[A-Za-z]:\\(?:Users|Temp|tmp)\\"
+)
 """An absolute path of a build machine: /tmp/..., /work/..., /home/..., C:\\Users\\...
 (URLs such as https://host/home/... are not matched: the slash follows a word)."""
 
@@ -26,8 +28,11 @@ its case fail until it is removed from here)."""
 
 
 def text_files() -> list[str]:
-    return sorted(str(p.relative_to(PRETRAINED)) for p in PRETRAINED.rglob("*")
-                  if p.is_file() and p.suffix in TEXT_SUFFIXES)
+    return sorted(
+        str(p.relative_to(PRETRAINED))
+        for p in PRETRAINED.rglob("*")
+        if p.is_file() and p.suffix in TEXT_SUFFIXES
+    )
 
 
 def test_the_scan_covers_the_shipped_metadata():
@@ -40,13 +45,21 @@ def test_the_scan_covers_the_shipped_metadata():
     assert not ABSOLUTE.search("https://docs.python.org/home/x and runs/topk and a/tmp/b")
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN[name]))
-    if name in KNOWN else name for name in text_files()])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN[name]))
+        if name in KNOWN
+        else name
+        for name in text_files()
+    ],
+)
 def test_no_shipped_text_file_holds_an_absolute_path(name):
     text = (PRETRAINED / name).read_text(encoding="utf-8", errors="replace")
-    hits = [f"line {text.count(chr(10), 0, m.start()) + 1}: {text[m.start():m.start() + 60]!r}"
-            for m in ABSOLUTE.finditer(text)]
+    hits = [
+        f"line {text.count(chr(10), 0, m.start()) + 1}: {text[m.start() : m.start() + 60]!r}"
+        for m in ABSOLUTE.finditer(text)
+    ]
     assert not hits, f"pretrained/{name} holds absolute paths: {hits[:5]}"
 
 
@@ -62,16 +75,18 @@ def _strings(value):
             yield from _strings(inner)
 
 
-@pytest.mark.parametrize("name", [n for n in text_files() if n.endswith(".json")
-                                  and not n.endswith("tokenizer.json")])  # vocabulary: "/"
+@pytest.mark.parametrize(
+    "name", [n for n in text_files() if n.endswith(".json") and not n.endswith("tokenizer.json")]
+)  # vocabulary: "/"
 def test_no_json_value_is_an_absolute_path(name):
     data = json.loads((PRETRAINED / name).read_text())
     bad = [s for s in _strings(data) if os.path.isabs(s) or re.match(r"[A-Za-z]:\\", s)]
     assert not bad, f"pretrained/{name}: {bad[:5]}"
 
 
-@pytest.mark.parametrize("folder", sorted(p.parent.name for p in
-                                          (PRETRAINED / "saes").glob("*/cfg.json")))
+@pytest.mark.parametrize(
+    "folder", sorted(p.parent.name for p in (PRETRAINED / "saes").glob("*/cfg.json"))
+)
 def test_shipped_configs_pass_the_strict_reader(folder):
     path = PRETRAINED / "saes" / folder / "cfg.json"
     cfg = config_from_dict(json.loads(path.read_text()), str(path))

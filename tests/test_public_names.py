@@ -10,8 +10,14 @@ import pytest
 import saehooks as sh
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted([*ROOT.glob("saehooks/**/*.py"), *ROOT.glob("demos/*.py"),
-                  ROOT / "README.md", *ROOT.glob("*.md")])
+SOURCES = sorted(
+    [
+        *ROOT.glob("saehooks/**/*.py"),
+        *ROOT.glob("demos/*.py"),
+        ROOT / "README.md",
+        *ROOT.glob("*.md"),
+    ]
+)
 MENTION = re.compile(r"\b(sh|saehooks)((?:\.[A-Za-z_]\w*)+)")
 
 

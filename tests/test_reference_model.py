@@ -23,7 +23,7 @@ def _mean_ce(model, tokens, batch_size=64):
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(tokens), batch_size):
-            ce = next_token_ce(model(tokens[i:i + batch_size]), tokens[i:i + batch_size])
+            ce = next_token_ce(model(tokens[i : i + batch_size]), tokens[i : i + batch_size])
             total += ce.double().sum().item()
             count += ce.numel()
     return total / count
@@ -73,7 +73,7 @@ def test_tokenizer_round_trips_python_source(model):
 
 def test_model_is_hookable_in_compatibility_mode(model):
     assert "blocks.3.hook_resid_post" in model.hook_dict
-    assert sh.models.model_processing(model)["fold_ln"] is True
+    assert sh.tl.model_processing(model)["fold_ln"] is True
     assert model.cfg.n_layers == 4 and model.cfg.d_model == 256
 
 

@@ -114,14 +114,17 @@ def test_bf16_sae_computes_in_its_dtype():
     assert sae.cfg.dtype == "bfloat16"
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(architecture="softmax"), "architecture"),
-    (dict(architecture="topk", k=None), "k"),
-    (dict(architecture="topk", k=99), "k"),
-    (dict(dtype="int8"), "dtype"),
-    (dict(d_sae=0), r"d_sae must be >= 1, got 0"),
-    (dict(d_in=-3), r"d_in must be >= 1, got -3"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(architecture="softmax"), "architecture"),
+        (dict(architecture="topk", k=None), "k"),
+        (dict(architecture="topk", k=99), "k"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(d_sae=0), r"d_sae must be >= 1, got 0"),
+        (dict(d_in=-3), r"d_in must be >= 1, got -3"),
+    ],
+)
 def test_config_validation(bad, match):
     kw = dict(d_in=4, d_sae=8, architecture="relu") | bad
     with pytest.raises(ValueError, match=match):

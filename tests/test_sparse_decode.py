@@ -69,5 +69,9 @@ def test_sae_decode_uses_it_and_matches_dense(dtype):
     leaf = acts.clone().requires_grad_(True)
     sae.decode(leaf).sum().backward()
     expected = sae.W_dec.detach().float().sum(-1).expand_as(leaf).to(leaf.grad.dtype)
-    torch.testing.assert_close(leaf.grad, expected, atol=1e-4 if dtype == "float32" else 0.5,
-                               rtol=1e-4 if dtype == "float32" else 5e-2)
+    torch.testing.assert_close(
+        leaf.grad,
+        expected,
+        atol=1e-4 if dtype == "float32" else 0.5,
+        rtol=1e-4 if dtype == "float32" else 5e-2,
+    )

@@ -72,14 +72,19 @@ def _close(got: float, want: float) -> None:
 def _pca_fvu(x: torch.Tensor, rank: int) -> float:
     centred = x - x.mean(0)
     eig = torch.linalg.eigvalsh(centred.T @ centred).flip(0).clamp_min(0)
-    return float(eig[min(rank, eig.numel()):].sum() / eig.sum())
+    return float(eig[min(rank, eig.numel()) :].sum() / eig.sum())
 
 
 @SETTINGS
-@given(data=st.data(), n=st.integers(2, 40), d_in=st.integers(1, 6),
-       d_sae=st.integers(1, 8), seed=st.integers(0, 2**32 - 1),
-       x_kind=st.sampled_from(["normal", "offset", "tiny"]),
-       f_kind=st.sampled_from(["dense", "all_dead", "few", "one_row", "ties"]))
+@given(
+    data=st.data(),
+    n=st.integers(2, 40),
+    d_in=st.integers(1, 6),
+    d_sae=st.integers(1, 8),
+    seed=st.integers(0, 2**32 - 1),
+    x_kind=st.sampled_from(["normal", "offset", "tiny"]),
+    f_kind=st.sampled_from(["dense", "all_dead", "few", "one_row", "ties"]),
+)
 def test_reconstruction_sums_equal_one_shot(data, n, d_in, d_sae, seed, x_kind, f_kind):
     rng = np.random.default_rng(seed)
     x = _activations(rng, n, d_in, x_kind)
@@ -87,8 +92,7 @@ def test_reconstruction_sums_equal_one_shot(data, n, d_in, d_sae, seed, x_kind, 
     feats = _latents(rng, n, d_sae, f_kind)
     sums = ReconstructionSums(d_in, d_sae)
     for lo, hi in data.draw(splits(n)):
-        sums.add(x[lo:hi].float() if x_kind == "normal" else x[lo:hi], x_hat[lo:hi],
-                 feats[lo:hi])
+        sums.add(x[lo:hi].float() if x_kind == "normal" else x[lo:hi], x_hat[lo:hi], feats[lo:hi])
     got = sums.result()
 
     sse = float(((x - x_hat) ** 2).sum())
@@ -111,7 +115,7 @@ def test_one_pass_variance_would_lose_the_digits_that_the_pairwise_update_keeps(
     """The adversarial case the offset data above stands for, pinned with known numbers:
     x = 1e8 + (-1, 0, 1) has variance sum exactly 2; Σx² − (Σx)²/n in float64 does not."""
     x = torch.tensor([[1e8 - 1], [1e8], [1e8 + 1]], dtype=torch.float64)
-    one_pass = float((x ** 2).sum() - x.sum() ** 2 / 3)
+    one_pass = float((x**2).sum() - x.sum() ** 2 / 3)
     assert abs(one_pass - 2.0) > 1e-3  # what the old accumulator computed
     sums = ReconstructionSums(1, 1)
     for row in x:
@@ -121,8 +125,12 @@ def test_one_pass_variance_would_lose_the_digits_that_the_pairwise_update_keeps(
 
 
 @SETTINGS
-@given(data=st.data(), n=st.integers(1, 50), seed=st.integers(0, 2**32 - 1),
-       scale=st.sampled_from([1e-6, 1.0, 1e6]))
+@given(
+    data=st.data(),
+    n=st.integers(1, 50),
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.sampled_from([1e-6, 1.0, 1e6]),
+)
 def test_token_sums_equal_one_shot_means(data, n, seed, scale):
     rng = np.random.default_rng(seed)
     a = torch.tensor(rng.exponential(scale, size=n)).float()
@@ -141,9 +149,13 @@ def test_token_sums_with_nothing_added_are_nan():
 
 
 @SETTINGS
-@given(data=st.data(), n=st.integers(1, 40), d_sae=st.integers(1, 8),
-       seed=st.integers(0, 2**32 - 1),
-       f_kind=st.sampled_from(["dense", "all_dead", "few", "one_row", "ties"]))
+@given(
+    data=st.data(),
+    n=st.integers(1, 40),
+    d_sae=st.integers(1, 8),
+    seed=st.integers(0, 2**32 - 1),
+    f_kind=st.sampled_from(["dense", "all_dead", "few", "one_row", "ties"]),
+)
 def test_feature_counts_equal_one_shot(data, n, d_sae, seed, f_kind):
     rng = np.random.default_rng(seed)
     acts = _latents(rng, n, d_sae, f_kind)
@@ -166,9 +178,15 @@ def _top_k_brute_force(acts: torch.Tensor, k: int) -> list[tuple[float, int, int
 
 
 @SETTINGS
-@given(data=st.data(), n_seq=st.integers(1, 8), n_pos=st.integers(1, 12),
-       k=st.integers(1, 12), context=st.integers(0, 3), seed=st.integers(0, 2**32 - 1),
-       kind=st.sampled_from(["dense", "few", "one_row", "ties", "all_dead"]))
+@given(
+    data=st.data(),
+    n_seq=st.integers(1, 8),
+    n_pos=st.integers(1, 12),
+    k=st.integers(1, 12),
+    context=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["dense", "few", "one_row", "ties", "all_dead"]),
+)
 def test_running_top_k_equals_a_full_sort(data, n_seq, n_pos, k, context, seed, kind):
     rng = np.random.default_rng(seed)
     acts = _latents(rng, n_seq * n_pos, 1, kind).reshape(n_seq, n_pos)
@@ -182,20 +200,29 @@ def test_running_top_k_equals_a_full_sort(data, n_seq, n_pos, k, context, seed, 
     assert top.values.tolist() == [v for v, _, _ in want]
     for seq, pos, window in top.items:
         lo = max(0, pos - context)
-        assert torch.equal(window, acts[seq, lo:pos + context + 1])
+        assert torch.equal(window, acts[seq, lo : pos + context + 1])
 
 
 def test_accumulators_live_on_the_cpu_in_float64():
     """Inputs of any device and dtype are reduced there and added as ``.cpu()`` float64
     values (on a GPU the per-batch sums come over; the running totals never leave)."""
     sums = ReconstructionSums(3, 4)
-    sums.add(torch.randn(5, 3, dtype=torch.float16).float(), torch.randn(5, 3),
-             torch.rand(5, 4))
+    sums.add(torch.randn(5, 3, dtype=torch.float16).float(), torch.randn(5, 3), torch.rand(5, 4))
     counts, tokens = FeatureCounts(4), TokenSums("a")
     counts.add(torch.rand(5, 4, dtype=torch.bfloat16))
     tokens.add(a=torch.rand(5, dtype=torch.float16))
-    held = [sums.mean, sums.comoment, sums.sse, sums.l0, sums.l1, sums.counts.fired,
-            sums.counts.total, counts.total,
-            counts.fired, counts.peak, tokens.sums["a"]]
+    held = [
+        sums.mean,
+        sums.comoment,
+        sums.sse,
+        sums.l0,
+        sums.l1,
+        sums.counts.fired,
+        sums.counts.total,
+        counts.total,
+        counts.fired,
+        counts.peak,
+        tokens.sums["a"],
+    ]
     assert all(t.device.type == "cpu" and t.dtype == torch.float64 for t in held)
     assert sums.result()["feature_density"].device.type == "cpu"

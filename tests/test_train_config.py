@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from saehooks.training.cli import add_train_arguments, run_train
 
 import saehooks as sh
 from saehooks.errors import (
@@ -23,7 +24,6 @@ from saehooks.errors import (
     SAENotFoundError,
 )
 from saehooks.training import ActivationStore, TokenSource, TrainConfig
-from saehooks.training.cli import add_train_arguments, run_train
 from saehooks.training.config import parse_count
 
 HOOK = "blocks.1.hook_resid_post"
@@ -189,7 +189,7 @@ def test_cli_refuses_bad_values_before_loading_anything(monkeypatch, tmp_path):
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded")
 
-    monkeypatch.setattr("saehooks.models.load_model", no_model)
+    monkeypatch.setattr("saehooks.tl.load_model", no_model)
     parser = _parser()
     with pytest.raises(InputError, match="log_every_steps must be >= 1"):
         run_train(parser.parse_args(["--log-every-steps", "0", "--out", str(tmp_path)]))

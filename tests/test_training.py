@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import saehooks as sh
+from saehooks.cli.cmd_train import add_train_arguments, config_from_args, run_train
 from saehooks.errors import InputError
 from saehooks.training import (
     ActivationStore,
@@ -22,7 +23,6 @@ from saehooks.training import (
     write_activation_cache,
 )
 from saehooks.training import checkpoint as ckpt_module
-from saehooks.training.cli import add_train_arguments, config_from_args, run_train
 from saehooks.training.objectives import StepState
 from saehooks.training.stores import make_store
 from saehooks.training.trainer import train_sae
@@ -123,7 +123,7 @@ def test_short_topk_run_lowers_fvu_and_keeps_l0(model, train_tokens, heldout_act
     l0 = (sae.encode(heldout_acts) > 0).sum(-1)
     assert int(l0.max()) <= 16 and float(l0.float().mean()) > 12
     meta = sae.cfg.metadata
-    assert meta["model_processing"] == sh.models.model_processing(model)
+    assert meta["model_processing"] == sh.tl.model_processing(model)
     assert meta["context_size"] == 128 and meta["prepend_bos"] is True
     assert meta["training"]["tokens"] == 60 * 512 and meta["training"]["config"]["k"] == 16
     # no path of this machine in what a shipped SAE carries (issue #11 part 2)
@@ -310,7 +310,7 @@ def test_cli_flags_come_from_the_config(model, train_tokens, tmp_path, capsys, m
             "--no-progress-bar",
         ]
     )
-    monkeypatch.setattr("saehooks.models.load_model", lambda name=None, **kw: model)
+    monkeypatch.setattr("saehooks.tl.load_model", lambda name=None, **kw: model)
     assert run_train(args) == 0
     assert "saved" in capsys.readouterr().out
     assert sh.load_sae(tmp_path / "run" / "sae").cfg.k == 8
@@ -326,7 +326,7 @@ def test_cli_trains_on_the_reference_split_by_default(model, train_tokens, tmp_p
         return train_tokens[:8]
 
     monkeypatch.setattr("saehooks.reference.load_train_tokens", fake_split)
-    monkeypatch.setattr("saehooks.models.load_model", lambda name=None, **kw: model)
+    monkeypatch.setattr("saehooks.tl.load_model", lambda name=None, **kw: model)
     args = parser.parse_args(
         [
             "--hook",
@@ -364,7 +364,7 @@ def test_the_training_device_is_the_configs_else_the_models_else_the_cpu(model, 
 
     cfg = fake_config(tmp_path)
     assert cfg.device is None
-    assert training_device(model, cfg) == sh.models.model_device(model) == torch.device("cpu")
+    assert training_device(model, cfg) == sh.tl.model_device(model) == torch.device("cpu")
     assert training_device(None, cfg) == torch.device("cpu")
     assert training_device(model, dataclasses.replace(cfg, device="cpu")) == torch.device("cpu")
 

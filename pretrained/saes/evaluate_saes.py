@@ -17,14 +17,28 @@ import saehooks as sh
 from saehooks.evaluation import evaluate
 
 HERE = Path(__file__).resolve().parent
-COLUMNS = ["ce_loss_clean", "ce_loss_spliced", "ce_loss_increase", "ce_loss_score",
-           "ce_loss_score_mean_ablation", "kl_div", "fvu", "pca_fvu", "l0", "dead_fraction"]
+COLUMNS = [
+    "ce_loss_clean",
+    "ce_loss_spliced",
+    "ce_loss_increase",
+    "ce_loss_score",
+    "ce_loss_score_mean_ablation",
+    "kl_div",
+    "fvu",
+    "pca_fvu",
+    "l0",
+    "dead_fraction",
+]
 
 
 # issue #4's targets for the TopK SAEs: metric -> (bound, "max" or "min")
-TOPK_TARGETS = {"fvu": (0.04, "max"), "ce_loss_score": (0.99, "min"),
-                "ce_loss_score_mean_ablation": (0.98, "min"), "ce_loss_increase": (0.05, "max"),
-                "dead_fraction": (0.02, "max")}
+TOPK_TARGETS = {
+    "fvu": (0.04, "max"),
+    "ce_loss_score": (0.99, "min"),
+    "ce_loss_score_mean_ablation": (0.98, "min"),
+    "ce_loss_increase": (0.05, "max"),
+    "dead_fraction": (0.02, "max"),
+}
 HISTORY = """\
 How the TopK numbers came about (same data, hook and size throughout): the first TopK
 SAEs (batch 4096, lr 2e-3, 20-25M tokens, dead window 2M tokens, AuxK on ReLU'd
@@ -57,9 +71,12 @@ def target_lines(rows: list[dict]) -> list[str]:
     topk = [r for r in rows if r["architecture"] == "topk"]
     if not topk:
         return []
-    lines = ["## TopK targets", "",
-             "| target | " + " | ".join(r["name"] for r in topk) + " |",
-             "|---|" + "---|" * len(topk)]
+    lines = [
+        "## TopK targets",
+        "",
+        "| target | " + " | ".join(r["name"] for r in topk) + " |",
+        "|---|" + "---|" * len(topk),
+    ]
     for metric, (bound, kind) in TOPK_TARGETS.items():
         cells = []
         for r in topk:
@@ -86,8 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     model = sh.load_model()
     tokens = sh.load_eval_tokens()
     index = HERE / "index.json"
-    kept = {r["name"]: r for r in json.loads(index.read_text())} \
-        if args.only and index.is_file() else {}
+    kept = (
+        {r["name"]: r for r in json.loads(index.read_text())}
+        if args.only and index.is_file()
+        else {}
+    )
     rows = []
     for path in sae_dirs():
         if args.only and path.name not in args.only and path.name in kept:
@@ -97,10 +117,17 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         report = evaluate(model, sae, tokens, batch_size=16)
         training = sae.cfg.metadata.get("training", {})
-        row = {"name": path.name, "architecture": sae.cfg.architecture, "k": sae.cfg.k,
-               "hook_name": sae.cfg.hook_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-               **{k: v for k, v in report.to_dict().items() if k != "feature_density"},
-               "eval_seconds": round(time.time() - t0, 1), "training": training}
+        row = {
+            "name": path.name,
+            "architecture": sae.cfg.architecture,
+            "k": sae.cfg.k,
+            "hook_name": sae.cfg.hook_name,
+            "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae,
+            **{k: v for k, v in report.to_dict().items() if k != "feature_density"},
+            "eval_seconds": round(time.time() - t0, 1),
+            "training": training,
+        }
         rows.append(row)
         print(path.name, {k: round(row[k], 4) for k in COLUMNS}, flush=True)
     index.write_text(json.dumps(rows, indent=2) + "\n")
@@ -125,17 +152,23 @@ def write_readme(rows: list[dict], shape) -> None:
     lines += ["", *target_lines(rows), "## Training", ""]
     for r in rows:
         t = r["training"]
-        lines.append(f"- **{r['name']}**: {r['architecture']}"
-                     f"{' k=' + str(r['k']) if r['k'] else ''}, d_sae {r['d_sae']}, "
-                     f"{t.get('tokens', '?'):,} tokens, {t.get('wall_seconds', '?')} s; "
-                     f"config: `{json.dumps(t.get('config', {}))}`"
-                     if isinstance(t.get("tokens"), int) else f"- **{r['name']}**: {t}")
+        lines.append(
+            f"- **{r['name']}**: {r['architecture']}"
+            f"{' k=' + str(r['k']) if r['k'] else ''}, d_sae {r['d_sae']}, "
+            f"{t.get('tokens', '?'):,} tokens, {t.get('wall_seconds', '?')} s; "
+            f"config: `{json.dumps(t.get('config', {}))}`"
+            if isinstance(t.get("tokens"), int)
+            else f"- **{r['name']}**: {t}"
+        )
     lines += ["", "## Full reports", ""]
     for r in rows:
         lines.append(f"### {r['name']}\n")
         lines.append("| metric | value |\n|---|---|")
-        lines += [f"| {k} | {v} |" for k, v in r.items()
-                  if k not in ("training", "name") and not isinstance(v, (dict, list))]
+        lines += [
+            f"| {k} | {v} |"
+            for k, v in r.items()
+            if k not in ("training", "name") and not isinstance(v, (dict, list))
+        ]
         lines.append("")
     (HERE / "README.md").write_text("\n".join(lines) + "\n")
 

@@ -80,8 +80,22 @@ LABELS: dict[str, str] = {
 _ANY_CHAR_LABELS = {"block_colon", "block_colon_indent12"}
 """Labels a token takes if any of its characters has them (not just its anchor)."""
 
-_BLOCK_KEYWORDS = {"if", "elif", "else", "for", "while", "try", "except", "finally", "with",
-                   "def", "class", "async", "match", "case"}
+_BLOCK_KEYWORDS = {
+    "if",
+    "elif",
+    "else",
+    "for",
+    "while",
+    "try",
+    "except",
+    "finally",
+    "with",
+    "def",
+    "class",
+    "async",
+    "match",
+    "case",
+}
 
 
 @dataclass
@@ -94,8 +108,11 @@ class Document:
 
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode (the ByteLevel pre-tokenizer's alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
         + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -138,8 +155,7 @@ def lex(text: str) -> Document:
     except (tokenize.TokenError, IndentationError, SyntaxError):
         complete = False  # keep what was lexed (the truncated last document ends mid-file)
 
-    skip = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT,
-            tokenize.ENCODING}
+    skip = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING}
     logical: list[tokenize.TokenInfo] = []  # significant tokens of the current logical line
 
     def close_line(line_toks: list[tokenize.TokenInfo]) -> None:
@@ -159,14 +175,18 @@ def lex(text: str) -> Document:
         if first.type == tokenize.OP and head == "@":
             labels["decorator_line"][span] = True
         last = line_toks[-1]
-        if last.type == tokenize.OP and last.string == ":" and first.type == tokenize.NAME \
-                and head in _BLOCK_KEYWORDS:
+        if (
+            last.type == tokenize.OP
+            and last.string == ":"
+            and first.type == tokenize.NAME
+            and head in _BLOCK_KEYWORDS
+        ):
             a = off(last.start)
             labels["block_colon"][a] = True
             if indent[a] == 12:
                 labels["block_colon_indent12"][a] = True
         if len(line_toks) == 1 and first.type == tokenize.STRING:
-            labels["docstring"][off(first.start):off(first.end)] = True
+            labels["docstring"][off(first.start) : off(first.end)] = True
 
     for tok in toks:
         a, b = off(tok.start), off(tok.end)
@@ -174,7 +194,7 @@ def lex(text: str) -> Document:
             labels["in_comment"][a:b] = True
         elif tok.type == tokenize.STRING:
             body = tok.string.lstrip("rRbBuUfF")
-            prefix = tok.string[:len(tok.string) - len(body)].lower()
+            prefix = tok.string[: len(tok.string) - len(body)].lower()
             triple = body[:3] in ('"""', "'''")
             labels["in_triple_string" if triple else "in_string"][a:b] = True
             if "f" in prefix:
@@ -186,8 +206,7 @@ def lex(text: str) -> Document:
                 labels["keyword"][a:b] = True
             if tok.string == "self":
                 labels["self"][a:b] = True
-            if len(tok.string) > 4 and tok.string.startswith("__") \
-                    and tok.string.endswith("__"):
+            if len(tok.string) > 4 and tok.string.startswith("__") and tok.string.endswith("__"):
                 labels["dunder_start"][a] = True
         if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
             close_line(logical)
@@ -251,10 +270,10 @@ def label_tokens(tokenizer, rows: torch.Tensor, bos: int = 0) -> tuple[torch.Ten
         pos = 0
         for c, ch in enumerate(text):
             w = len(ch.encode("utf-8")) if ch != "\ufffd" else 1
-            char_of_byte[pos:pos + w] = c
+            char_of_byte[pos : pos + w] = c
             pos += w
         char_of_byte[pos:] = len(text)
-        starts = np.cumsum([0] + [len(pc) for pc in pieces[i:j - 1]])
+        starts = np.cumsum([0] + [len(pc) for pc in pieces[i : j - 1]])
         anchors = starts + np.array([_anchor(pc) for pc in pieces[i:j]], dtype=np.int64)
         chars = char_of_byte[np.minimum(anchors, max(len(raw) - 1, 0))]
         chars = np.minimum(chars, max(len(text) - 1, 0))
@@ -263,10 +282,11 @@ def label_tokens(tokenizer, rows: torch.Tensor, bos: int = 0) -> tuple[torch.Ten
                 out[i:j, li] = [b"\n" in pc for pc in pieces[i:j]]
             elif name in ("after_def", "after_class"):
                 # the previous token is the keyword itself (not the word in a comment)
-                word = name[len("after_"):].encode()
+                word = name[len("after_") :].encode()
                 kw = doc.char_labels["keyword"][chars[:-1]] if len(text) else []
-                out[i + 1:j, li] = [pc.strip() == word and bool(k)
-                                    for pc, k in zip(pieces[i:j - 1], kw)]
+                out[i + 1 : j, li] = [
+                    pc.strip() == word and bool(k) for pc, k in zip(pieces[i : j - 1], kw)
+                ]
             elif name == "def_dunder":
                 continue  # after the loop: after_def and dunder_start
             elif name in _ANY_CHAR_LABELS and len(text):
@@ -279,16 +299,18 @@ def label_tokens(tokenizer, rows: torch.Tensor, bos: int = 0) -> tuple[torch.Ten
             elif len(text):
                 out[i:j, li] = doc.char_labels[name][chars]
         i = j
-    out[:, names.index("def_dunder")] = out[:, names.index("after_def")] \
-        & out[:, names.index("dunder_start")]
+    out[:, names.index("def_dunder")] = (
+        out[:, names.index("after_def")] & out[:, names.index("dunder_start")]
+    )
     labels = np.zeros((n_rows, n_ctx, len(names)), dtype=bool)
     labels[:, 1:] = out.reshape(n_rows, n_ctx - 1, len(names))
     return torch.from_numpy(labels), incomplete
 
 
 @torch.no_grad()
-def label_scores(model, sae, rows: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int = 16, bos: int = 0) -> dict:
+def label_scores(
+    model, sae, rows: torch.Tensor, labels: torch.Tensor, batch_size: int = 16, bos: int = 0
+) -> dict:
     """Per label and latent: precision, recall, F1; per latent: density.
 
     Returns a dict of tensors: ``precision``/``recall``/``f1`` ``[n_labels, d_sae]``,
@@ -303,10 +325,10 @@ def label_scores(model, sae, rows: torch.Tensor, labels: torch.Tensor,
     support = torch.zeros(n_labels, dtype=torch.float64)
     n_tokens = 0
     for start in range(0, rows.shape[0], batch_size):
-        batch = rows[start:start + batch_size]
+        batch = rows[start : start + batch_size]
         keep = (batch != bos).reshape(-1)
         acts = sae_acts(model, sae, batch).float().cpu().reshape(-1, d_sae)[keep]
-        lab = labels[start:start + batch_size].reshape(-1, n_labels)[keep].double()
+        lab = labels[start : start + batch_size].reshape(-1, n_labels)[keep].double()
         on = (acts > 0).double()
         fired += on.sum(0)
         both += lab.T @ on
@@ -315,28 +337,51 @@ def label_scores(model, sae, rows: torch.Tensor, labels: torch.Tensor,
     precision = both / fired.clamp(min=1)
     recall = both / support.clamp(min=1)[:, None]
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return {"precision": precision, "recall": recall, "f1": f1,
-            "density": fired / max(n_tokens, 1), "fired": fired,
-            "base_rate": support / max(n_tokens, 1), "support": support,
-            "n_tokens": n_tokens}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "density": fired / max(n_tokens, 1),
+        "fired": fired,
+        "base_rate": support / max(n_tokens, 1),
+        "support": support,
+        "n_tokens": n_tokens,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sae", default="topk-k32-blocks.2.hook_resid_post",
-                        help="shipped SAE name or SAE folder")
-    parser.add_argument("--stride", type=int, default=4,
-                        help="use every STRIDE-th held-out row (default 4: 279 rows)")
+    parser.add_argument(
+        "--sae", default="topk-k32-blocks.2.hook_resid_post", help="shipped SAE name or SAE folder"
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=4,
+        help="use every STRIDE-th held-out row (default 4: 279 rows)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--top", type=int, default=5, help="latents listed per label")
-    parser.add_argument("--min-recall", type=float, default=0.05,
-                        help="recall floor for the 'most precise' list")
-    parser.add_argument("--min-fired", type=int, default=20,
-                        help="fewest firings for a latent to be listed")
-    parser.add_argument("--labels", nargs="+", default=None, choices=list(LABELS),
-                        help="only these labels (default: all)")
-    parser.add_argument("--show", type=int, nargs="+", default=[],
-                        help="also print every label's numbers for these latents")
+    parser.add_argument(
+        "--min-recall", type=float, default=0.05, help="recall floor for the 'most precise' list"
+    )
+    parser.add_argument(
+        "--min-fired", type=int, default=20, help="fewest firings for a latent to be listed"
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        choices=list(LABELS),
+        help="only these labels (default: all)",
+    )
+    parser.add_argument(
+        "--show",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also print every label's numbers for these latents",
+    )
     parser.add_argument("--json", default=None, help="write the per-label tables here")
     args = parser.parse_args(argv)
 
@@ -347,14 +392,16 @@ def main(argv: list[str] | None = None) -> None:
     sae = sh.load_sae(args.sae)
     all_rows = sh.load_eval_tokens()
     labels, incomplete = label_tokens(model.tokenizer, all_rows)
-    labels = labels[::args.stride]
-    rows = all_rows[::args.stride]
+    labels = labels[:: args.stride]
+    rows = all_rows[:: args.stride]
     s = label_scores(model, sae, rows, labels)
     names = list(LABELS)
     n_docs = int((all_rows[:, 1:].reshape(-1) == 0).sum())
-    print(f"SAE {args.sae} at {sae.cfg.hook_name}: every {args.stride}th held-out row "
-          f"({rows.shape[0]} rows, {s['n_tokens']:,} non-BOS tokens; {n_docs} documents "
-          f"in the full held-out set, {incomplete} of them not lexed to the end)")
+    print(
+        f"SAE {args.sae} at {sae.cfg.hook_name}: every {args.stride}th held-out row "
+        f"({rows.shape[0]} rows, {s['n_tokens']:,} non-BOS tokens; {n_docs} documents "
+        f"in the full held-out set, {incomplete} of them not lexed to the end)"
+    )
     print(f"latents firing at all: {int((s['fired'] > 0).sum())} of {sae.cfg.d_sae}")
     eligible = s["fired"] >= args.min_fired
     report: dict[str, dict] = {}
@@ -362,8 +409,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.labels and name not in args.labels:
             continue
         p, r, f1 = s["precision"][li], s["recall"][li], s["f1"][li]
-        print(f"\n== {name}: {LABELS[name]} | base rate {float(s['base_rate'][li]):.4f} "
-              f"({int(s['support'][li]):,} tokens)")
+        print(
+            f"\n== {name}: {LABELS[name]} | base rate {float(s['base_rate'][li]):.4f} "
+            f"({int(s['support'][li]):,} tokens)"
+        )
 
         by_f1 = torch.where(eligible, f1, -1.0).topk(args.top).indices.tolist()
         precise_ok = eligible & (r >= args.min_recall)
@@ -374,34 +423,54 @@ def main(argv: list[str] | None = None) -> None:
         print(f" most precise (recall >= {args.min_recall:g}):")
         print("\n".join(_line(s, li, f) for f in by_p) or "  (none)")
         report[name] = {
-            "base_rate": float(s["base_rate"][li]), "support": int(s["support"][li]),
+            "base_rate": float(s["base_rate"][li]),
+            "support": int(s["support"][li]),
             "best_f1": [_entry(s, li, f) for f in by_f1],
-            "most_precise": [_entry(s, li, f) for f in by_p]}
+            "most_precise": [_entry(s, li, f) for f in by_p],
+        }
     for f in args.show:
         print(f"\n== latent {f}: density {float(s['density'][f]):.2%}; labels by F1")
         order = s["f1"][:, f].argsort(descending=True).tolist()
         for li in order[:6]:
-            print(f"  {names[li]:22s} P {float(s['precision'][li, f]):.2f}  "
-                  f"R {float(s['recall'][li, f]):.2f}  F1 {float(s['f1'][li, f]):.2f}  "
-                  f"(base rate {float(s['base_rate'][li]):.4f})")
+            print(
+                f"  {names[li]:22s} P {float(s['precision'][li, f]):.2f}  "
+                f"R {float(s['recall'][li, f]):.2f}  F1 {float(s['f1'][li, f]):.2f}  "
+                f"(base rate {float(s['base_rate'][li]):.4f})"
+            )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"sae": args.sae, "stride": args.stride, "n_tokens": s["n_tokens"],
-                       "labels": report,
-                       "show": {f: {names[li]: _entry(s, li, f) for li in range(len(names))}
-                                for f in args.show}}, fh, indent=1)
+            json.dump(
+                {
+                    "sae": args.sae,
+                    "stride": args.stride,
+                    "n_tokens": s["n_tokens"],
+                    "labels": report,
+                    "show": {
+                        f: {names[li]: _entry(s, li, f) for li in range(len(names))}
+                        for f in args.show
+                    },
+                },
+                fh,
+                indent=1,
+            )
         print(f"\nwrote {args.json}")
 
 
 def _line(s: dict, li: int, f: int) -> str:
-    return (f"  {f:5d}  P {float(s['precision'][li, f]):.2f}  R {float(s['recall'][li, f]):.2f}"
-            f"  F1 {float(s['f1'][li, f]):.2f}  density {float(s['density'][f]):7.2%}")
+    return (
+        f"  {f:5d}  P {float(s['precision'][li, f]):.2f}  R {float(s['recall'][li, f]):.2f}"
+        f"  F1 {float(s['f1'][li, f]):.2f}  density {float(s['density'][f]):7.2%}"
+    )
 
 
 def _entry(s: dict, li: int, f: int) -> dict:
-    return {"latent": f, "precision": round(float(s["precision"][li, f]), 4),
-            "recall": round(float(s["recall"][li, f]), 4),
-            "f1": round(float(s["f1"][li, f]), 4), "density": round(float(s["density"][f]), 5)}
+    return {
+        "latent": f,
+        "precision": round(float(s["precision"][li, f]), 4),
+        "recall": round(float(s["recall"][li, f]), 4),
+        "f1": round(float(s["f1"][li, f]), 4),
+        "density": round(float(s["density"][f]), 5),
+    }
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from saehooks.errors import InputError, InputTypeError
 from saehooks.hooks import latent_hooks
 from saehooks.interventions import set_features_hook
 from saehooks.metrics import FeatureCounts, kl_div, next_token_ce
-from saehooks.models import model_device
 from saehooks.sae import SAE
+from saehooks.tl import model_device
 
 _NO_PREDICTION = (
     "no position predicts a token (every position but the last holds BOS); "

@@ -45,8 +45,8 @@ from saehooks.data import (
 )
 from saehooks.errors import InputError
 from saehooks.metrics import FeatureCounts
-from saehooks.models import model_device
 from saehooks.sae import SAE
+from saehooks.tl import model_device
 
 NEWLINE_MARK = "⏎"
 """Shown in place of a newline in one-line context strings."""

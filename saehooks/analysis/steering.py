@@ -27,8 +27,8 @@ from saehooks.data import (
 from saehooks.errors import InputError, InputTypeError
 from saehooks.interventions import steer_direction, steering_vector
 from saehooks.metrics import TokenSums, kl_div, next_token_ce
-from saehooks.models import model_device
 from saehooks.sae import SAE
+from saehooks.tl import model_device
 
 
 def _prompt_tokens(model: nn.Module, prompts: str | Sequence[str] | Tensor) -> list[Tensor]:

@@ -20,8 +20,14 @@ from saehooks.cli import cmd_ablate, cmd_demo, cmd_eval, cmd_inspect, cmd_steer,
 from saehooks.cli.common import DEFAULT_SAE
 from saehooks.errors import SAEHooksError
 
-COMMANDS: tuple[ModuleType, ...] = (cmd_demo, cmd_eval, cmd_inspect, cmd_ablate, cmd_steer,
-                                    cmd_train)
+COMMANDS: tuple[ModuleType, ...] = (
+    cmd_demo,
+    cmd_eval,
+    cmd_inspect,
+    cmd_ablate,
+    cmd_steer,
+    cmd_train,
+)
 USER_ERRORS = (SAEHooksError,)
 """Errors printed as one line: their messages already say what to do."""
 
@@ -31,7 +37,8 @@ __all__ = ["COMMANDS", "DEFAULT_SAE", "build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The ``saehooks`` parser with every command's flags."""
     parser = argparse.ArgumentParser(
-        prog="saehooks", description="Sparse autoencoders hooked into TransformerLens models.")
+        prog="saehooks", description="Sparse autoencoders hooked into TransformerLens models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP)

@@ -20,17 +20,19 @@ class Options(ModelOptions):
     """held-out rows of 256 tokens, spread over the held-out set"""
 
 
-
 def run(options: Options, model=None) -> int:
     import saehooks as sh
 
     set_threads(options.threads)
     model, sae = load(options, model)
     tokens = held_out_rows(options.n_seq)
-    table = sh.feature_ablation_effects(model, sae, tokens, options.feature,
-                                        batch_size=options.batch_size)
-    print(f"SAE {options.sae} at {sae.cfg.hook_name}; zero ablation with the error term kept, "
-          f"{len(tokens)} held-out rows; losses in nats/token")
+    table = sh.feature_ablation_effects(
+        model, sae, tokens, options.feature, batch_size=options.batch_size
+    )
+    print(
+        f"SAE {options.sae} at {sae.cfg.hook_name}; zero ablation with the error term kept, "
+        f"{len(tokens)} held-out rows; losses in nats/token"
+    )
     with pd.option_context("display.width", 120, "display.max_colwidth", 60):
         print(table.to_string(float_format=lambda x: f"{x:.5f}"))
     return 0

@@ -41,8 +41,10 @@ def _tokens(model, options: Options) -> torch.Tensor:
         body = n_ctx - 1
         n = ids.numel() // body
         if n == 0:
-            raise InputError(f"{options.text_file}: fewer than {body} tokens; give a longer "
-                             "text or a smaller --n-ctx")
+            raise InputError(
+                f"{options.text_file}: fewer than {body} tokens; give a longer "
+                "text or a smaller --n-ctx"
+            )
         bos = torch.full((n, 1), model.tokenizer.bos_token_id, dtype=torch.long)
         tokens = torch.cat([bos, ids[: n * body].view(n, body).cpu()], dim=1)
         n_rows = -(-options.n_tokens // n_ctx) if options.n_tokens else n
@@ -57,15 +59,23 @@ def run(options: Options, model=None) -> int:
     set_threads(options.threads)
     model, sae = load(options, model)
     tokens = _tokens(model, options)
-    report = sh.evaluate(model, sae, tokens, batch_size=options.batch_size,
-                         exclude_bos=not options.include_bos, ablate_bos=options.ablate_bos)
+    report = sh.evaluate(
+        model,
+        sae,
+        tokens,
+        batch_size=options.batch_size,
+        exclude_bos=not options.include_bos,
+        ablate_bos=options.ablate_bos,
+    )
     if options.json:
         out = report.to_dict()
         if not options.density:
             out.pop("feature_density")
         print(json.dumps(out, indent=2))
     else:
-        print(f"SAE {options.sae} ({sae.cfg.architecture}, d_sae {sae.cfg.d_sae}) on "
-              f"{tokens.shape[0]} x {tokens.shape[1]} tokens")
+        print(
+            f"SAE {options.sae} ({sae.cfg.architecture}, d_sae {sae.cfg.d_sae}) on "
+            f"{tokens.shape[0]} x {tokens.shape[1]} tokens"
+        )
         print(report)
     return 0

@@ -26,12 +26,13 @@ class Options(ModelOptions):
     """held-out rows of 256 tokens, spread over the held-out set"""
 
 
-
 def print_examples(examples: pd.DataFrame) -> None:
     """Print top activating examples, one line each."""
     a = examples.attrs
-    print(f"feature {a.get('feature')}: fires on {100 * a.get('frequency', 0):.3f}% of "
-          f"{a.get('n_tokens', 0):,} tokens, max activation {a.get('max_activation', 0):.3f}")
+    print(
+        f"feature {a.get('feature')}: fires on {100 * a.get('frequency', 0):.3f}% of "
+        f"{a.get('n_tokens', 0):,} tokens, max activation {a.get('max_activation', 0):.3f}"
+    )
     if examples.empty:
         print("  (never fires on these tokens)")
     for ex in examples.itertuples():
@@ -42,8 +43,10 @@ def print_logit_effects(effects: pd.DataFrame) -> None:
     """Print promoted and suppressed tokens side by side."""
     print(f"  {'promoted':>20} {'logit':>7}   {'suppressed':>20} {'logit':>7}")
     for r in effects.itertuples():
-        print(f"  {r.promoted!r:>20} {r.promoted_effect:+7.3f}   "
-              f"{r.suppressed!r:>20} {r.suppressed_effect:+7.3f}")
+        print(
+            f"  {r.promoted!r:>20} {r.promoted_effect:+7.3f}   "
+            f"{r.suppressed!r:>20} {r.suppressed_effect:+7.3f}"
+        )
 
 
 def run(options: Options, model=None) -> int:
@@ -53,15 +56,29 @@ def run(options: Options, model=None) -> int:
     set_threads(options.threads)
     model, sae = load(options, model)
     tokens = held_out_rows(options.n_seq)
-    scan = sh.scan_features(model, sae, tokens, [options.feature], k=options.k,
-                            context=options.context, batch_size=options.batch_size)
+    scan = sh.scan_features(
+        model,
+        sae,
+        tokens,
+        [options.feature],
+        k=options.k,
+        context=options.context,
+        batch_size=options.batch_size,
+    )
     examples = scan.examples[options.feature]
     print(f"SAE {options.sae} at {sae.cfg.hook_name}")
     print_examples(examples)
     print("logit effects (direct path):")
     print_logit_effects(sh.feature_logit_effects(model, sae, options.feature, k=10))
     if options.html:
-        path = feature_html(model, sae, tokens, options.feature, options.html,
-                            density=scan.density, examples=examples)
+        path = feature_html(
+            model,
+            sae,
+            tokens,
+            options.feature,
+            options.html,
+            density=scan.density,
+            examples=examples,
+        )
         print(f"wrote {path}")
     return 0

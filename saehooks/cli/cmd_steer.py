@@ -27,7 +27,6 @@ class Options(ModelOptions):
     """held-out rows used to find the feature's maximum activation (--relative)"""
 
 
-
 def run(options: Options, model=None) -> int:
     import saehooks as sh
 
@@ -35,16 +34,24 @@ def run(options: Options, model=None) -> int:
     model, sae = load(options, model)
     tokens = held_out_rows(options.n_seq) if options.relative else None
     prompt = model.to_tokens(options.prompt)
-    kwargs = {"max_new_tokens": options.max_new_tokens, "do_sample": False,
-              "stop_at_eos": False, "verbose": False, "use_past_kv_cache": False}
+    kwargs = {
+        "max_new_tokens": options.max_new_tokens,
+        "do_sample": False,
+        "stop_at_eos": False,
+        "verbose": False,
+        "use_past_kv_cache": False,
+    }
     n = prompt.shape[1]
     clean = model.generate(prompt, **kwargs)
     mode = "relative" if options.relative else "absolute"
-    with sh.steer(model, sae, options.feature, options.coefficient, coefficient_mode=mode,
-                  tokens=tokens):
+    with sh.steer(
+        model, sae, options.feature, options.coefficient, coefficient_mode=mode, tokens=tokens
+    ):
         steered = model.generate(prompt, **kwargs)
-    print(f"SAE {options.sae} at {sae.cfg.hook_name}; feature {options.feature}, coefficient "
-          f"{options.coefficient} ({mode})")
+    print(
+        f"SAE {options.sae} at {sae.cfg.hook_name}; feature {options.feature}, coefficient "
+        f"{options.coefficient} ({mode})"
+    )
     print("prompt:\n" + options.prompt)
     print("--- clean continuation ---\n" + model.tokenizer.decode(clean[0, n:]))
     print("--- steered continuation ---\n" + model.tokenizer.decode(steered[0, n:]))

@@ -1,16 +1,136 @@
-"""``saehooks train``: train an SAE; every flag is a :class:`~saehooks.TrainConfig` field."""
+"""``saehooks train``: train an SAE; every flag is a :class:`~saehooks.TrainConfig` field.
+
+Every field becomes ``--field-name`` (a few have short names: ``--hook``, ``--tokens``,
+``--out``) with the field's docstring as help, so the flags and the documentation cannot
+drift; counts take ``20M``-style values.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
+from typing import Any
+
+from saehooks.checks import check_int
+from saehooks.cli.flags import field_docs
+from saehooks.errors import InputError
+from saehooks.training.config import TrainConfig, parse_count
 
 NAME = "train"
 HELP = "train an SAE on a model's activations"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from saehooks.training.cli import add_train_arguments
+def _flag(f: dataclasses.Field) -> str:
+    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
 
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`TrainConfig` field, plus ``--model``, ``--data``,
+    ``--resume`` and ``--threads``.
+
+    Args:
+        parser: the (sub)parser of the ``train`` command.
+    """
+    docs = field_docs(TrainConfig)
+    hints = typing.get_type_hints(TrainConfig)
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model: a local Hugging Face folder or TransformerLens name "
+        "(default: the shipped reference LM)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="token source: a .safetensors file with 'tokens' [n_seq, n_ctx] "
+        "or a folder of text files (tokenised with the model's tokenizer); "
+        "default, with the reference LM only: its training split, rebuilt "
+        "from this Python's standard library",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
+    parser.add_argument(
+        "--threads",
+        type=parse_count,
+        default=0,
+        help="torch CPU threads (0: torch's default). With an fp32 matmul, "
+        "1-2 threads per run are often the fastest per core",
+    )
+    for f in dataclasses.fields(TrainConfig):
+        kind, default = hints[f.name], f.default
+        text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
+        kw: dict[str, Any] = {"dest": f.name, "help": text}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind is int:
+            kw["type"] = parse_count
+        elif kind is float:
+            kw["type"] = float
+        elif typing.get_origin(kind) is tuple:
+            kw.update(type=float, nargs=2, metavar=("BETA1", "BETA2"))
+        else:
+            kw["type"] = str
+        kw["default"] = default
+        parser.add_argument(_flag(f), **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed arguments.
+
+    Raises:
+        InputError, InputTypeError, DeviceError: a bad value (see :class:`TrainConfig`).
+    """
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train an SAE as the parsed arguments say; print where it went.
+
+    Returns:
+        The process exit status (0 on success).
+
+    Raises:
+        InputError: ``--model`` without ``--data``, a negative ``--threads``, or any
+            user error of :func:`~saehooks.training.trainer.train_sae` (all
+            :class:`~saehooks.errors.SAEHooksError`, printed by the CLI as one line).
+    """
+    import torch
+
+    from saehooks.tl import load_model
+    from saehooks.training.trainer import train_sae
+
+    threads = check_int(args.threads, "--threads", minimum=0)
+    cfg = config_from_args(args)  # every value checked before anything is loaded
+    data = args.data
+    if data is None and args.model is not None:
+        raise InputError(
+            "saehooks train: --data is required with --model (a .safetensors "
+            "file of tokens or a folder of text files)"
+        )
+    if threads:
+        torch.set_num_threads(threads)
+    if data is None:
+        from saehooks.reference import load_train_tokens
+
+        data = load_train_tokens()
+    model = load_model(args.model)
+    resume = cfg.out_dir if args.resume else None
+    sae = train_sae(model, data, cfg, resume_from=resume)
+    training = sae.cfg.metadata["training"]
+    final = training["final_metrics"]
+    print(
+        f"saved {sae} to {cfg.out_dir}/sae; final train metrics: "
+        + ", ".join(f"{k}={final[k]:.4g}" for k in ("fvu", "l0", "dead_fraction", "mse"))
+        + f"; {training['matmul_dtype_resolved']} matmul ({training['matmul_dtype_source']})"
+    )
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` command's flags (see :func:`add_train_arguments`)."""
     add_train_arguments(parser)
 
 
@@ -19,6 +139,4 @@ def options_from(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, model=None) -> int:
-    from saehooks.training.cli import run_train
-
     return run_train(args)

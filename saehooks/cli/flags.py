@@ -29,9 +29,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[attr-defined]
         for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                    and isinstance(nxt.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -42,8 +46,7 @@ def _flag(f: dataclasses.Field) -> list[str]:
     return names
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type,
-                  int_type: Any = int) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type, int_type: Any = int) -> None:
     """Add one flag per field of the dataclass ``cls``.
 
     A field without a default becomes a required flag; ``bool`` fields become
@@ -57,10 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type,
         if typing.get_origin(kind) in (typing.Union, types.UnionType):
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else (
-            f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        text = docs.get(f.name, "") + ("" if required or default is None
-                                       else f" (default: {default})")
+        default = (
+            None
+            if required
+            else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        )
+        text = docs.get(f.name, "") + (
+            "" if required or default is None else f" (default: {default})"
+        )
         kw: dict[str, Any] = {"dest": f.name, "help": text.replace("%", "%%")}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction

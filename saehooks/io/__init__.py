@@ -76,8 +76,10 @@ def resolve_path(path_or_name: str | Path) -> Path:
     from saehooks.reference import pretrained_sae_dir
 
     if not str(path_or_name).strip():
-        raise InputError("load_sae needs a folder, an hf:// address or a shipped name, got an "
-                         "empty string; see saehooks.list_pretrained_saes()")
+        raise InputError(
+            "load_sae needs a folder, an hf:// address or a shipped name, got an "
+            "empty string; see saehooks.list_pretrained_saes()"
+        )
     if hub.is_hub_url(path_or_name):
         return hub.resolve(str(path_or_name))
     path = Path(path_or_name).expanduser()
@@ -87,11 +89,15 @@ def resolve_path(path_or_name: str | Path) -> Path:
         return path
     if path.is_file():
         parent = path.parent
-        what = ("the SAE folder that holds it" if any(m.is_format(parent)
-                                                      for m in FORMATS.values())
-                else "the folder of an SAE")
-        raise SAENotFoundError(f"{path} is a file; load_sae takes {what}: pass the folder, "
-                               f"e.g. load_sae({str(parent)!r})")
+        what = (
+            "the SAE folder that holds it"
+            if any(m.is_format(parent) for m in FORMATS.values())
+            else "the folder of an SAE"
+        )
+        raise SAENotFoundError(
+            f"{path} is a file; load_sae takes {what}: pass the folder, "
+            f"e.g. load_sae({str(parent)!r})"
+        )
     shipped = pretrained_sae_dir() / str(path_or_name)
     if shipped.is_dir():
         return shipped
@@ -105,7 +111,8 @@ def resolve_path(path_or_name: str | Path) -> Path:
         f"no SAE folder, shipped SAE or SAELens release named {str(path_or_name)!r}; {hint}pass "
         "a folder holding an SAE (SAELens, sparsify or dictionary_learning files), an address "
         "hf://<owner>/<repo>/<folder>, one of the shipped names, or a SAELens release as "
-        "'<release>/<sae_id>' (saehooks.list_pretrained_saes(include_releases=True))")
+        "'<release>/<sae_id>' (saehooks.list_pretrained_saes(include_releases=True))"
+    )
 
 
 def release_name(path_or_name: object) -> tuple[str, str] | None:
@@ -116,8 +123,11 @@ def release_name(path_or_name: object) -> tuple[str, str] | None:
     from saehooks.reference import pretrained_sae_dir
 
     path = Path(path_or_name).expanduser()
-    if path.exists() or atomic.current(path) is not None \
-            or (pretrained_sae_dir() / path_or_name).is_dir():
+    if (
+        path.exists()
+        or atomic.current(path) is not None
+        or (pretrained_sae_dir() / path_or_name).is_dir()
+    ):
         return None
     return registry.split_name(path_or_name)
 
@@ -132,20 +142,30 @@ def detect_format(path: Path) -> str:
     for name, module in FORMATS.items():
         if module.is_format(path):
             return name
-    inner = sorted(p.name for p in path.iterdir()
-                   if p.is_dir() and any(m.is_format(p) for m in FORMATS.values()))
+    inner = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.is_dir() and any(m.is_format(p) for m in FORMATS.values())
+    )
     if inner:
         shown = ", ".join(inner[:8]) + (" ..." if len(inner) > 8 else "")
-        raise SAEFileError(f"{path}: this folder holds {len(inner)} SAEs in sub-folders "
-                           f"({shown}); load one of them, e.g. load_sae({str(path / inner[0])!r})")
+        raise SAEFileError(
+            f"{path}: this folder holds {len(inner)} SAEs in sub-folders "
+            f"({shown}); load one of them, e.g. load_sae({str(path / inner[0])!r})"
+        )
     listing = sorted(p.name for p in path.iterdir())[:20]
     expected = "; ".join(f"{k}: {v}" for k, v in FORMAT_FILES.items())
     raise SAEFileError(f"{path}: no known SAE format here (found {listing}); expected {expected}")
 
 
-def load_sae(path_or_name: str | Path | None = None, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None, *, release: str | None = None,
-             sae_id: str | None = None) -> SAE:
+def load_sae(
+    path_or_name: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    release: str | None = None,
+    sae_id: str | None = None,
+) -> SAE:
     """Load an SAE from a folder, an ``hf://`` address, a shipped name or a SAELens
     release, detecting the format.
 
@@ -198,16 +218,23 @@ def load_sae(path_or_name: str | Path | None = None, device: str | torch.device 
         device = checks.check_device(device, "device")
     if release is None:
         if path_or_name is None:
-            raise InputError("load_sae needs a folder, an hf:// address, a shipped name or a "
-                             "SAELens release: pass path_or_name, or release= and sae_id=")
+            raise InputError(
+                "load_sae needs a folder, an hf:// address, a shipped name or a "
+                "SAELens release: pass path_or_name, or release= and sae_id="
+            )
         named = release_name(path_or_name)
         if named is not None:
             release, sae_id = named
     if release is not None:
         entry = registry.lookup(release, sae_id)
         cfg, tensors, extras = releases.load(entry)
-        sae = build_sae(cfg, tensors, f"{release}/{sae_id}", device=device,
-                        dtype=dtype if dtype is not None else torch.float32)
+        sae = build_sae(
+            cfg,
+            tensors,
+            f"{release}/{sae_id}",
+            device=device,
+            dtype=dtype if dtype is not None else torch.float32,
+        )
         density = extras.get("feature_density")
         sae.feature_density = density.to(sae.device) if density is not None else None
         return sae.eval()
@@ -224,8 +251,10 @@ def load_sae(path_or_name: str | Path | None = None, device: str | torch.device 
 def _check_target(path: Path, format: str, overwrite: bool) -> None:
     """Refuse to replace what ``path`` holds unless it is an SAE of ``format``, alone."""
     if not path.is_dir():
-        raise InputError(f"{path} exists and is not a folder; save_sae writes a folder of "
-                         "files: pass a new or existing SAE folder path")
+        raise InputError(
+            f"{path} exists and is not a folder; save_sae writes a folder of "
+            "files: pass a new or existing SAE folder path"
+        )
     entries = sorted(os.listdir(path))
     if not entries:
         return
@@ -234,23 +263,28 @@ def _check_target(path: Path, format: str, overwrite: bool) -> None:
         foreign = [e for e in entries if e not in FORMATS[format].FILES]
         if not foreign or overwrite:
             return
-        raise InputError(f"{path} holds a {format} SAE and also {foreign[:10]}, which saving "
-                         "replaces with the new SAE's files only (they would be deleted); "
-                         "move them out, or pass overwrite=True to replace the whole folder")
+        raise InputError(
+            f"{path} holds a {format} SAE and also {foreign[:10]}, which saving "
+            "replaces with the new SAE's files only (they would be deleted); "
+            "move them out, or pass overwrite=True to replace the whole folder"
+        )
     if overwrite:
         return
     if found is not None:
-        raise InputError(f"{path} holds a {found} SAE ({FORMAT_FILES[found]}); saving "
-                         f"format={format!r} there would replace it: pass overwrite=True to "
-                         "replace the folder, or save into another folder")
+        raise InputError(
+            f"{path} holds a {found} SAE ({FORMAT_FILES[found]}); saving "
+            f"format={format!r} there would replace it: pass overwrite=True to "
+            "replace the folder, or save into another folder"
+        )
     shown = entries[:10] + (["..."] if len(entries) > 10 else [])
-    raise InputError(f"{path} is not empty and holds no SAE (found {shown}); saving replaces "
-                     "the whole folder, which would delete them: pass a new or empty folder, "
-                     "or overwrite=True")
+    raise InputError(
+        f"{path} is not empty and holds no SAE (found {shown}); saving replaces "
+        "the whole folder, which would delete them: pass a new or empty folder, "
+        "or overwrite=True"
+    )
 
 
-def save_sae(sae: SAE, path: str | Path, format: str = "saelens",
-             overwrite: bool = False) -> None:
+def save_sae(sae: SAE, path: str | Path, format: str = "saelens", overwrite: bool = False) -> None:
     """Write ``sae`` to the folder ``path``, replacing the folder whole.
 
     The files are written into a temporary sibling folder and swapped in with renames
@@ -279,8 +313,9 @@ def save_sae(sae: SAE, path: str | Path, format: str = "saelens",
         raise InputTypeError(f"save_sae saves a saehooks SAE, got {type(sae).__name__}")
     if format not in SAVE_FORMATS:
         readable = f" ({format} is read-only)" if format in FORMATS else ""
-        raise InputError(f"cannot save in format {format!r}{readable}; choose one of "
-                         f"{list(SAVE_FORMATS)}")
+        raise InputError(
+            f"cannot save in format {format!r}{readable}; choose one of {list(SAVE_FORMATS)}"
+        )
     overwrite = checks.check_bool(overwrite, "overwrite")
     writer = FORMATS[format]
     writer.check_writable(sae)
@@ -290,11 +325,15 @@ def save_sae(sae: SAE, path: str | Path, format: str = "saelens",
     except OSError:
         cwd = None
     if cwd is not None and (target.resolve() == cwd or target.resolve() in cwd.parents):
-        raise InputError(f"save_sae replaces the whole folder {str(path)!r}, which is (or holds) "
-                         "the current working directory; pass a sub-folder, e.g. './sae'")
-    atomic.replace_folder(target, lambda folder: writer.save(sae, folder),
-                          check=lambda existing: _check_target(existing, format, overwrite))
+        raise InputError(
+            f"save_sae replaces the whole folder {str(path)!r}, which is (or holds) "
+            "the current working directory; pass a sub-folder, e.g. './sae'"
+        )
+    atomic.replace_folder(
+        target,
+        lambda folder: writer.save(sae, folder),
+        check=lambda existing: _check_target(existing, format, overwrite),
+    )
 
 
-__all__ = ["FORMATS", "SAEFileError", "detect_format", "fold_W_dec_norm", "load_sae",
-           "save_sae"]
+__all__ = ["FORMATS", "SAEFileError", "detect_format", "fold_W_dec_norm", "load_sae", "save_sae"]

@@ -81,7 +81,7 @@ def leftovers(path: Path) -> dict[str, list[Path]]:
         return out
     for entry in entries:
         if entry.startswith(prefix):
-            match = _SUFFIX.fullmatch(entry[len(prefix):])
+            match = _SUFFIX.fullmatch(entry[len(prefix) :])
             if match:
                 out[match.group(1)].append(path.parent / entry)
     for kind in KINDS:
@@ -231,8 +231,9 @@ def reading(path: Path) -> Iterator[Path]:
         lock.close()
 
 
-def replace_folder(path: Path, write: Callable[[Path], None],
-                   check: Callable[[Path], None] | None = None) -> None:
+def replace_folder(
+    path: Path, write: Callable[[Path], None], check: Callable[[Path], None] | None = None
+) -> None:
     """Replace the folder ``path`` by what ``write(folder)`` writes, all at once.
 
     Args:

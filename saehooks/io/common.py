@@ -55,8 +55,10 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises several types for bad headers
-        raise SAEFileError(f"{path}: not a readable safetensors file ({exc}); the file is "
-                           "truncated or corrupt: download or save it again") from exc
+        raise SAEFileError(
+            f"{path}: not a readable safetensors file ({exc}); the file is "
+            "truncated or corrupt: download or save it again"
+        ) from exc
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -65,8 +67,9 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         out = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SAEFileError(f"{path}: not valid JSON ({exc}); the file is truncated or "
-                           "corrupt") from exc
+        raise SAEFileError(
+            f"{path}: not valid JSON ({exc}); the file is truncated or corrupt"
+        ) from exc
     if not isinstance(out, dict):
         raise SAEFileError(f"{path}: expected a JSON object, found {type(out).__name__}")
     return out
@@ -85,8 +88,10 @@ def check_tensors(expected: dict[str, torch.Size], found: dict[str, Tensor], whe
         raise SAEFileError(f"{where}: {'; '.join(parts)} for this architecture")
     for name, shape in expected.items():
         if tuple(found[name].shape) != tuple(shape):
-            raise SAEFileError(f"{where}: tensor {name} has shape {tuple(found[name].shape)}, "
-                               f"expected {tuple(shape)} from the config")
+            raise SAEFileError(
+                f"{where}: tensor {name} has shape {tuple(found[name].shape)}, "
+                f"expected {tuple(shape)} from the config"
+            )
 
 
 _REQUIRED: Any = object()
@@ -113,8 +118,9 @@ def _field(raw: dict[str, Any], key: str, where: str, default: Any) -> Any:
     return default
 
 
-def cfg_int(raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED,
-            minimum: int | None = None) -> Any:
+def cfg_int(
+    raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED, minimum: int | None = None
+) -> Any:
     """The integer field ``key`` of the config ``raw`` read from ``where``.
 
     A JSON integer, or a float with an integral value (``4096.0``); ``null`` only when
@@ -130,10 +136,15 @@ def cfg_int(raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED,
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        what = (f"{value!r}, which is not a whole number" if isinstance(value, float)
-                else f"{json.dumps(value)} ({_json_kind(value)})")
-        raise SAEFileError(f"{where}: field {key!r} must be an integer, found {what}; write "
-                           f"it as a JSON integer, e.g. \"{key}\": 4096")
+        what = (
+            f"{value!r}, which is not a whole number"
+            if isinstance(value, float)
+            else f"{json.dumps(value)} ({_json_kind(value)})"
+        )
+        raise SAEFileError(
+            f"{where}: field {key!r} must be an integer, found {what}; write "
+            f'it as a JSON integer, e.g. "{key}": 4096'
+        )
     if minimum is not None and value < minimum:
         raise SAEFileError(f"{where}: field {key!r} must be >= {minimum}, found {value}")
     return value
@@ -149,11 +160,15 @@ def cfg_bool(raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED
     value = _field(raw, key, where, default)
     if isinstance(value, bool):
         return value
-    hint = (f"; write it without quotes: \"{key}\": {value.strip().lower()}"
-            if isinstance(value, str) and value.strip().lower() in ("true", "false")
-            else f"; write \"{key}\": true or false")
-    raise SAEFileError(f"{where}: field {key!r} must be a JSON boolean (true or false), found "
-                       f"{json.dumps(value)} ({_json_kind(value)}){hint}")
+    hint = (
+        f'; write it without quotes: "{key}": {value.strip().lower()}'
+        if isinstance(value, str) and value.strip().lower() in ("true", "false")
+        else f'; write "{key}": true or false'
+    )
+    raise SAEFileError(
+        f"{where}: field {key!r} must be a JSON boolean (true or false), found "
+        f"{json.dumps(value)} ({_json_kind(value)}){hint}"
+    )
 
 
 def cfg_str(raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED) -> Any:
@@ -166,8 +181,10 @@ def cfg_str(raw: dict[str, Any], key: str, where: str, default: Any = _REQUIRED)
     if value is None and default is None:
         return None
     if not isinstance(value, str):
-        raise SAEFileError(f"{where}: field {key!r} must be a string, found "
-                           f"{json.dumps(value)} ({_json_kind(value)})")
+        raise SAEFileError(
+            f"{where}: field {key!r} must be a string, found "
+            f"{json.dumps(value)} ({_json_kind(value)})"
+        )
     return value
 
 
@@ -181,8 +198,9 @@ def cfg_dict(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise SAEFileError(f"{where}: field {key!r} must be a JSON object, found "
-                           f"{_json_kind(value)}")
+        raise SAEFileError(
+            f"{where}: field {key!r} must be a JSON object, found {_json_kind(value)}"
+        )
     return dict(value)
 
 
@@ -215,7 +233,9 @@ def check_json_metadata(metadata: dict[str, Any]) -> str:
             try:
                 json.dumps(value)
             except (TypeError, ValueError) as exc:
-                raise InputError(f"cfg.metadata[{key!r}] cannot be written as JSON ({exc}); "
-                                 "keep metadata to strings, numbers, booleans, lists and "
-                                 "dicts, e.g. convert a tensor with .tolist()") from None
+                raise InputError(
+                    f"cfg.metadata[{key!r}] cannot be written as JSON ({exc}); "
+                    "keep metadata to strings, numbers, booleans, lists and "
+                    "dicts, e.g. convert a tensor with .tolist()"
+                ) from None
         raise

@@ -47,17 +47,22 @@ CONFIG_FILE = "config.json"
 
 LAYOUTS: dict[str, frozenset[str]] = {
     "AutoEncoder": frozenset({"encoder.weight", "encoder.bias", "decoder.weight", "bias"}),
-    "AutoEncoderNew": frozenset({"encoder.weight", "encoder.bias", "decoder.weight",
-                                 "decoder.bias"}),
-    "GatedAutoEncoder": frozenset({"encoder.weight", "decoder.weight", "decoder_bias",
-                                   "r_mag", "gate_bias", "mag_bias"}),
+    "AutoEncoderNew": frozenset(
+        {"encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"}
+    ),
+    "GatedAutoEncoder": frozenset(
+        {"encoder.weight", "decoder.weight", "decoder_bias", "r_mag", "gate_bias", "mag_bias"}
+    ),
     "JumpReluAutoEncoder": frozenset({"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}),
-    "AutoEncoderTopK": frozenset({"encoder.weight", "encoder.bias", "decoder.weight",
-                                  "b_dec", "k", "threshold"}),
-    "BatchTopKSAE": frozenset({"encoder.weight", "encoder.bias", "decoder.weight", "b_dec",
-                               "k", "threshold"}),
-    "MatryoshkaBatchTopKSAE": frozenset({"W_enc", "b_enc", "W_dec", "b_dec", "k",
-                                         "threshold", "group_sizes"}),
+    "AutoEncoderTopK": frozenset(
+        {"encoder.weight", "encoder.bias", "decoder.weight", "b_dec", "k", "threshold"}
+    ),
+    "BatchTopKSAE": frozenset(
+        {"encoder.weight", "encoder.bias", "decoder.weight", "b_dec", "k", "threshold"}
+    ),
+    "MatryoshkaBatchTopKSAE": frozenset(
+        {"W_enc", "b_enc", "W_dec", "b_dec", "k", "threshold", "group_sizes"}
+    ),
 }
 """dictionary_learning class -> the tensors its ``state_dict`` holds."""
 
@@ -84,33 +89,43 @@ def read_state_dict(path: Path) -> dict[str, Any]:
             f"torch.load(weights_only=True) will not rebuild ({str(exc).splitlines()[0]}). "
             "Unpickling could run arbitrary code, so saehooks never does it. Where you "
             "trust the file, re-save the weights alone: "
-            "torch.save(ae.state_dict(), 'ae.pt')") from exc
+            "torch.save(ae.state_dict(), 'ae.pt')"
+        ) from exc
     except Exception as exc:  # zip / EOF / storage errors from a damaged file
-        raise SAEFileError(f"{path}: not a readable torch file ({type(exc).__name__}: {exc}); "
-                           "it is truncated or corrupt: download or save it again") from exc
+        raise SAEFileError(
+            f"{path}: not a readable torch file ({type(exc).__name__}: {exc}); "
+            "it is truncated or corrupt: download or save it again"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise SAEFileError(f"{path}: expected a state dict (str -> tensor), found "
-                           f"{type(state).__name__}; save it with torch.save(ae.state_dict())")
+        raise SAEFileError(
+            f"{path}: expected a state dict (str -> tensor), found "
+            f"{type(state).__name__}; save it with torch.save(ae.state_dict())"
+        )
     return state
 
 
 def _detect_class(tensor_names: set[str], config_class: str | None, where: str) -> str:
     if config_class is not None:
         if config_class not in LAYOUTS:
-            raise SAEFileError(f"{where}: dictionary class {config_class!r} is not supported; "
-                             f"supported: {sorted(LAYOUTS)}")
+            raise SAEFileError(
+                f"{where}: dictionary class {config_class!r} is not supported; "
+                f"supported: {sorted(LAYOUTS)}"
+            )
         return config_class
     matches = [name for name, keys in LAYOUTS.items() if keys == tensor_names]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise SAEFileError(f"{where}: the tensors fit {matches}, which run differently; "
-                           f"add {CONFIG_FILE} with trainer.dict_class to say which")
+        raise SAEFileError(
+            f"{where}: the tensors fit {matches}, which run differently; "
+            f"add {CONFIG_FILE} with trainer.dict_class to say which"
+        )
     closest = min(LAYOUTS, key=lambda n: len(LAYOUTS[n] ^ tensor_names))
     raise SAEFileError(
         f"{where}: tensors {sorted(tensor_names)} match no dictionary_learning class; "
         f"closest is {closest}: missing {sorted(LAYOUTS[closest] - tensor_names)}, "
-        f"unexpected {sorted(tensor_names - LAYOUTS[closest])}")
+        f"unexpected {sorted(tensor_names - LAYOUTS[closest])}"
+    )
 
 
 def _hook_name(trainer: dict[str, Any], where: str) -> str:
@@ -134,8 +149,10 @@ def _convert(dict_class: str, sd: dict[str, Tensor]) -> tuple[dict[str, Any], di
     if dict_class in ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE"):
         tensors = {k: sd[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
     else:
-        tensors = {"W_enc": sd["encoder.weight"].T.contiguous(),
-                   "W_dec": sd["decoder.weight"].T.contiguous()}
+        tensors = {
+            "W_enc": sd["encoder.weight"].T.contiguous(),
+            "W_dec": sd["decoder.weight"].T.contiguous(),
+        }
     d_sae = tensors["W_enc"].shape[1]
     ref = tensors["W_enc"]
     if dict_class == "AutoEncoder":
@@ -145,9 +162,13 @@ def _convert(dict_class: str, sd: dict[str, Tensor]) -> tuple[dict[str, Any], di
         tensors |= {"b_enc": sd["encoder.bias"], "b_dec": sd["decoder.bias"]}
         return {"architecture": "relu", "apply_b_dec_to_input": False}, tensors
     if dict_class == "GatedAutoEncoder":
-        tensors |= {"b_dec": sd["decoder_bias"], "b_gate": sd["gate_bias"],
-                    "r_mag": sd["r_mag"], "b_mag": sd["mag_bias"],
-                    "b_enc": torch.zeros(d_sae, dtype=ref.dtype)}
+        tensors |= {
+            "b_dec": sd["decoder_bias"],
+            "b_gate": sd["gate_bias"],
+            "r_mag": sd["r_mag"],
+            "b_mag": sd["mag_bias"],
+            "b_enc": torch.zeros(d_sae, dtype=ref.dtype),
+        }
         return {"architecture": "gated", "apply_b_dec_to_input": True}, tensors
     if dict_class == "JumpReluAutoEncoder":
         tensors["threshold"] = sd["threshold"]
@@ -160,9 +181,11 @@ def _convert(dict_class: str, sd: dict[str, Tensor]) -> tuple[dict[str, Any], di
         tensors |= {"b_enc": sd["encoder.bias"], "b_dec": sd["b_dec"]}
     threshold = float(sd["threshold"])
     if threshold < 0:
-        raise SAEFileError(f"{dict_class} has threshold {threshold} (never calibrated: "
-                           "training stopped before threshold_start_step), so its inference "
-                           "rule is undefined")
+        raise SAEFileError(
+            f"{dict_class} has threshold {threshold} (never calibrated: "
+            "training stopped before threshold_start_step), so its inference "
+            "rule is undefined"
+        )
     tensors["threshold"] = torch.full((d_sae,), threshold, dtype=ref.dtype)
     return {"architecture": "jumprelu", "apply_b_dec_to_input": True}, tensors
 
@@ -193,12 +216,13 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
     config = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
     trainer = cfg_dict(config, "trainer", config_where)
     trainer_where = f"{config_where} (trainer)"
-    dict_class = _detect_class(set(sd), cfg_str(trainer, "dict_class", trainer_where, None),
-                               where)
+    dict_class = _detect_class(set(sd), cfg_str(trainer, "dict_class", trainer_where, None), where)
     expected = LAYOUTS[dict_class]
     if set(sd) != expected:
-        raise SAEFileError(f"{where}: {dict_class} holds {sorted(expected)}; missing "
-                           f"{sorted(expected - set(sd))}, unexpected {sorted(set(sd) - expected)}")
+        raise SAEFileError(
+            f"{where}: {dict_class} holds {sorted(expected)}; missing "
+            f"{sorted(expected - set(sd))}, unexpected {sorted(set(sd) - expected)}"
+        )
     try:
         fields, tensors = _convert(dict_class, sd)
     except SAEFileError as exc:
@@ -217,7 +241,13 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
             metadata["batch_topk_k"] = int(sd["k"])
     if "group_sizes" in sd:
         metadata["group_sizes"] = sd["group_sizes"].tolist()
-    cfg = make_config(where, d_in=int(d_in), d_sae=int(d_sae),
-                      hook_name=_hook_name(trainer, trainer_where),
-                      dtype=str(tensors["W_enc"].dtype), metadata=metadata, **fields)
+    cfg = make_config(
+        where,
+        d_in=int(d_in),
+        d_sae=int(d_sae),
+        hook_name=_hook_name(trainer, trainer_where),
+        dtype=str(tensors["W_enc"].dtype),
+        metadata=metadata,
+        **fields,
+    )
     return cfg, tensors, {}

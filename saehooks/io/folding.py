@@ -41,9 +41,11 @@ def fold_W_dec_norm(sae: SAE) -> SAE:  # noqa: N802 (SAELens' name)
     """
     cfg = sae.cfg
     if cfg.architecture == "topk" and not cfg.rescale_acts_by_decoder_norm:
-        raise InputError("folding decoder norms would change which latents a top-k SAE "
-                         "keeps; only a top-k SAE with rescale_acts_by_decoder_norm=True "
-                         "can be folded")
+        raise InputError(
+            "folding decoder norms would change which latents a top-k SAE "
+            "keeps; only a top-k SAE with rescale_acts_by_decoder_norm=True "
+            "can be folded"
+        )
     norms = sae.W_dec.norm(dim=-1)
     if torch.any(norms == 0):
         dead = torch.nonzero(norms == 0).flatten()[:10].tolist()

@@ -50,8 +50,10 @@ def parse(url: str) -> HubLocation:
     """
     parts = [p for p in url.removeprefix(PREFIX).split("/") if p]
     if not is_hub_url(url) or len(parts) < 2:
-        raise InputError(f"{url!r} is not a hub address; write hf://<owner>/<repo>/<folder>, "
-                         "e.g. hf://jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre")
+        raise InputError(
+            f"{url!r} is not a hub address; write hf://<owner>/<repo>/<folder>, "
+            "e.g. hf://jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre"
+        )
     name, _, revision = parts[1].partition("@")
     return HubLocation(f"{parts[0]}/{name}", revision or None, "/".join(parts[2:]))
 
@@ -79,9 +81,11 @@ def cache_dir() -> str | None:
 def _download_hint(loc: HubLocation) -> str:
     include = f" --include '{loc.folder}/*'" if loc.folder else ""
     revision = f" --revision {loc.revision}" if loc.revision else ""
-    return (f"download it where the Hub is reachable with `hf download {loc.repo_id}"
-            f"{include}{revision}` (or huggingface_hub.snapshot_download) and copy that "
-            "cache here, or point HF_HUB_CACHE at it")
+    return (
+        f"download it where the Hub is reachable with `hf download {loc.repo_id}"
+        f"{include}{revision}` (or huggingface_hub.snapshot_download) and copy that "
+        "cache here, or point HF_HUB_CACHE at it"
+    )
 
 
 def resolve(url: str) -> Path:
@@ -104,8 +108,9 @@ def resolve(url: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
-        raise ImportError(f"loading {url} needs huggingface_hub: "
-                          "pip install huggingface_hub") from exc
+        raise ImportError(
+            f"loading {url} needs huggingface_hub: pip install huggingface_hub"
+        ) from exc
     is_offline = offline()
     cache = cache_dir()
     where = cache or "the default Hugging Face cache"
@@ -118,26 +123,34 @@ def resolve(url: str) -> Path:
             local_files_only=is_offline,
         )
     except Exception as exc:  # huggingface_hub's own error types vary between versions
-        reason = ("HF_HUB_OFFLINE is set" if is_offline
-                  else f"the Hub could not be used ({type(exc).__name__}: {exc})")
-        raise SAENotFoundError(f"{url}: not in {where} and {reason}; "
-                                f"{_download_hint(loc)}") from exc
+        reason = (
+            "HF_HUB_OFFLINE is set"
+            if is_offline
+            else f"the Hub could not be used ({type(exc).__name__}: {exc})"
+        )
+        raise SAENotFoundError(
+            f"{url}: not in {where} and {reason}; {_download_hint(loc)}"
+        ) from exc
     folder = Path(root) / loc.folder
     if not folder.is_dir() or not any(folder.iterdir()):
-        raise SAENotFoundError(f"{url}: the cached snapshot {root} has no folder "
-                                f"{loc.folder!r}; {_download_hint(loc)}")
+        raise SAENotFoundError(
+            f"{url}: the cached snapshot {root} has no folder {loc.folder!r}; {_download_hint(loc)}"
+        )
     return folder
 
 
 def _file_hint(repo_id: str, filename: str, revision: str | None) -> str:
     rev = f" --revision {revision}" if revision else ""
-    return (f"fetch it where the Hub is reachable with `hf download {repo_id} {filename}{rev}` "
-            "(or huggingface_hub.hf_hub_download) and copy that cache here, or point "
-            "HF_HUB_CACHE at a cache that has it")
+    return (
+        f"fetch it where the Hub is reachable with `hf download {repo_id} {filename}{rev}` "
+        "(or huggingface_hub.hf_hub_download) and copy that cache here, or point "
+        "HF_HUB_CACHE at a cache that has it"
+    )
 
 
-def download(repo_id: str, filename: str, revision: str | None = None,
-             required: bool = True) -> Path | None:
+def download(
+    repo_id: str, filename: str, revision: str | None = None, required: bool = True
+) -> Path | None:
     """The local path of one file of a Hub repository, downloading it when online.
 
     Source: ``huggingface_hub.hf_hub_download`` (``local_files_only`` when
@@ -165,28 +178,40 @@ def download(repo_id: str, filename: str, revision: str | None = None,
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError as exc:
-        raise ImportError(f"downloading {filename} from {repo_id} needs huggingface_hub: "
-                          "pip install huggingface_hub") from exc
+        raise ImportError(
+            f"downloading {filename} from {repo_id} needs huggingface_hub: "
+            "pip install huggingface_hub"
+        ) from exc
     is_offline = offline()
     cache = cache_dir()
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
-                                    local_files_only=is_offline))
+        return Path(
+            hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=cache, local_files_only=is_offline
+            )
+        )
     except Exception as exc:  # huggingface_hub's own error types vary between versions
         if not required:
             return None
         where = cache or "the default Hugging Face cache"
-        missing = (isinstance(exc, EntryNotFoundError)
-                   and not isinstance(exc, LocalEntryNotFoundError))
+        missing = isinstance(exc, EntryNotFoundError) and not isinstance(
+            exc, LocalEntryNotFoundError
+        )
         if missing:
-            raise SAENotFoundError(f"the Hub repository {repo_id} has no file {filename!r}"
-                                   f"{f' at revision {revision}' if revision else ''}; check "
-                                   "the name (or, for a SAELens release, whether the "
-                                   "registry is out of date)") from exc
+            raise SAENotFoundError(
+                f"the Hub repository {repo_id} has no file {filename!r}"
+                f"{f' at revision {revision}' if revision else ''}; check "
+                "the name (or, for a SAELens release, whether the "
+                "registry is out of date)"
+            ) from exc
         if is_offline:
             reason = f"it is not in {where} and HF_HUB_OFFLINE is set"
         else:
-            reason = (f"it is not in {where} and the Hub could not be used "
-                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        raise SAENotFoundError(f"needed file {filename!r} of the Hub repository {repo_id}: "
-                               f"{reason}; {_file_hint(repo_id, filename, revision)}") from exc
+            reason = (
+                f"it is not in {where} and the Hub could not be used "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            )
+        raise SAENotFoundError(
+            f"needed file {filename!r} of the Hub repository {repo_id}: "
+            f"{reason}; {_file_hint(repo_id, filename, revision)}"
+        ) from exc

@@ -69,19 +69,28 @@ def _read() -> dict[str, Any]:
     try:
         key = (str(path), path.stat().st_mtime)
     except OSError as exc:
-        raise SAENotFoundError(f"the SAELens release registry {path} is missing"
-                               + (f" ({ENV_VAR} points there)" if os.environ.get(ENV_VAR)
-                                  else "; reinstall saehooks") + f": {exc}") from exc
+        raise SAENotFoundError(
+            f"the SAELens release registry {path} is missing"
+            + (f" ({ENV_VAR} points there)" if os.environ.get(ENV_VAR) else "; reinstall saehooks")
+            + f": {exc}"
+        ) from exc
     if key not in _CACHE:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SAEFileError(f"{path}: not a readable registry ({exc}); rebuild it with "
-                               "scripts/refresh_saelens_registry.py") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT \
-                or not isinstance(data.get("releases"), dict):
-            raise SAEFileError(f"{path}: not a saehooks SAELens registry of format {FORMAT}; "
-                               "rebuild it with scripts/refresh_saelens_registry.py")
+            raise SAEFileError(
+                f"{path}: not a readable registry ({exc}); rebuild it with "
+                "scripts/refresh_saelens_registry.py"
+            ) from exc
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != FORMAT
+            or not isinstance(data.get("releases"), dict)
+        ):
+            raise SAEFileError(
+                f"{path}: not a saehooks SAELens registry of format {FORMAT}; "
+                "rebuild it with scripts/refresh_saelens_registry.py"
+            )
         _CACHE.clear()
         _CACHE[key] = data
     return _CACHE[key]
@@ -100,14 +109,18 @@ def source() -> str:
 
 def _entry(release: str, record: dict[str, Any], row: list[Any]) -> ReleaseSAE:
     sae_id = str(row[0])
-    path = row[1] if len(row) > 1 and row[1] is not None else \
-        record.get("path_prefix", "") + sae_id
+    path = row[1] if len(row) > 1 and row[1] is not None else record.get("path_prefix", "") + sae_id
     return ReleaseSAE(
-        release=release, sae_id=sae_id, repo_id=record["repo_id"], path=str(path),
-        model=str(record.get("model", "")), conversion=record.get("conversion") or "sae_lens",
+        release=release,
+        sae_id=sae_id,
+        repo_id=record["repo_id"],
+        path=str(path),
+        model=str(record.get("model", "")),
+        conversion=record.get("conversion") or "sae_lens",
         overrides=dict(record.get("overrides") or {}),
         neuronpedia_id=row[2] if len(row) > 2 else None,
-        norm_scaling_factor=float(row[3]) if len(row) > 3 and row[3] is not None else None)
+        norm_scaling_factor=float(row[3]) if len(row) > 3 and row[3] is not None else None,
+    )
 
 
 def entries(release: str) -> list[ReleaseSAE]:
@@ -123,7 +136,8 @@ def entries(release: str) -> list[ReleaseSAE]:
         raise SAENotFoundError(
             f"no SAELens release named {release!r}; {hint}list them with "
             "saehooks.list_pretrained_saes(include_releases=True) (registry: "
-            f"{source()})")
+            f"{source()})"
+        )
     record = table[release]
     return [_entry(release, record, row) for row in record["saes"]]
 
@@ -143,11 +157,14 @@ def lookup(release: str, sae_id: str) -> ReleaseSAE:
         SAENotFoundError: no such release, or no such id in it (the message suggests
             close names and says how to list them).
     """
-    for name, value, example in (("release", release, "gpt2-small-res-jb"),
-                                 ("sae_id", sae_id, "blocks.8.hook_resid_pre")):
+    for name, value, example in (
+        ("release", release, "gpt2-small-res-jb"),
+        ("sae_id", sae_id, "blocks.8.hook_resid_pre"),
+    ):
         if not isinstance(value, str):
-            raise InputTypeError(f"{name} must be a string such as {example!r}, got "
-                                 f"{type(value).__name__}")
+            raise InputTypeError(
+                f"{name} must be a string such as {example!r}, got {type(value).__name__}"
+            )
     found = entries(release)
     for entry in found:
         if entry.sae_id == sae_id:
@@ -168,8 +185,8 @@ def split_name(name: str) -> tuple[str, str] | None:
     table = releases()
     start = 0
     while (cut := name.find("/", start)) > 0:
-        if name[:cut] in table and name[cut + 1:]:
-            return name[:cut], name[cut + 1:]
+        if name[:cut] in table and name[cut + 1 :]:
+            return name[:cut], name[cut + 1 :]
         start = cut + 1
     return None
 
@@ -209,12 +226,21 @@ def list_releases(release: str | None = None):
     for name in names:
         for entry in entries(name):
             info = describe(entry)
-            rows.append({"release": entry.release, "sae_id": entry.sae_id,
-                         "model": entry.model, "hook_name": info.hook_name,
-                         "d_sae": info.d_sae, "architecture": info.architecture,
-                         "loadable": info.loadable, "repo_id": entry.repo_id,
-                         "path": entry.path, "conversion": entry.conversion,
-                         "neuronpedia_id": entry.neuronpedia_id})
+            rows.append(
+                {
+                    "release": entry.release,
+                    "sae_id": entry.sae_id,
+                    "model": entry.model,
+                    "hook_name": info.hook_name,
+                    "d_sae": info.d_sae,
+                    "architecture": info.architecture,
+                    "loadable": info.loadable,
+                    "repo_id": entry.repo_id,
+                    "path": entry.path,
+                    "conversion": entry.conversion,
+                    "neuronpedia_id": entry.neuronpedia_id,
+                }
+            )
     frame = pd.DataFrame(rows)
     frame["d_sae"] = frame["d_sae"].astype("Int64")
     return frame
@@ -229,13 +255,17 @@ def check_name_arguments(path_or_name: Any, release: Any, sae_id: Any) -> None:
     if release is None and sae_id is None:
         return
     if path_or_name is not None:
-        raise InputError("pass either a path or name, or release= with sae_id=, not both; "
-                         "e.g. load_sae(release='gpt2-small-res-jb', "
-                         "sae_id='blocks.8.hook_resid_pre')")
+        raise InputError(
+            "pass either a path or name, or release= with sae_id=, not both; "
+            "e.g. load_sae(release='gpt2-small-res-jb', "
+            "sae_id='blocks.8.hook_resid_pre')"
+        )
     if release is None or sae_id is None:
         missing = "release" if release is None else "sae_id"
-        raise InputError(f"load_sae needs both release= and sae_id=; {missing} is missing "
-                         "(list them with saehooks.list_pretrained_saes(include_releases=True))")
+        raise InputError(
+            f"load_sae needs both release= and sae_id=; {missing} is missing "
+            "(list them with saehooks.list_pretrained_saes(include_releases=True))"
+        )
 
 
 def with_releases(shipped):

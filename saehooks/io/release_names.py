@@ -32,28 +32,45 @@ class ReleaseInfo(NamedTuple):
 
 
 # ---- what the names say --------------------------------------------------------------------
-_HOOK_RE = re.compile(r"blocks\.\d+\.(?:attn\.|mlp\.)?hook_(?:resid_pre|resid_mid|resid_post|"
-                      r"mlp_out|attn_out|mlp_in|z|q|k|v|pre|post|result)(?![a-z])")
-_GEMMA_WIDTHS = {"width_4k": 4096, "width_16k": 16384, "width_32k": 32768,
-                 "width_65k": 65536, "width_131k": 131072, "width_262k": 262144,
-                 "width_524k": 524288, "width_1m": 1048576}
+_HOOK_RE = re.compile(
+    r"blocks\.\d+\.(?:attn\.|mlp\.)?hook_(?:resid_pre|resid_mid|resid_post|"
+    r"mlp_out|attn_out|mlp_in|z|q|k|v|pre|post|result)(?![a-z])"
+)
+_GEMMA_WIDTHS = {
+    "width_4k": 4096,
+    "width_16k": 16384,
+    "width_32k": 32768,
+    "width_65k": 65536,
+    "width_131k": 131072,
+    "width_262k": 262144,
+    "width_524k": 524288,
+    "width_1m": 1048576,
+}
 """Gemma Scope folder names -> d_sae (SAELens' table; ``131k`` is 2**17)."""
-GEMMA_2_MODELS = (("2b-it", "gemma-2-2b-it"), ("9b-it", "gemma-2-9b-it"),
-                   ("27b-it", "gemma-2-27b-it"), ("2b", "gemma-2-2b"), ("9b", "gemma-2-9b"),
-                   ("27b", "gemma-2-27b"))
-HOOK_Z = ("an SAE over the concatenated attention heads of hook_z (SAELens' "
-           "reshape_activations='hook_z'), which saehooks cannot attach")
-TRANSCODER = ("a transcoder (it reads one hook and writes another), which saehooks does "
-               "not run; saehooks loads sparse autoencoders only")
+GEMMA_2_MODELS = (
+    ("2b-it", "gemma-2-2b-it"),
+    ("9b-it", "gemma-2-9b-it"),
+    ("27b-it", "gemma-2-27b-it"),
+    ("2b", "gemma-2-2b"),
+    ("9b", "gemma-2-9b"),
+    ("27b", "gemma-2-27b"),
+)
+HOOK_Z = (
+    "an SAE over the concatenated attention heads of hook_z (SAELens' "
+    "reshape_activations='hook_z'), which saehooks cannot attach"
+)
+TRANSCODER = (
+    "a transcoder (it reads one hook and writes another), which saehooks does "
+    "not run; saehooks loads sparse autoencoders only"
+)
 UNSUPPORTED = {
     "gemma_2_transcoder": TRANSCODER,
     "mwhanna_transcoder": TRANSCODER,
     "mntss_clt_layer_transcoder": "a cross-layer " + TRANSCODER,
-    "temporal": "a temporal SAE (its code depends on earlier tokens), which saehooks does "
-                "not run",
+    "temporal": "a temporal SAE (its code depends on earlier tokens), which saehooks does not run",
     "connor_rob_hook_z": HOOK_Z,
     "llama_scope_r1_distill": "a Llama Scope R1-distill SAE, whose conversion saehooks "
-                              "does not implement",
+    "does not implement",
 }
 """SAELens conversions saehooks refuses, with the reason."""
 
@@ -139,34 +156,49 @@ def describe(entry: ReleaseSAE) -> ReleaseInfo:
     if conv == "sparsify":
         from saehooks.io.sparsify import hook_name_from_module
 
-        return ReleaseInfo(hook_name_from_module(path.rstrip("/").split("/")[-1]) or None,
-                           None, "topk", True)
+        return ReleaseInfo(
+            hook_name_from_module(path.rstrip("/").split("/")[-1]) or None, None, "topk", True
+        )
     if conv == "dictionary_learning_1":
         layer = layer_number(r"resid_post_layer_(\d+)", path)
         match = _HOOK_RE.search(entry.sae_id)
-        hook = (f"blocks.{layer}.hook_resid_post" if layer is not None
-                else match.group(0) if match else None)
+        hook = (
+            f"blocks.{layer}.hook_resid_post"
+            if layer is not None
+            else match.group(0)
+            if match
+            else None
+        )
         return ReleaseInfo(hook, None, None, True)
     if conv == "llama_scope":
         match = re.search(r"L(\d+)([RAM])-(\d+)x", path)
         if match is None:
             return ReleaseInfo(None, None, "jumprelu", True)
         layer, kind, factor = int(match.group(1)), match.group(2), int(match.group(3))
-        return ReleaseInfo(f"blocks.{layer}.{_LLAMA_SCOPE_HOOKS[kind]}", 4096 * factor,
-                           "jumprelu", True)
+        return ReleaseInfo(
+            f"blocks.{layer}.{_LLAMA_SCOPE_HOOKS[kind]}", 4096 * factor, "jumprelu", True
+        )
     if conv == "qwen_scope":
         layer = layer_number(r"layer(\d+)\.sae\.pt", path)
         width = layer_number(r"-W(\d+)K-", repo)
-        return ReleaseInfo(f"blocks.{layer}.hook_resid_post" if layer is not None else None,
-                           width * 1024 if width is not None else None, "topk", True)
+        return ReleaseInfo(
+            f"blocks.{layer}.hook_resid_post" if layer is not None else None,
+            width * 1024 if width is not None else None,
+            "topk",
+            True,
+        )
     if conv in ("goodfire", "deepseek_r1"):
         layer = layer_number(r"(?:layer_|-l|l)(\d+)", entry.sae_id if conv == "goodfire" else path)
-        return ReleaseInfo(f"blocks.{layer}.hook_resid_post" if layer is not None else None,
-                           None, "relu", True)
-    return ReleaseInfo(None, None, None, False,
-                       f"its conversion {conv!r} is unknown to this saehooks version")
+        return ReleaseInfo(
+            f"blocks.{layer}.hook_resid_post" if layer is not None else None, None, "relu", True
+        )
+    return ReleaseInfo(
+        None, None, None, False, f"its conversion {conv!r} is unknown to this saehooks version"
+    )
 
 
 def _runtime_norm(norm: str) -> str:
-    return (f"normalize_activations={norm!r}: SAELens normalises every input token at run "
-            "time, which saehooks' SAE does not implement")
+    return (
+        f"normalize_activations={norm!r}: SAELens normalises every input token at run "
+        "time, which saehooks' SAE does not implement"
+    )

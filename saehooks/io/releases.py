@@ -96,8 +96,10 @@ def _drop_unit_scaling_factor(tensors: dict[str, Tensor], where: str) -> None:
     """SAELens' rule for a ``scaling_factor`` in files without a finetuning flag."""
     scale = tensors.pop("scaling_factor", None)
     if scale is not None and not torch.allclose(scale, torch.ones_like(scale)):
-        raise SAEFileError(f"{where}: tensor 'scaling_factor' is not all ones, which this "
-                           "layout does not use (SAELens refuses it too)")
+        raise SAEFileError(
+            f"{where}: tensor 'scaling_factor' is not all ones, which this "
+            "layout does not use (SAELens refuses it too)"
+        )
 
 
 @torch.no_grad()
@@ -113,30 +115,48 @@ def fold_norm_scaling_factor(tensors: dict[str, Tensor], scale: float) -> None:
     tensors["b_dec"] = tensors["b_dec"] / scale
 
 
-def _apply_normalisation(entry: ReleaseSAE, norm: Any, tensors: dict[str, Tensor],
-                         metadata: dict[str, Any]) -> None:
+def _apply_normalisation(
+    entry: ReleaseSAE, norm: Any, tensors: dict[str, Tensor], metadata: dict[str, Any]
+) -> None:
     """Fold ``expected_average_only_in`` with the registry's factor, as SAELens does."""
     if norm != "expected_average_only_in":
         return
     metadata["normalize_activations"] = norm
     if entry.norm_scaling_factor is None:
-        warnings.warn(f"{entry.release}/{entry.sae_id}: normalize_activations is "
-                      "'expected_average_only_in' but the registry has no norm_scaling_factor "
-                      "for it, so the SAE runs on unscaled inputs (as SAELens does)",
-                      UserWarning, stacklevel=4)
+        warnings.warn(
+            f"{entry.release}/{entry.sae_id}: normalize_activations is "
+            "'expected_average_only_in' but the registry has no norm_scaling_factor "
+            "for it, so the SAE runs on unscaled inputs (as SAELens does)",
+            UserWarning,
+            stacklevel=4,
+        )
         return
     fold_norm_scaling_factor(tensors, entry.norm_scaling_factor)
     metadata["norm_scaling_factor"] = entry.norm_scaling_factor
 
 
-def _config(entry: ReleaseSAE, where: str, tensors: dict[str, Tensor], architecture: str,
-            hook_name: str, apply_b_dec_to_input: bool, metadata: dict[str, Any],
-            k: int | None = None) -> SAEConfig:
+def _config(
+    entry: ReleaseSAE,
+    where: str,
+    tensors: dict[str, Tensor],
+    architecture: str,
+    hook_name: str,
+    apply_b_dec_to_input: bool,
+    metadata: dict[str, Any],
+    k: int | None = None,
+) -> SAEConfig:
     d_in, d_sae = tensors["W_enc"].shape
-    return make_config(where, d_in=int(d_in), d_sae=int(d_sae), architecture=architecture,
-                       k=k, hook_name=hook_name, apply_b_dec_to_input=apply_b_dec_to_input,
-                       dtype=str(tensors["W_enc"].dtype).removeprefix("torch."),
-                       metadata=metadata)
+    return make_config(
+        where,
+        d_in=int(d_in),
+        d_sae=int(d_sae),
+        architecture=architecture,
+        k=k,
+        hook_name=hook_name,
+        apply_b_dec_to_input=apply_b_dec_to_input,
+        dtype=str(tensors["W_enc"].dtype).removeprefix("torch."),
+        metadata=metadata,
+    )
 
 
 def _state_dict(path: Path) -> dict[str, Tensor]:
@@ -148,14 +168,25 @@ def _state_dict(path: Path) -> dict[str, Tensor]:
 
 
 # ---- one loader per conversion ---------------------------------------------------------------
-_ARCH_FIELDS = frozenset({"architecture", "d_in", "d_sae", "dtype", "device",
-                          "apply_b_dec_to_input", "normalize_activations",
-                          "reshape_activations", "k", "rescale_acts_by_decoder_norm",
-                          "finetuning_scaling_factor", "activation_fn",
-                          "activation_fn_kwargs"})
+_ARCH_FIELDS = frozenset(
+    {
+        "architecture",
+        "d_in",
+        "d_sae",
+        "dtype",
+        "device",
+        "apply_b_dec_to_input",
+        "normalize_activations",
+        "reshape_activations",
+        "k",
+        "rescale_acts_by_decoder_norm",
+        "finetuning_scaling_factor",
+        "activation_fn",
+        "activation_fn_kwargs",
+    }
+)
 """Config keys that change the SAE; other override keys are provenance (metadata)."""
-_PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed",
-                    "fold_value_biases")
+_PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 
 
 def _load_sae_lens(entry: ReleaseSAE) -> Loaded:
@@ -185,16 +216,19 @@ def _load_sae_lens(entry: ReleaseSAE) -> Loaded:
     cfg = saelens.config_from_dict(raw, where=where)
     tensors = read_safetensors(weights_path)
     fold = cfg_bool(raw, "finetuning_scaling_factor", where, False)
-    tensors = saelens.from_saelens_tensors(cfg, tensors, _where(entry, saelens.WEIGHTS_FILE),
-                                           finetuning_scaling_factor=fold)
+    tensors = saelens.from_saelens_tensors(
+        cfg, tensors, _where(entry, saelens.WEIGHTS_FILE), finetuning_scaling_factor=fold
+    )
     _apply_normalisation(entry, norm, tensors, cfg.metadata)
     extras: dict[str, Any] = {}
     if sparsity_path is not None:
         sparsity = read_safetensors(sparsity_path)
         log10 = sparsity.get("sparsity")
         if log10 is None or log10.shape != (cfg.d_sae,):
-            raise SAEFileError(f"{_where(entry, saelens.SPARSITY_FILE)}: expected a tensor "
-                               f"'sparsity' of shape ({cfg.d_sae},), found {sorted(sparsity)}")
+            raise SAEFileError(
+                f"{_where(entry, saelens.SPARSITY_FILE)}: expected a tensor "
+                f"'sparsity' of shape ({cfg.d_sae},), found {sorted(sparsity)}"
+            )
         extras["feature_density"] = 10.0 ** log10.float()
     return cfg, tensors, extras
 
@@ -206,12 +240,17 @@ def _load_gemma_2(entry: ReleaseSAE) -> Loaded:
     path = _file(entry, "params.npz")
     try:
         with np.load(path, allow_pickle=False) as data:
-            tensors = {("W_" + key[2:] if key.startswith("w_") else key):
-                       torch.from_numpy(np.array(data[key], dtype=np.float32))
-                       for key in data.files}
+            tensors = {
+                ("W_" + key[2:] if key.startswith("w_") else key): torch.from_numpy(
+                    np.array(data[key], dtype=np.float32)
+                )
+                for key in data.files
+            }
     except (OSError, ValueError) as exc:
-        raise SAEFileError(f"{where}: not a readable .npz file ({exc}); the file is truncated "
-                           "or corrupt: download it again") from exc
+        raise SAEFileError(
+            f"{where}: not a readable .npz file ({exc}); the file is truncated "
+            "or corrupt: download it again"
+        ) from exc
     _check_keys(tensors, {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}, where)
     _drop_unit_scaling_factor(tensors, where)
     d_in = tensors["W_enc"].shape[0]
@@ -219,8 +258,12 @@ def _load_gemma_2(entry: ReleaseSAE) -> Loaded:
         tensors["W_enc"] = tensors["W_enc"] / math.sqrt(d_in)
         tensors["W_dec"] = tensors["W_dec"] * math.sqrt(d_in)
     model = next((name for key, name in GEMMA_2_MODELS if key in entry.repo_id), entry.model)
-    metadata = {"model_name": model, "prepend_bos": True, "context_size": 1024,
-                "dataset_path": "monology/pile-uncopyrighted"}
+    metadata = {
+        "model_name": model,
+        "prepend_bos": True,
+        "context_size": 1024,
+        "dataset_path": "monology/pile-uncopyrighted",
+    }
     hook = gemma_2_hook(entry.repo_id, entry.path) or ""
     return _config(entry, where, tensors, "jumprelu", hook, False, metadata), tensors, {}
 
@@ -238,15 +281,26 @@ def _load_gemma_3(entry: ReleaseSAE) -> Loaded:
     config_path = _file(entry, "config.json", required=False)
     raw = read_json(config_path) if config_path is not None else {}
     if raw.get("architecture", "jump_relu") != "jump_relu":
-        raise SAEFileError(f"{_where(entry, 'config.json')}: architecture "
-                           f"{raw.get('architecture')!r}; Gemma Scope 2 SAEs are 'jump_relu'")
+        raise SAEFileError(
+            f"{_where(entry, 'config.json')}: architecture "
+            f"{raw.get('architecture')!r}; Gemma Scope 2 SAEs are 'jump_relu'"
+        )
     stored = read_safetensors(_file(entry, "params.safetensors"))
     _check_keys(stored, {"w_enc", "w_dec", "b_enc", "b_dec", "threshold"}, where)
-    tensors = {"W_enc": stored["w_enc"], "W_dec": stored["w_dec"], "b_enc": stored["b_enc"],
-               "b_dec": stored["b_dec"], "threshold": stored["threshold"]}
+    tensors = {
+        "W_enc": stored["w_enc"],
+        "W_dec": stored["w_dec"],
+        "b_enc": stored["b_enc"],
+        "b_dec": stored["b_dec"],
+        "threshold": stored["threshold"],
+    }
     hook, _ = gemma_3_hook(entry.path)
-    metadata = {"model_name": _gemma_3_model_name(raw, entry.repo_id), "prepend_bos": True,
-                "context_size": 1024, "dataset_path": "monology/pile-uncopyrighted"}
+    metadata = {
+        "model_name": _gemma_3_model_name(raw, entry.repo_id),
+        "prepend_bos": True,
+        "context_size": 1024,
+        "dataset_path": "monology/pile-uncopyrighted",
+    }
     if raw.get("hf_hook_point_in"):
         metadata["hf_hook_name"] = raw["hf_hook_point_in"]
     return _config(entry, where, tensors, "jumprelu", hook or "", False, metadata), tensors, {}
@@ -260,8 +314,11 @@ def _load_sparsify(entry: ReleaseSAE) -> Loaded:
     folder = weights.parent
     cfg, tensors, extras = sparsify.load(folder)
     parent = entry.path.rstrip("/").rsplit("/", 1)
-    run_config = hub.download(entry.repo_id, f"{parent[0]}/config.json", required=False) \
-        if len(parent) == 2 else hub.download(entry.repo_id, "config.json", required=False)
+    run_config = (
+        hub.download(entry.repo_id, f"{parent[0]}/config.json", required=False)
+        if len(parent) == 2
+        else hub.download(entry.repo_id, "config.json", required=False)
+    )
     if run_config is not None:
         try:
             model = json.loads(run_config.read_text()).get("model")
@@ -285,38 +342,51 @@ def _load_llama_scope(entry: ReleaseSAE) -> Loaded:
     hyper = read_json(_file(entry, "hyperparams.json"))
     where = _where(entry, "checkpoints/final.safetensors")
     stored = read_safetensors(_file(entry, "checkpoints/final.safetensors"))
-    _check_keys(stored, {"encoder.weight", "decoder.weight", "encoder.bias", "decoder.bias"},
-                where)
+    _check_keys(stored, {"encoder.weight", "decoder.weight", "encoder.bias", "decoder.bias"}, where)
     try:
         d_in = int(hyper["d_model"])
         threshold = float(hyper["jump_relu_threshold"])
         average_norm = float(hyper["dataset_average_activation_norm"]["in"])
         hook = str(hyper["hook_point_in"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise SAEFileError(f"{hyper_where}: missing or malformed field {exc}; expected "
-                           "d_model, jump_relu_threshold, dataset_average_activation_norm.in "
-                           "and hook_point_in") from exc
-    tensors = {"W_enc": stored["encoder.weight"].T.contiguous(),
-               "W_dec": stored["decoder.weight"].T.contiguous(),
-               "b_enc": stored["encoder.bias"], "b_dec": stored["decoder.bias"]}
+        raise SAEFileError(
+            f"{hyper_where}: missing or malformed field {exc}; expected "
+            "d_model, jump_relu_threshold, dataset_average_activation_norm.in "
+            "and hook_point_in"
+        ) from exc
+    tensors = {
+        "W_enc": stored["encoder.weight"].T.contiguous(),
+        "W_dec": stored["decoder.weight"].T.contiguous(),
+        "b_enc": stored["encoder.bias"],
+        "b_dec": stored["decoder.bias"],
+    }
     # SAELens: one scalar threshold, scaled by the same input scale it folds below
     scale = math.sqrt(d_in) / average_norm
-    tensors["threshold"] = torch.full((tensors["W_enc"].shape[1],), threshold * scale,
-                                      dtype=tensors["W_enc"].dtype)
-    metadata: dict[str, Any] = {"model_name": "meta-llama/Llama-3.1-8B", "prepend_bos": True,
-                                "context_size": 1024, "dataset_path": "cerebras/SlimPajama-627B"}
+    tensors["threshold"] = torch.full(
+        (tensors["W_enc"].shape[1],), threshold * scale, dtype=tensors["W_enc"].dtype
+    )
+    metadata: dict[str, Any] = {
+        "model_name": "meta-llama/Llama-3.1-8B",
+        "prepend_bos": True,
+        "context_size": 1024,
+        "dataset_path": "cerebras/SlimPajama-627B",
+    }
     _apply_normalisation(entry, "expected_average_only_in", tensors, metadata)
     return _config(entry, where, tensors, "jumprelu", hook, False, metadata), tensors, {}
 
 
-def _linear_pickle(entry: ReleaseSAE, enc: str, dec: str, b_enc: str, b_dec: str,
-                   transpose: bool) -> tuple[dict[str, Tensor], str]:
+def _linear_pickle(
+    entry: ReleaseSAE, enc: str, dec: str, b_enc: str, b_dec: str, transpose: bool
+) -> tuple[dict[str, Tensor], str]:
     where = _where(entry)
     stored = _state_dict(_file(entry, ""))
     _check_keys(stored, {enc, dec, b_enc, b_dec}, where)
-    tensors = {"W_enc": stored[enc].T.contiguous() if transpose else stored[enc],
-               "W_dec": stored[dec].T.contiguous() if transpose else stored[dec],
-               "b_enc": stored[b_enc], "b_dec": stored[b_dec]}
+    tensors = {
+        "W_enc": stored[enc].T.contiguous() if transpose else stored[enc],
+        "W_dec": stored[dec].T.contiguous() if transpose else stored[dec],
+        "b_enc": stored[b_enc],
+        "b_dec": stored[b_dec],
+    }
     return tensors, where
 
 
@@ -324,8 +394,9 @@ def _load_qwen_scope(entry: ReleaseSAE) -> Loaded:
     tensors, where = _linear_pickle(entry, "W_enc", "W_dec", "b_enc", "b_dec", transpose=True)
     k = layer_number(r"L0_(\d+)", entry.repo_id)
     if k is None:
-        raise SAEFileError(f"{where}: the repository name {entry.repo_id!r} does not give k "
-                           "(expected ...-L0_<k>)")
+        raise SAEFileError(
+            f"{where}: the repository name {entry.repo_id!r} does not give k (expected ...-L0_<k>)"
+        )
     info = describe(entry)
     metadata = {"model_name": entry.model, "prepend_bos": True, "context_size": 1024}
     cfg = _config(entry, where, tensors, "topk", info.hook_name or "", False, metadata, k=k)
@@ -334,8 +405,12 @@ def _load_qwen_scope(entry: ReleaseSAE) -> Loaded:
 
 def _load_linear_relu(entry: ReleaseSAE) -> Loaded:
     if entry.conversion == "goodfire":
-        names = ("encoder_linear.weight", "decoder_linear.weight", "encoder_linear.bias",
-                 "decoder_linear.bias")
+        names = (
+            "encoder_linear.weight",
+            "decoder_linear.weight",
+            "encoder_linear.bias",
+            "decoder_linear.bias",
+        )
         dataset = "lmsys/lmsys-chat-1m"
     else:
         names = ("encoder.weight", "decoder.weight", "encoder.bias", "decoder.bias")
@@ -396,8 +471,13 @@ def load(entry: ReleaseSAE) -> Loaded:
             metadata.setdefault("model_processing", processing)
     if not metadata.get("model_name"):
         metadata["model_name"] = entry.model
-    metadata.update(release=entry.release, sae_id=entry.sae_id, repo_id=entry.repo_id,
-                    repo_path=entry.path, saelens_conversion=entry.conversion)
+    metadata.update(
+        release=entry.release,
+        sae_id=entry.sae_id,
+        repo_id=entry.repo_id,
+        repo_path=entry.path,
+        saelens_conversion=entry.conversion,
+    )
     if entry.neuronpedia_id is not None or "neuronpedia_id" not in metadata:
         metadata["neuronpedia_id"] = entry.neuronpedia_id
     return cfg.replace(metadata=metadata), tensors, extras

@@ -82,9 +82,11 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
             there, so it would be lost) or an entry JSON cannot hold.
     """
     if "hook_name" in cfg.metadata:
-        raise InputError("cfg.metadata has a 'hook_name' entry, which the SAELens file keeps "
-                         "in the same place as cfg.hook_name; move it to cfg.hook_name or "
-                         "rename the metadata entry")
+        raise InputError(
+            "cfg.metadata has a 'hook_name' entry, which the SAELens file keeps "
+            "in the same place as cfg.hook_name; move it to cfg.hook_name or "
+            "rename the metadata entry"
+        )
     check_json_metadata(cfg.metadata)
     out: dict[str, Any] = {
         "architecture": TO_SAELENS_ARCH[cfg.architecture],
@@ -112,18 +114,24 @@ def _check_runtime_transforms(raw: dict[str, Any], where: str) -> None:
     """Refuse settings that change the forward pass in ways this SAE class cannot run."""
     norm = cfg_str(raw, "normalize_activations", where, None) or "none"
     if norm == "expected_average_only_in":
-        raise SAEFileError(f"{where}: normalize_activations='expected_average_only_in' needs a "
-                         "dataset scaling factor that this file does not carry; fold it into "
-                         "the weights (SAELens: sae.fold_activation_norm_scaling_factor(s)) and "
-                         "save again")
+        raise SAEFileError(
+            f"{where}: normalize_activations='expected_average_only_in' needs a "
+            "dataset scaling factor that this file does not carry; fold it into "
+            "the weights (SAELens: sae.fold_activation_norm_scaling_factor(s)) and "
+            "save again"
+        )
     if norm != "none":
-        raise SAEFileError(f"{where}: normalize_activations={norm!r} normalises every input "
-                         "token at run time, which saehooks does not implement; only 'none' "
-                         "is supported")
+        raise SAEFileError(
+            f"{where}: normalize_activations={norm!r} normalises every input "
+            "token at run time, which saehooks does not implement; only 'none' "
+            "is supported"
+        )
     reshape = cfg_str(raw, "reshape_activations", where, None) or "none"
     if reshape != "none":
-        raise SAEFileError(f"{where}: reshape_activations={reshape!r} (an SAE on attention "
-                         "heads' hook_z) is not supported; only 'none' is")
+        raise SAEFileError(
+            f"{where}: reshape_activations={reshape!r} (an SAE on attention "
+            "heads' hook_z) is not supported; only 'none' is"
+        )
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "cfg.json") -> SAEConfig:
@@ -155,41 +163,53 @@ def config_from_dict(raw: dict[str, Any], where: str = "cfg.json") -> SAEConfig:
     arch = cfg_str(raw, "architecture", where, None)
     if arch is None:
         if raw.get("k") is not None:
-            raise SAEFileError(f"{where}: the config sets k={raw['k']!r} but no architecture, so "
-                               "it would load as a ReLU SAE that ignores k; add "
-                               "\"architecture\": \"topk\" if this is a top-k SAE, or remove k")
+            raise SAEFileError(
+                f"{where}: the config sets k={raw['k']!r} but no architecture, so "
+                "it would load as a ReLU SAE that ignores k; add "
+                '"architecture": "topk" if this is a top-k SAE, or remove k'
+            )
         arch = "standard"
     if arch not in FROM_SAELENS_ARCH:
-        raise SAEFileError(f"{where}: architecture {arch!r} is not supported; "
-                           f"supported: {sorted(FROM_SAELENS_ARCH)}")
+        raise SAEFileError(
+            f"{where}: architecture {arch!r} is not supported; "
+            f"supported: {sorted(FROM_SAELENS_ARCH)}"
+        )
     architecture = FROM_SAELENS_ARCH[arch]
     _check_runtime_transforms(raw, where)
     metadata = cfg_dict(raw, "metadata" if "metadata" in raw else "meta", where)
     k = cfg_int(raw, "k", where, None, minimum=1)
     if k is not None and architecture != "topk":
         if architecture != "jumprelu":
-            raise SAEFileError(f"{where}: the config sets k={k} with architecture {arch!r}, "
-                               "which keeps no fixed number of latents; set \"architecture\": "
-                               "\"topk\" if this is a top-k SAE, or remove k")
+            raise SAEFileError(
+                f"{where}: the config sets k={k} with architecture {arch!r}, "
+                'which keeps no fixed number of latents; set "architecture": '
+                '"topk" if this is a top-k SAE, or remove k'
+            )
         metadata.setdefault("batch_topk_k", k)  # a BatchTopK run's training budget
         k = None
     hook_name = metadata.pop("hook_name", None)
     if hook_name is None:
         hook_name = raw.get("hook_name")
     if hook_name is not None and not isinstance(hook_name, str):
-        raise SAEFileError(f"{where}: field 'hook_name' must be a string such as "
-                           f"'blocks.2.hook_resid_post', found {hook_name!r}")
+        raise SAEFileError(
+            f"{where}: field 'hook_name' must be a string such as "
+            f"'blocks.2.hook_resid_post', found {hook_name!r}"
+        )
     if all(metadata.get(key) == SAELENS_FORMAT_VERSION for key in VERSION_KEYS):
         for key in VERSION_KEYS:  # the marker config_to_dict adds, not provenance
             del metadata[key]
     if metadata.get("hook_head_index") is not None:
-        raise SAEFileError(f"{where}: the SAE reads one attention head (hook_head_index="
-                           f"{metadata['hook_head_index']}), which saehooks cannot attach")
+        raise SAEFileError(
+            f"{where}: the SAE reads one attention head (hook_head_index="
+            f"{metadata['hook_head_index']}), which saehooks cannot attach"
+        )
     rescale = cfg_bool(raw, "rescale_acts_by_decoder_norm", where, False)
     if rescale and architecture != "topk":
-        raise SAEFileError(f"{where}: rescale_acts_by_decoder_norm=true is a top-k option, "
-                           f"but the architecture is {arch!r} (SAELens ignores it there); "
-                           "remove the field, or fold the norms into the weights")
+        raise SAEFileError(
+            f"{where}: rescale_acts_by_decoder_norm=true is a top-k option, "
+            f"but the architecture is {arch!r} (SAELens ignores it there); "
+            "remove the field, or fold the norms into the weights"
+        )
     dtype = cfg_str(raw, "dtype", where, "float32")
     return make_config(
         where,
@@ -214,8 +234,9 @@ def to_saelens_tensors(sae: SAE) -> dict[str, Tensor]:
     return tensors
 
 
-def from_saelens_tensors(cfg: SAEConfig, tensors: dict[str, Tensor], where: str,
-                         finetuning_scaling_factor: bool = False) -> dict[str, Tensor]:
+def from_saelens_tensors(
+    cfg: SAEConfig, tensors: dict[str, Tensor], where: str, finetuning_scaling_factor: bool = False
+) -> dict[str, Tensor]:
     """Map tensors read from a SAELens file onto this library's SAE state dict.
 
     * gated: SAELens has no ``b_enc``; it is added as zeros (an all-zero ``b_enc``
@@ -237,19 +258,25 @@ def from_saelens_tensors(cfg: SAEConfig, tensors: dict[str, Tensor], where: str,
             ref = out.get("b_gate", next(iter(out.values())) if out else torch.zeros(1))
             out["b_enc"] = torch.zeros(cfg.d_sae, dtype=ref.dtype)
         elif torch.count_nonzero(b_enc):
-            raise SAEFileError(f"{where}: a gated SAE holds a non-zero tensor 'b_enc', which "
-                               "the gated forward pass (b_gate, r_mag, b_mag) never uses")
+            raise SAEFileError(
+                f"{where}: a gated SAE holds a non-zero tensor 'b_enc', which "
+                "the gated forward pass (b_gate, r_mag, b_mag) never uses"
+            )
     if "scaling_factor" in out:
         scale = out.pop("scaling_factor")
         if finetuning_scaling_factor:
             if "W_dec" in out and scale.shape == (out["W_dec"].shape[0],):
                 out["W_dec"] = out["W_dec"] * scale.to(out["W_dec"].dtype)[:, None]
             else:
-                raise SAEFileError(f"{where}: tensor 'scaling_factor' has shape "
-                                   f"{tuple(scale.shape)}, expected ({cfg.d_sae},)")
+                raise SAEFileError(
+                    f"{where}: tensor 'scaling_factor' has shape "
+                    f"{tuple(scale.shape)}, expected ({cfg.d_sae},)"
+                )
         elif not torch.all(scale == 1):
-            raise SAEFileError(f"{where}: tensor 'scaling_factor' is not all ones but the "
-                               "config has finetuning_scaling_factor=False")
+            raise SAEFileError(
+                f"{where}: tensor 'scaling_factor' is not all ones but the "
+                "config has finetuning_scaling_factor=False"
+            )
     return out
 
 
@@ -278,8 +305,9 @@ def save(sae: SAE, path: Path) -> None:
     write_safetensors(path / WEIGHTS_FILE, to_saelens_tensors(sae))
     density = getattr(sae, "feature_density", None)
     if density is not None:
-        write_safetensors(path / SPARSITY_FILE,
-                          {"sparsity": torch.as_tensor(density).float().log10()})
+        write_safetensors(
+            path / SPARSITY_FILE, {"sparsity": torch.as_tensor(density).float().log10()}
+        )
     atomic_write_text(path / CFG_FILE, text)
 
 
@@ -303,16 +331,21 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
     tensors = read_safetensors(path / WEIGHTS_FILE)
     fold_scale = cfg_bool(raw, "finetuning_scaling_factor", str(path / CFG_FILE), False)
     if fold_scale and "scaling_factor" not in tensors:
-        raise SAEFileError(f"{path / CFG_FILE}: finetuning_scaling_factor=True but "
-                           f"{WEIGHTS_FILE} holds no 'scaling_factor' tensor")
-    tensors = from_saelens_tensors(cfg, tensors, str(path / WEIGHTS_FILE),
-                                   finetuning_scaling_factor=fold_scale)
+        raise SAEFileError(
+            f"{path / CFG_FILE}: finetuning_scaling_factor=True but "
+            f"{WEIGHTS_FILE} holds no 'scaling_factor' tensor"
+        )
+    tensors = from_saelens_tensors(
+        cfg, tensors, str(path / WEIGHTS_FILE), finetuning_scaling_factor=fold_scale
+    )
     extras: dict[str, Any] = {}
     if (path / SPARSITY_FILE).is_file():
         sparsity = read_safetensors(path / SPARSITY_FILE)
         log10 = sparsity.get("sparsity")
         if log10 is None or len(sparsity) != 1 or log10.shape != (cfg.d_sae,):
-            raise SAEFileError(f"{path / SPARSITY_FILE}: expected one tensor 'sparsity' of "
-                               f"shape ({cfg.d_sae},), found {sorted(sparsity)}")
+            raise SAEFileError(
+                f"{path / SPARSITY_FILE}: expected one tensor 'sparsity' of "
+                f"shape ({cfg.d_sae},), found {sorted(sparsity)}"
+            )
         extras["feature_density"] = 10.0 ** log10.float()
     return cfg, tensors, extras

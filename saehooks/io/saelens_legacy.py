@@ -26,17 +26,38 @@ RENAMED_KEYS = {
     "activation_fn_str": "activation_fn",
 }
 METADATA_KEYS = (
-    "model_name", "hook_name", "hook_layer", "hook_head_index", "model_class_name",
-    "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens",
-    "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path",
-    "dataset_trust_remote_code", "sae_lens_training_version",
+    "model_name",
+    "hook_name",
+    "hook_layer",
+    "hook_head_index",
+    "model_class_name",
+    "model_from_pretrained_kwargs",
+    "prepend_bos",
+    "exclude_special_tokens",
+    "neuronpedia_id",
+    "context_size",
+    "seqpos_slice",
+    "dataset_path",
+    "dataset_trust_remote_code",
+    "sae_lens_training_version",
 )
 """Flat keys that SAELens 6 keeps, as provenance, in the ``metadata`` object."""
 CONSUMED_KEYS = (
-    "architecture", "d_in", "d_sae", "expansion_factor", "dtype", "device",
-    "apply_b_dec_to_input", "normalize_activations", "reshape_activations",
-    "activation_fn", "activation_fn_kwargs", "k", "finetuning_scaling_factor",
-    "sae_lens_version", "rescale_acts_by_decoder_norm",
+    "architecture",
+    "d_in",
+    "d_sae",
+    "expansion_factor",
+    "dtype",
+    "device",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "reshape_activations",
+    "activation_fn",
+    "activation_fn_kwargs",
+    "k",
+    "finetuning_scaling_factor",
+    "sae_lens_version",
+    "rescale_acts_by_decoder_norm",
 )
 
 
@@ -68,28 +89,39 @@ def _architecture_and_k(cfg: dict[str, Any], where: str) -> tuple[str, int | Non
         k = cfg_int(cfg, "k", where, None, minimum=1)
     if act == "topk" or arch == "topk":
         if arch not in ("standard", "topk"):
-            raise SAEFileError(f"{where}: architecture {arch!r} with activation 'topk' is not "
-                               "a known SAELens combination")
+            raise SAEFileError(
+                f"{where}: architecture {arch!r} with activation 'topk' is not "
+                "a known SAELens combination"
+            )
         if k is None:
-            raise SAEFileError(f"{where}: a top-k config without k (expected "
-                               "activation_fn_kwargs.k); refusing to load it as another "
-                               "architecture")
+            raise SAEFileError(
+                f"{where}: a top-k config without k (expected "
+                "activation_fn_kwargs.k); refusing to load it as another "
+                "architecture"
+            )
         if cfg_bool(kwargs, "signed", kwargs_where, False):
-            raise SAEFileError(f"{where}: signed top-k (activation_fn_kwargs.signed=true) is "
-                               "not supported")
+            raise SAEFileError(
+                f"{where}: signed top-k (activation_fn_kwargs.signed=true) is not supported"
+            )
         return "topk", k
     if act != "relu":
-        raise SAEFileError(f"{where}: activation function {act!r} is not supported; "
-                           "supported: 'relu', 'topk' (and the jumprelu / gated architectures)")
+        raise SAEFileError(
+            f"{where}: activation function {act!r} is not supported; "
+            "supported: 'relu', 'topk' (and the jumprelu / gated architectures)"
+        )
     if k is not None and arch != "jumprelu":
         if given is None:
-            raise SAEFileError(f"{where}: the config sets k={k} but no architecture and "
-                               f"activation {act!r}, so it would load as a ReLU SAE that "
-                               "ignores k; add \"architecture\": \"topk\" if this is a top-k "
-                               "SAE, or remove k")
-        raise SAEFileError(f"{where}: the config sets k={k} with architecture {arch!r}, which "
-                           "keeps no fixed number of latents; set \"architecture\": \"topk\" "
-                           "if this is a top-k SAE, or remove k")
+            raise SAEFileError(
+                f"{where}: the config sets k={k} but no architecture and "
+                f"activation {act!r}, so it would load as a ReLU SAE that "
+                'ignores k; add "architecture": "topk" if this is a top-k '
+                "SAE, or remove k"
+            )
+        raise SAEFileError(
+            f"{where}: the config sets k={k} with architecture {arch!r}, which "
+            'keeps no fixed number of latents; set "architecture": "topk" '
+            "if this is a top-k SAE, or remove k"
+        )
     return arch, k  # a jumprelu k (BatchTopK's training budget) is kept as metadata
 
 
@@ -128,8 +160,11 @@ def legacy_to_v6(raw: dict[str, Any], where: str = "cfg.json") -> dict[str, Any]
     metadata = {key: cfg[key] for key in METADATA_KEYS if key in cfg}
     if cfg.get("sae_lens_version") is not None:
         metadata["converted_from_sae_lens_version"] = cfg["sae_lens_version"]
-    rest = {key: value for key, value in cfg.items()
-            if key not in CONSUMED_KEYS and key not in METADATA_KEYS}
+    rest = {
+        key: value
+        for key, value in cfg.items()
+        if key not in CONSUMED_KEYS and key not in METADATA_KEYS
+    }
     if rest:
         metadata["legacy_config"] = rest
     out: dict[str, Any] = {
@@ -147,6 +182,7 @@ def legacy_to_v6(raw: dict[str, Any], where: str = "cfg.json") -> dict[str, Any]
     if k is not None:
         out["k"] = k
     if arch == "topk":
-        out["rescale_acts_by_decoder_norm"] = cfg_bool(cfg, "rescale_acts_by_decoder_norm",
-                                                       where, False)
+        out["rescale_acts_by_decoder_norm"] = cfg_bool(
+            cfg, "rescale_acts_by_decoder_norm", where, False
+        )
     return out

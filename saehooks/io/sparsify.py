@@ -52,8 +52,17 @@ WEIGHTS_FILE = "sae.safetensors"
 FILES = (CFG_FILE, WEIGHTS_FILE)
 """Every file a sparsify folder written by :func:`save` holds."""
 TENSOR_NAMES = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
-CONFIG_KEYS = ("activation", "expansion_factor", "normalize_decoder", "num_latents", "k",
-               "multi_topk", "skip_connection", "transcode", "d_in")
+CONFIG_KEYS = (
+    "activation",
+    "expansion_factor",
+    "normalize_decoder",
+    "num_latents",
+    "k",
+    "multi_topk",
+    "skip_connection",
+    "transcode",
+    "d_in",
+)
 
 _BLOCK = r"(?:.*\.)?(?:layers|h|blocks)\.(\d+)"
 _MODULE_TO_HOOK = (
@@ -90,8 +99,9 @@ def is_format(path: Path) -> bool:
     return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
-def config_from_dict(raw: dict[str, Any], folder_name: str, dtype: torch.dtype,
-                     where: str) -> SAEConfig:
+def config_from_dict(
+    raw: dict[str, Any], folder_name: str, dtype: torch.dtype, where: str
+) -> SAEConfig:
     """Parse a sparsify ``cfg.json`` strictly (field types checked, file and field named).
 
     Args:
@@ -113,19 +123,24 @@ def config_from_dict(raw: dict[str, Any], folder_name: str, dtype: torch.dtype,
     """
     activation = cfg_str(raw, "activation", where, "topk")
     if activation != "topk":
-        raise SAEFileError(f"{where}: activation {activation!r} is not supported; only "
-                           "sparsify's 'topk' sparse coders load")
+        raise SAEFileError(
+            f"{where}: activation {activation!r} is not supported; only "
+            "sparsify's 'topk' sparse coders load"
+        )
     if cfg_bool(raw, "transcode", where, False):
-        raise SAEFileError(f"{where}: this is a transcoder (transcode=true), which maps one "
-                           "hook to another; saehooks loads autoencoders only")
+        raise SAEFileError(
+            f"{where}: this is a transcoder (transcode=true), which maps one "
+            "hook to another; saehooks loads autoencoders only"
+        )
     if cfg_bool(raw, "skip_connection", where, False):
         raise SAEFileError(f"{where}: skip_connection=true (a W_skip term) is not supported")
     for key in ("multi_topk", "normalize_decoder"):
         cfg_bool(raw, key, where, False)  # not used at inference, but checked
     d_in = cfg_int(raw, "d_in", where, minimum=1)
     k = cfg_int(raw, "k", where, minimum=1)
-    d_sae = cfg_int(raw, "num_latents", where, 0, minimum=0) or \
-        d_in * cfg_int(raw, "expansion_factor", where, 32, minimum=1)
+    d_sae = cfg_int(raw, "num_latents", where, 0, minimum=0) or d_in * cfg_int(
+        raw, "expansion_factor", where, 32, minimum=1
+    )
     hook_name = cfg_str(raw, "hook_name", where, None) or hook_name_from_module(folder_name)
     if "metadata" in raw:  # written by saehooks: the SAE's own provenance, as it was
         metadata = cfg_dict(raw, "metadata", where)
@@ -164,9 +179,12 @@ def load(path: Path) -> tuple[SAEConfig, dict[str, Tensor], dict[str, Any]]:
     extra = sorted(set(stored) - set(TENSOR_NAMES))
     if missing or extra:
         parts = ([f"missing tensors {missing}"] if missing else []) + (
-            [f"unexpected tensors {extra}"] if extra else [])
-        raise SAEFileError(f"{path / WEIGHTS_FILE}: {'; '.join(parts)}; a sparsify top-k SAE "
-                           f"holds exactly {list(TENSOR_NAMES)}")
+            [f"unexpected tensors {extra}"] if extra else []
+        )
+        raise SAEFileError(
+            f"{path / WEIGHTS_FILE}: {'; '.join(parts)}; a sparsify top-k SAE "
+            f"holds exactly {list(TENSOR_NAMES)}"
+        )
     cfg = config_from_dict(raw, path.name, stored["encoder.weight"].dtype, str(path / CFG_FILE))
     tensors = {
         "W_enc": stored["encoder.weight"].T.contiguous(),
@@ -197,8 +215,10 @@ def to_sparsify_form(sae: SAE) -> SAE:
     """
     cfg = sae.cfg
     if cfg.architecture != "topk":
-        raise InputError(f"sparsify stores top-k SAEs only, this one is {cfg.architecture!r}; "
-                         "save it with format='saelens'")
+        raise InputError(
+            f"sparsify stores top-k SAEs only, this one is {cfg.architecture!r}; "
+            "save it with format='saelens'"
+        )
     if not cfg.rescale_acts_by_decoder_norm and cfg.apply_b_dec_to_input:
         return sae
     twin = SAE(cfg.replace(metadata=dict(cfg.metadata)))
@@ -223,17 +243,25 @@ def check_writable(sae: SAE) -> None:
     """
     cfg = sae.cfg
     if cfg.architecture != "topk":
-        raise InputError(f"sparsify stores top-k SAEs only, this one is {cfg.architecture!r}; "
-                         "save it with format='saelens'")
-    options = [name for name, value in (("rescale_acts_by_decoder_norm=True",
-                                         cfg.rescale_acts_by_decoder_norm),
-                                        ("apply_b_dec_to_input=False",
-                                         not cfg.apply_b_dec_to_input)) if value]
+        raise InputError(
+            f"sparsify stores top-k SAEs only, this one is {cfg.architecture!r}; "
+            "save it with format='saelens'"
+        )
+    options = [
+        name
+        for name, value in (
+            ("rescale_acts_by_decoder_norm=True", cfg.rescale_acts_by_decoder_norm),
+            ("apply_b_dec_to_input=False", not cfg.apply_b_dec_to_input),
+        )
+        if value
+    ]
     if options:
-        raise InputError(f"sparsify's files cannot express {' and '.join(options)}, so the "
-                         "SAE would load as a different one; save with format='saelens', or "
-                         "convert it first with saehooks.io.sparsify.to_sparsify_form(sae) "
-                         "(equal outputs up to float rounding) and save that")
+        raise InputError(
+            f"sparsify's files cannot express {' and '.join(options)}, so the "
+            "SAE would load as a different one; save with format='saelens', or "
+            "convert it first with saehooks.io.sparsify.to_sparsify_form(sae) "
+            "(equal outputs up to float rounding) and save that"
+        )
     check_json_metadata(cfg.metadata)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saehooks import models
+from saehooks import tl
 from saehooks.checks import check_int, check_positive_int
 from saehooks.errors import InputError, SAENotFoundError
 from saehooks.io.common import atomic_write_text, read_safetensors, write_safetensors
@@ -112,9 +112,9 @@ def write_activation_cache(
         "n_tokens": written,
         "n_shards": n_shards,
         "shard_tokens": shard_tokens,
-        "model_name": models.model_name(store.model),
+        "model_name": tl.model_name(store.model),
         "model_fingerprint": model_fingerprint(store.model),
-        "model_processing": models.model_processing(store.model),
+        "model_processing": tl.model_processing(store.model),
         "drop_bos": store.drop_bos,
         "rows_read": store.source.rows_served,
     }

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saehooks import data, models
+from saehooks import data, tl
 from saehooks.checks import check_bool, check_int, check_positive_int, check_tokens
 from saehooks.errors import InputError, InputTypeError, SAEFileError, SAENotFoundError
 from saehooks.io.common import read_safetensors
@@ -261,7 +261,7 @@ class ActivationStore:
         drop_bos = check_bool(drop_bos, "drop_bos")
         seed = check_int(seed, "seed", minimum=0)
         context_size = check_int(context_size, "context_size", minimum=2)
-        models.check_hook_name(model, hook_name)
+        tl.check_hook_name(model, hook_name)
         self.model, self.hook_name = model, hook_name
         self.device = torch.device("cpu" if device is None else device)
         cfg = getattr(model, "cfg", None)
@@ -293,7 +293,7 @@ class ActivationStore:
         self.batch_size, self.buffer_tokens = batch_size, max(buffer_tokens, 2 * batch_size)
         self.model_batch_rows, self.drop_bos = model_batch_rows, drop_bos
         self.generator = torch.Generator().manual_seed(seed)
-        width = models.hook_width(model, hook_name)
+        width = tl.hook_width(model, hook_name)
         self.d_in = int(width) if width is not None else self._probe_width()
         self._pool = torch.empty(0, self.d_in, device=self.device)
         self._ready = torch.empty(0, self.d_in, device=self.device)
@@ -317,7 +317,7 @@ class ActivationStore:
                 context window.
         """
         self._check_ids(tokens)
-        device = models.model_device(self.model)
+        device = tl.model_device(self.model)
         _, acts = data.capture(self.model, tokens.to(device), self.hook_name, stop=True)
         acts = acts.to(self.device, torch.float32)
         if self.drop_bos:

@@ -4,9 +4,10 @@ Which fields matter is declared once, by their readers: each objective's ``FIELD
 (:mod:`saehooks.training.objectives`) and the loop's ``LOOP_FIELDS``
 (:mod:`saehooks.training.trainer`); a resumed run must agree on those, and only those.
 
-The field docstrings are read from this file's source (:func:`field_docs`), so that
-the command-line flags of ``saehooks train`` and their help texts are generated from
-the dataclass and never drift from it. Every field is checked when a config is made
+The field docstrings are read from this file's source
+(:func:`saehooks.cli.flags.field_docs`), so that the command-line flags of
+``saehooks train`` and their help texts are generated from the dataclass and never
+drift from it. Every field is checked when a config is made
 (:meth:`TrainConfig.__post_init__`), so a bad value fails at once, with a message
 saying what to pass, instead of minutes into a run.
 
@@ -16,10 +17,8 @@ resolved by :mod:`saehooks.training.device`.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -322,27 +321,6 @@ def _check_betas(value: Any) -> tuple[float, float]:
     if b1 >= 1.0 or b2 >= 1.0:
         raise InputError(f"adam_betas must lie in [0, 1), got ({b1}, {b2}); pass e.g. (0.9, 0.999)")
     return (b1, b2)
-
-
-def field_docs(cls: type = TrainConfig) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source.
-
-    Returns:
-        ``{field name: docstring with whitespace collapsed}``.
-    """
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
 
 
 def parse_count(text: str | int | float) -> int:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from saehooks import models
+from saehooks import tl
 from saehooks.checks import check_choice, check_device
 from saehooks.training.config import MATMUL_DTYPES, TrainConfig
 
@@ -32,7 +32,7 @@ def training_device(model: nn.Module | None, cfg: TrainConfig) -> torch.device:
     if cfg.device is not None:
         return check_device(cfg.device, "TrainConfig.device")
     if model is not None and next(iter(model.parameters()), None) is not None:
-        return models.model_device(model)
+        return tl.model_device(model)
     return torch.device("cpu")
 
 

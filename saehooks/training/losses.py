@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor
 
+from saehooks import metrics
 from saehooks.errors import InputError
 
 
@@ -29,9 +30,10 @@ def mse(x: Tensor, x_hat: Tensor) -> Tensor:
         x_hat: reconstructions ``[batch, d_in]``.
 
     Returns:
-        Scalar: squared L2 error summed over ``d_in``, averaged over the batch.
+        Scalar: squared L2 error summed over ``d_in``, averaged over the batch
+        (:func:`saehooks.metrics.squared_error`, the one implementation, averaged).
     """
-    return (x_hat - x).pow(2).sum(-1).mean()
+    return metrics.squared_error(x, x_hat).mean()
 
 
 def l1_penalty(acts: Tensor, W_dec: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saehooks import metrics, models
+from saehooks import metrics, tl
 from saehooks.checks import check_int
 from saehooks.errors import InputError, InputTypeError
 from saehooks.io import save_sae
@@ -121,15 +121,15 @@ class Trainer:
             {}
             if model is None
             else {
-                "model_name": models.model_name(model),
-                "model_processing": models.model_processing(model),
+                "model_name": tl.model_name(model),
+                "model_processing": tl.model_processing(model),
                 "context_size": context[0],
                 "prepend_bos": context[1],
             }
         )
         # the SAE records the hook's classic name, whichever alias the config used
         self.hook_name = (
-            cfg.hook_name if model is None else models.classic_hook_name(model, cfg.hook_name)
+            cfg.hook_name if model is None else tl.classic_hook_name(model, cfg.hook_name)
         )
         self.sae = SAE(
             SAEConfig(

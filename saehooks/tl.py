@@ -24,8 +24,6 @@ PROCESSING_ATTR = "saehooks_processing"
 REFERENCE_MODEL_NAME = "saehooks-reference-lm"
 
 
-
-
 def tl_major_version() -> int | None:
     """Installed TransformerLens major version, or None when it is not installed."""
     from importlib.metadata import PackageNotFoundError, version
@@ -85,12 +83,16 @@ def load_model(
     if _looks_like_path(target):
         path = Path(target).expanduser()
         if not path.exists():
-            raise SAENotFoundError(f"model directory {str(path)!r} does not exist; pass a "
-                                    "folder written by save_pretrained, or a hub model name")
+            raise SAENotFoundError(
+                f"model directory {str(path)!r} does not exist; pass a "
+                "folder written by save_pretrained, or a hub model name"
+            )
         if not (path / "config.json").is_file():
             found = sorted(p.name for p in path.iterdir())[:10] if path.is_dir() else "a file"
-            raise InputError(f"{str(path)!r} is not a model directory: it has no config.json "
-                             f"(found {found}); pass a folder written by save_pretrained")
+            raise InputError(
+                f"{str(path)!r} is not a model directory: it has no config.json "
+                f"(found {found}); pass a folder written by save_pretrained"
+            )
         target = str(path)
     major = tl_major_version()
     if major is None:
@@ -150,11 +152,14 @@ def _load_bridge(target: str, device, dtype, processing: dict, **kwargs: Any) ->
     try:
         model = TransformerBridge.boot_transformers(target, device=device, dtype=dtype, **kwargs)
     except OSError as exc:
-        raise OSError(f"could not load model {target!r}: {exc}. Offline, pass a local "
-                      "directory written by save_pretrained.") from exc
+        raise OSError(
+            f"could not load model {target!r}: {exc}. Offline, pass a local "
+            "directory written by save_pretrained."
+        ) from exc
     finally:
         if bar:
             hf_logging.enable_progress_bar()
+    _pass_cache_as_transformers_wants(model)
     if processing["compatibility_mode"]:
         model.enable_compatibility_mode(
             disable_warnings=True,
@@ -164,6 +169,28 @@ def _load_bridge(target: str, device, dtype, processing: dict, **kwargs: Any) ->
             fold_value_biases=processing["fold_value_biases"],
         )
     return model
+
+
+def _pass_cache_as_transformers_wants(model: nn.Module) -> None:
+    """Hand the Hugging Face model its KV cache as ``cache=`` where its forward takes that.
+
+    TransformerLens 4's ``generate`` passes ``past_key_values=``, which transformers 5
+    still accepts but warns about (a FutureWarning on every cached generation). A
+    forward pre-hook on the wrapped HF model renames the argument; models whose forward
+    has no ``cache`` parameter are left alone.
+    """
+    import inspect
+
+    hf_model = getattr(model, "original_model", None)
+    if hf_model is None or "cache" not in inspect.signature(hf_model.forward).parameters:
+        return
+
+    def rename(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if "past_key_values" in kwargs and kwargs.get("cache") is None:
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        return args, kwargs
+
+    hf_model.register_forward_pre_hook(rename, with_kwargs=True)
 
 
 def model_processing(model: nn.Module) -> dict[str, Any]:
@@ -215,9 +242,11 @@ def architecture_name(model: nn.Module) -> str:
 def _missing_hook_reason(model: nn.Module, name: str) -> str:
     """Why TransformerLens has no hook ``name`` on this architecture, where known."""
     if name.endswith("hook_resid_mid") and getattr(model.cfg, "parallel_attn_mlp", False):
-        return ("; attention and MLP read the same residual stream in parallel there, so "
-                "TransformerLens has no hook_resid_mid (use hook_resid_pre, hook_attn_out or "
-                "hook_mlp_out)")
+        return (
+            "; attention and MLP read the same residual stream in parallel there, so "
+            "TransformerLens has no hook_resid_mid (use hook_resid_pre, hook_attn_out or "
+            "hook_mlp_out)"
+        )
     return ""
 
 
@@ -241,13 +270,15 @@ def check_hook_name(model: nn.Module, name: str) -> None:
     else:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     suggestion = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise HookNameError(f"hook {name!r} not found on this {architecture_name(model)} "
-                        f"model{hint}{suggestion}")
+    raise HookNameError(
+        f"hook {name!r} not found on this {architecture_name(model)} model{hint}{suggestion}"
+    )
 
 
 _D_MODEL_HOOKS = re.compile(
     r"(hook_resid_(pre|mid|post)|hook_attn_out|hook_mlp_out|hook_embed|hook_pos_embed|"
-    r"ln_final\.hook_normalized)$")
+    r"ln_final\.hook_normalized)$"
+)
 _D_MLP_HOOKS = re.compile(r"mlp\.hook_(pre|post)$")
 HEAD_HOOKS = re.compile(r"attn\.hook_(q|k|v|z)$")
 """Per-head hooks (classic names): activations ``[batch, pos, n_heads, d_head]``."""
@@ -271,7 +302,8 @@ CLASSIC_HOOK = re.compile(
     r"|mlp_in|attn_out|mlp_out)"
     r"|ln\d(_post)?\.hook_(scale|normalized)"
     r"|attn\.hook_(q|k|v|z|attn_scores|pattern|result|rot_q|rot_k)"
-    r"|mlp\.hook_(pre|pre_linear|post)))$")
+    r"|mlp\.hook_(pre|pre_linear|post)))$"
+)
 """Hook names of TransformerLens 3's ``HookedTransformer``, the form SAELens files use
 (``blocks.3.hook_resid_post``, ``blocks.3.attn.hook_z``); TransformerLens 4 bridges offer
 them as aliases of their canonical names (``blocks.3.hook_out``, ``blocks.3.attn.o.hook_in``)."""
@@ -353,6 +385,7 @@ def hook_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
             if isinstance(act, torch.Tensor) and act.ndim >= 2:
                 for alias in by_object[key]:
                     shapes.setdefault(alias, tuple(act.shape[2:]))
+
         return record
 
     # hooks added on the hook-point objects themselves (the shapes user hooks see, after
@@ -451,9 +484,13 @@ def remove_hook(hook_point: nn.Module, handle: Any) -> None:
 
 def hook_snapshot(hook_point: nn.Module) -> tuple:
     """The hooks on ``hook_point`` now, for :func:`restore_hooks`."""
-    return (list(hook_point.fwd_hooks), list(getattr(hook_point, "bwd_hooks", [])),
-            set(hook_point._forward_hooks), set(hook_point._forward_pre_hooks),
-            set(hook_point._backward_hooks))
+    return (
+        list(hook_point.fwd_hooks),
+        list(getattr(hook_point, "bwd_hooks", [])),
+        set(hook_point._forward_hooks),
+        set(hook_point._forward_pre_hooks),
+        set(hook_point._backward_hooks),
+    )
 
 
 def restore_hooks(hook_point: nn.Module, snapshot: tuple) -> None:
@@ -466,9 +503,11 @@ def restore_hooks(hook_point: nn.Module, snapshot: tuple) -> None:
     hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if any(h is k for k in fwd)]
     if hasattr(hook_point, "bwd_hooks"):
         hook_point.bwd_hooks = [h for h in hook_point.bwd_hooks if any(h is k for k in bwd)]
-    for hooks_dict, keys in ((hook_point._forward_hooks, f_keys),
-                             (hook_point._forward_pre_hooks, pre_keys),
-                             (hook_point._backward_hooks, b_keys)):
+    for hooks_dict, keys in (
+        (hook_point._forward_hooks, f_keys),
+        (hook_point._forward_pre_hooks, pre_keys),
+        (hook_point._backward_hooks, b_keys),
+    ):
         for key in [k for k in hooks_dict if k not in keys]:
             del hooks_dict[key]
 
@@ -483,8 +522,7 @@ def hook_state(model: nn.Module) -> dict[str, tuple[int, int]]:
 
     Used by tests and by :func:`saehooks.attach` to prove hooks never leak.
     """
-    return {name: (len(hp.fwd_hooks), len(hp.bwd_hooks))
-            for name, hp in model.hook_dict.items()}
+    return {name: (len(hp.fwd_hooks), len(hp.bwd_hooks)) for name, hp in model.hook_dict.items()}
 
 
 # ---- TransformerLens 3: HookedTransformer ------------------------------------------------
@@ -536,14 +574,17 @@ def _tl3_config_from_dir(target: str, loading: Any) -> dict[str, Any]:
                 name = target
             return loading.convert_hf_model_config(name)
     except NotImplementedError as exc:
-        raise InputError(f"TransformerLens 3 cannot load the local model {target!r}: {exc} "
-                         "(it knows some architectures, e.g. Gemma 2 and 3, only by their "
-                         "official hub names); install TransformerLens 4 "
-                         "(pip install 'transformer-lens>=4'), or pass the hub name") from exc
+        raise InputError(
+            f"TransformerLens 3 cannot load the local model {target!r}: {exc} "
+            "(it knows some architectures, e.g. Gemma 2 and 3, only by their "
+            "official hub names); install TransformerLens 4 "
+            "(pip install 'transformer-lens>=4'), or pass the hub name"
+        ) from exc
 
 
-def _load_hooked_transformer(target: str, device, dtype, processing: dict,
-                             **kwargs: Any) -> nn.Module:
+def _load_hooked_transformer(
+    target: str, device, dtype, processing: dict, **kwargs: Any
+) -> nn.Module:
     """A TransformerLens 3 ``HookedTransformer`` for a hub name or a local HF directory.
 
     ``HookedTransformer.from_pretrained`` accepts only the official model names it
@@ -565,15 +606,20 @@ def _load_hooked_transformer(target: str, device, dtype, processing: dict,
     """
     from transformer_lens import HookedTransformer
 
-    flags = {key: processing[key] for key in
-             ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")}
+    flags = {
+        key: processing[key]
+        for key in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+    }
     if not Path(target).is_dir():
         try:
-            return HookedTransformer.from_pretrained(target, device=device, dtype=dtype,
-                                                     **flags, **kwargs)
+            return HookedTransformer.from_pretrained(
+                target, device=device, dtype=dtype, **flags, **kwargs
+            )
         except OSError as exc:
-            raise OSError(f"could not load model {target!r}: {exc}. Offline, pass a local "
-                          "directory written by save_pretrained.") from exc
+            raise OSError(
+                f"could not load model {target!r}: {exc}. Offline, pass a local "
+                "directory written by save_pretrained."
+            ) from exc
 
     from transformer_lens import HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
@@ -586,9 +632,16 @@ def _load_hooked_transformer(target: str, device, dtype, processing: dict,
         cfg_dict = _tl3_config_from_dir(target, loading)
     if flags["fold_ln"] and cfg_dict.get("normalization_type") in ("LN", "RMS"):
         cfg_dict["normalization_type"] += "Pre"
-    cfg_dict |= {"model_name": Path(target).name, "tokenizer_name": target,
-                 "init_weights": False, "device": str(device), "dtype": dtype, "n_devices": 1,
-                 "default_prepend_bos": True, "from_checkpoint": False}
+    cfg_dict |= {
+        "model_name": Path(target).name,
+        "tokenizer_name": target,
+        "init_weights": False,
+        "device": str(device),
+        "dtype": dtype,
+        "n_devices": 1,
+        "default_prepend_bos": True,
+        "from_checkpoint": False,
+    }
     cfg = HookedTransformerConfig.from_dict(cfg_dict)
     hf_model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     state_dict = loading.get_pretrained_state_dict(target, cfg, hf_model, dtype=dtype)
