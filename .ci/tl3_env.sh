@@ -48,8 +48,10 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]]; th
     "${PIP[@]}" "$TORCH_PIN"
     # One resolve, with torch held where it is.
     "${PIP[@]}" "$TORCH_PIN" "$TL3_PIN" "$SAELENS_PIN" "${DEPS[@]}"
-    # --no-deps: pyproject asks for transformer-lens>=4, which would replace 3.x.
-    "${PIP[@]}" --no-deps -e .
+    # saehooks with its own dependencies, beside sae-lens (which pins TransformerLens < 4):
+    # the environment SAELens users have. pyproject admits transformer-lens>=3.9, so pip
+    # keeps 3.x.
+    "${PIP[@]}" "$TORCH_PIN" "$TL3_PIN" -e .
     echo "$WANT" > "$STAMP"
 fi
 
@@ -58,7 +60,9 @@ from importlib.metadata import version
 import torch, transformer_lens
 tl, sl = version("transformer-lens"), version("sae-lens")
 assert tl.startswith("3."), f"expected TransformerLens 3.x in the TL3 venv, found {tl}"
-print(f"tl3_env: transformer-lens {tl}, sae-lens {sl}, torch {torch.__version__}")
+import saehooks
+print(f"tl3_env: transformer-lens {tl}, sae-lens {sl}, torch {torch.__version__}, saehooks "
+      f"{version('saehooks')}")
 '
 
 if [[ -n "${TL3_BUILD_ONLY:-}" ]]; then

@@ -35,9 +35,11 @@ from saehooks.errors import (
 from saehooks.evaluation import EvalReport, evaluate, loss_increase_per_token
 from saehooks.hooks import (
     ProcessingMismatchWarning,
+    add_sae,
     attach,
     attached_saes,
     latent_hooks,
+    reset_saes,
     run_with_cache_with_saes,
     run_with_saes,
 )
@@ -71,6 +73,7 @@ __all__ = [
     "SAENotFoundError",
     "TrainConfig",
     "ablate_features",
+    "add_sae",
     "attach",
     "attached_saes",
     "attribution_check",
@@ -90,6 +93,7 @@ __all__ = [
     "loss_increase_per_token",
     "mean_feature_acts",
     "run_with_cache_with_saes",
+    "reset_saes",
     "run_with_saes",
     "save_sae",
     "scan_features",

@@ -379,6 +379,47 @@ def _spliced(model: nn.Module, sae: SAE, point: nn.Module, use_error_term: bool)
         sae.use_error_term = att.previous_error_term
 
 
+_KEPT_ATTR = "_saehooks_kept"
+
+
+def add_sae(model: nn.Module, sae: SAE, use_error_term: bool = False) -> None:
+    """Splice ``sae`` into ``model`` until :func:`reset_saes` (SAELens' ``add_sae`` habit).
+
+    The same splice as :func:`attach`, kept past the current block: use it in
+    notebooks, and the ``with`` form in scripts. It claims the model for this thread
+    (see :func:`exclusive_use`) until it is reset. ``model.reset_hooks()`` keeps it.
+
+    Raises:
+        HookNameError, InputError, DeviceError, ConcurrentUseError: as :func:`attach`.
+    """
+    context = attach(model, sae, use_error_term=use_error_term)
+    context.__enter__()
+    model.__dict__.setdefault(_KEPT_ATTR, []).append((sae, context))
+
+
+def reset_saes(model: nn.Module, saes: SAE | Sequence[SAE] | None = None) -> None:
+    """Remove SAEs added with :func:`add_sae` (all of them, or the ones given); the
+    model then holds exactly the hooks it held before they were added.
+
+    Raises:
+        InputError: an SAE given that was not added with :func:`add_sae`.
+    """
+    kept = model.__dict__.get(_KEPT_ATTR, [])
+    chosen = kept if saes is None else []
+    if saes is not None:
+        for sae in _flatten([saes]):
+            match = [item for item in kept if item[0] is sae]
+            if not match:
+                raise InputError(
+                    f"the SAE at {sae.cfg.hook_name!r} was not added with saehooks.add_sae; "
+                    "an attach() block removes its own SAEs on exit"
+                )
+            chosen += match
+    for item in reversed(list(chosen)):
+        kept.remove(item)
+        item[1].__exit__(None, None, None)
+
+
 def run_with_saes(
     model: nn.Module,
     tokens: Tensor | str,

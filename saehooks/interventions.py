@@ -405,47 +405,75 @@ def steering_vector(
 def steer(
     model: nn.Module,
     sae: SAE,
-    feature: int,
-    coefficient: float,
+    feature: int | Mapping[int, float],
+    coefficient: float | None = None,
     positions: Positions = "all",
     coefficient_mode: Literal["absolute", "relative"] = "absolute",
     max_activation: float | None = None,
     tokens: Tensor | None = None,
 ) -> Iterator[nn.Module]:
-    """Steer the model along one SAE feature's decoder direction.
+    """Steer the model along SAE features' decoder directions.
 
     Adds :func:`steering_vector` at ``sae.cfg.hook_name`` (feature steering as in
-    Templeton et al. 2024, "Scaling Monosemanticity"). With the default positions it
-    applies to prompt and generated tokens alike, and greedy ``model.generate`` gives
-    the same tokens with and without the KV cache. (TransformerLens 4.3's bridge under
-    transformers 5 leaves the KV cache empty, so cached generation is wrong there even
-    unsteered; :func:`saehooks.load_model` repairs it, otherwise pass
-    ``use_past_kv_cache=False``.)
+    Templeton et al. 2024, "Scaling Monosemanticity"); several features at once add
+    the sum of their vectors. With the default positions it applies to prompt and
+    generated tokens alike, and greedy ``model.generate`` gives the same tokens with
+    and without the KV cache (:func:`saehooks.load_model` repairs TransformerLens 4.3's
+    cache under transformers 5).
 
     Args:
         model: a hooked model.
-        sae: the SAE that defines the direction (it is not spliced in).
-        feature: the latent id (one int).
+        sae: the SAE that defines the directions (it is not spliced in).
+        feature: the latent id (one int), or ``{latent id: coefficient}`` to steer
+            several features at once (then leave ``coefficient`` out).
         coefficient: ``"absolute"``: norm of the added vector (residual-stream units);
             ``"relative"``: multiple of the feature's maximum activation. Finite.
         positions: where to add (see the module docstring).
         coefficient_mode: ``"absolute"`` or ``"relative"``.
-        max_activation: the feature's typical maximum activation (relative mode), > 0.
-        tokens: ``[n_seq, pos]`` to measure it on when ``max_activation`` is None.
+        max_activation: the feature's typical maximum activation (relative mode, one
+            feature), > 0.
+        tokens: ``[n_seq, pos]`` to measure maximum activations on when
+            ``max_activation`` is None.
 
     Yields:
         The model.
 
     Raises:
-        InputTypeError, InputError: see :func:`steering_vector` and
+        InputTypeError, InputError: a dict with a ``coefficient`` too, an int without
+            one, an empty dict; and see :func:`steering_vector` and
             :func:`steer_direction`.
 
     Example:
         >>> with sh.steer(model, sae, feature=123, coefficient=8.0):
         ...     print(model.generate("def ", max_new_tokens=20, do_sample=False))
+        >>> with sh.steer(model, sae, {123: 8.0, 456: -4.0}):
+        ...     logits = model(tokens)
     """
-    vector = steering_vector(
-        model, sae, feature, coefficient, coefficient_mode, max_activation, tokens
+    if isinstance(feature, Mapping):
+        if coefficient is not None:
+            raise InputError(
+                "steer got {feature: coefficient} and a coefficient; give the coefficients "
+                "in the dict only"
+            )
+        if not feature:
+            raise InputError("steer got an empty dict; pass {latent id: coefficient, ...}")
+        if max_activation is not None and len(feature) > 1:
+            raise InputError(
+                "max_activation is one feature's; with several features pass tokens= so "
+                "each feature's maximum is measured"
+            )
+        checks.check_feature_ids(list(feature), sae.cfg.d_sae)
+        items = list(feature.items())
+    else:
+        if coefficient is None:
+            raise InputTypeError(
+                "steer needs a coefficient: steer(model, sae, feature, coefficient) or "
+                "steer(model, sae, {feature: coefficient, ...})"
+            )
+        items = [(feature, coefficient)]
+    vector = sum(
+        steering_vector(model, sae, f, c, coefficient_mode, max_activation, tokens)
+        for f, c in items
     )
     with steer_direction(model, sae.cfg.hook_name, vector, 1.0, positions, normalize=False) as m:
         yield m

@@ -229,3 +229,50 @@ def test_evaluate_from_a_second_thread_while_one_runs_raises(model):
         release.set()
         thread.join(timeout=120)
     assert box["report"].ce_loss_spliced == pytest.approx(expected.ce_loss_spliced, rel=1e-6)
+
+
+# ---- SAEs that stay attached (SAELens' add_sae habit) --------------------------------------
+def test_add_sae_stays_until_reset_and_survives_reset_hooks(model, small_tokens):
+    a = random_sae(hook_name=HOOK)
+    b = random_sae(hook_name="blocks.2.hook_resid_post", seed=1)
+    before = hook_state(model)
+    with torch.no_grad():
+        clean = model(small_tokens)
+        with sh.attach(model, a, b):
+            both = model(small_tokens)
+        with sh.attach(model, b):
+            only_b = model(small_tokens)
+        sh.add_sae(model, a)
+        sh.add_sae(model, b)
+        try:
+            assert sh.attached_saes(model) == [a, b]
+            model.reset_hooks()
+            assert torch.equal(model(small_tokens), both)
+            sh.reset_saes(model, a)
+            assert torch.equal(model(small_tokens), only_b)
+            with pytest.raises(InputError, match="was not added with saehooks.add_sae"):
+                sh.reset_saes(model, a)
+        finally:
+            sh.reset_saes(model)
+        assert torch.equal(model(small_tokens), clean)
+    assert hook_state(model) == before and sh.attached_saes(model) == []
+
+
+def test_steer_several_features_adds_the_sum_of_their_vectors(model, small_tokens):
+    sae = random_sae(hook_name=HOOK)
+    store = {}
+
+    def read(act, hook):
+        store.setdefault("acts", []).append(act.detach().clone())
+
+    with torch.no_grad():
+        model.run_with_hooks(small_tokens, fwd_hooks=[(HOOK, read)])
+        with sh.steer(model, sae, {3: 2.0, 7: -1.5}):
+            model.run_with_hooks(small_tokens, fwd_hooks=[(HOOK, read)])
+    clean, steered = store["acts"]
+    unit = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)
+    expected = clean + 2.0 * unit[3] - 1.5 * unit[7]
+    torch.testing.assert_close(steered, expected.detach(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="coefficients in the dict only"):
+        with sh.steer(model, sae, {3: 2.0}, coefficient=1.0):
+            pass

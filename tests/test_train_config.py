@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from saehooks.training.cli import add_train_arguments, run_train
 
 import saehooks as sh
+from saehooks.cli.cmd_train import add_train_arguments, run_train
 from saehooks.errors import (
     DeviceError,
     InputError,

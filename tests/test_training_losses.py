@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from saehooks import activation_fns, metrics
+from saehooks.cli.flags import field_docs
 from saehooks.errors import InputError
 from saehooks.sae import SAE, SAEConfig
 from saehooks.training import init, losses, sparse
-from saehooks.training.config import TrainConfig, field_docs, parse_count
+from saehooks.training.config import TrainConfig, parse_count
 from saehooks.training.objectives import KLObjective, L1Objective, StepState, TopKObjective
 from saehooks.training.trainer import lr_at
 
