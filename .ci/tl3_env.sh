@@ -61,8 +61,8 @@ import torch, transformer_lens
 tl, sl = version("transformer-lens"), version("sae-lens")
 assert tl.startswith("3."), f"expected TransformerLens 3.x in the TL3 venv, found {tl}"
 import saehooks
-print(f"tl3_env: transformer-lens {tl}, sae-lens {sl}, torch {torch.__version__}, saehooks "
-      f"{version('saehooks')}")
+sh = version("saehooks")
+print(f"tl3_env: transformer-lens {tl}, sae-lens {sl}, torch {torch.__version__}, saehooks {sh}")
 '
 
 if [[ -n "${TL3_BUILD_ONLY:-}" ]]; then

@@ -244,6 +244,9 @@ class SAE(nn.Module):
         self.use_error_term = False
         """When True, ``forward`` adds the (stop-gradient) reconstruction error back,
         so that with no intervention the output equals the input."""
+        self.feature_density: Tensor | None = None
+        """``[d_sae]`` firing frequency recorded with the SAE's files (SAELens'
+        ``sparsity.safetensors``), or None; saved back with it."""
 
     # ---- properties -----------------------------------------------------------
     @property

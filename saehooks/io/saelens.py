@@ -303,7 +303,7 @@ def save(sae: SAE, path: Path) -> None:
     text = json.dumps(config_to_dict(sae.cfg), indent=2) + "\n"
     path.mkdir(parents=True, exist_ok=True)
     write_safetensors(path / WEIGHTS_FILE, to_saelens_tensors(sae))
-    density = getattr(sae, "feature_density", None)
+    density = sae.feature_density
     if density is not None:
         write_safetensors(
             path / SPARSITY_FILE, {"sparsity": torch.as_tensor(density).float().log10()}
