@@ -68,7 +68,7 @@ def check_compatible(model: nn.Module, sae: SAE) -> None:
         raise InputError(
             "the SAE has no hook_name; set sae.cfg.hook_name, e.g. 'blocks.2.hook_resid_post'"
         )
-    tl.check_hook_name(model, name)
+    tl.check_hook_runs(model, name)
     width = tl.hook_width(model, name)
     if width is not None and width != sae.cfg.d_in and tl.is_per_head(model, name):
         n_heads = tl.hook_shapes(model)[name][0]
@@ -318,6 +318,7 @@ def attach(
             and ``blocks.2.hook_out`` name one point), or an SAE already attached.
         ConcurrentUseError: another thread is using the model with saehooks.
     """
+    use_error_term = checks.check_bool(use_error_term, "use_error_term")
     sae_list = _flatten(saes)
     if not sae_list:
         raise InputError("attach() needs at least one SAE")

@@ -359,6 +359,33 @@ def canonical_hook_name(model: nn.Module, name: str) -> str:
     return next((n for n in names if n in structural), names[0] if names else name)
 
 
+def check_hook_runs(model: nn.Module, name: str) -> None:
+    """Raise unless the hook point ``name`` carries an activation in a forward pass.
+
+    Some TransformerLens hook points exist but stay empty until switched on
+    (``hook_attn_in``, ``hook_q/k/v_input``, ``attn.hook_result``, ``hook_mlp_in``); an
+    SAE there would never run. The measured shapes are refreshed once before refusing,
+    in case the user switched such a hook on since they were measured.
+
+    Raises:
+        HookNameError: an unknown name (closest names suggested) or a hook that does not run.
+    """
+    check_hook_name(model, name)
+    if name in hook_shapes(model):
+        return
+    model.__dict__.pop(SHAPES_ATTR, None)
+    if name in hook_shapes(model):
+        return
+    raise HookNameError(
+        f"hook {name!r} carries no activation in a forward pass of this "
+        f"{architecture_name(model)} model: TransformerLens fills hook_attn_in, "
+        "hook_q/k/v_input, attn.hook_result and hook_mlp_in only after "
+        "model.set_use_attn_in(True), set_use_split_qkv_input(True), "
+        "set_use_attn_result(True) or set_use_hook_mlp_in(True); switch it on or use a hook "
+        "that runs, e.g. 'blocks.0.hook_resid_post'"
+    )
+
+
 def hook_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Per hook name (aliases and canonical names alike): the activation's shape after
     ``[batch, pos]``, e.g. ``(256,)`` for a residual stream, ``(8, 32)`` for per-head

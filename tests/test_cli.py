@@ -87,3 +87,45 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, cap
     monkeypatch.setattr(sh, "load_sae", bug)
     with pytest.raises(KeyError, match="a bug"):
         main(["eval"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--n-tokens", "0"], "--n-tokens must be >= 1"),
+        (["eval", "--threads", "-1", "--n-tokens", "256"], "--threads must be >= 0"),
+        (["eval", "--text-file", "/nonexistent.txt"], "is not a file"),
+        (
+            [
+                "steer",
+                "--feature",
+                "1",
+                "--coefficient",
+                "2",
+                "--prompt",
+                "x",
+                "--max-new-tokens",
+                "0",
+            ],
+            "--max-new-tokens must be >= 1",
+        ),
+        (
+            [
+                "steer",
+                "--feature",
+                "1",
+                "--coefficient",
+                "2",
+                "--prompt",
+                "x",
+                "--max-new-tokens",
+                "100000",
+            ],
+            "--max-new-tokens must be <=",
+        ),
+    ],
+)
+def test_command_line_mistakes_are_one_line_errors(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -276,3 +276,40 @@ def test_steer_several_features_adds_the_sum_of_their_vectors(model, small_token
     with pytest.raises(InputError, match="coefficients in the dict only"):
         with sh.steer(model, sae, {3: 2.0}, coefficient=1.0):
             pass
+
+
+def test_a_hook_that_carries_no_activation_is_refused(model, tmp_path):
+    """blocks.2.hook_attn_in exists but is empty until use_attn_in is switched on: an SAE
+    there never ran (attach) or gave a raw TransformerLens error (evaluate, train)."""
+    sae = random_sae(hook_name="blocks.2.hook_attn_in")
+    with pytest.raises(sh.HookNameError, match="carries no activation.*set_use_attn_in"):
+        with sh.attach(model, sae):
+            pass
+    cfg = sh.TrainConfig(
+        hook_name="blocks.2.hook_attn_in",
+        architecture="topk",
+        k=4,
+        d_sae=64,
+        total_tokens=1024,
+        batch_size=256,
+        out_dir=str(tmp_path),
+    )
+    with pytest.raises(sh.HookNameError, match="carries no activation"):
+        sh.train_sae(model, sh.load_eval_tokens(2), cfg)
+    cfg = sh.TrainConfig(
+        hook_name="blocks.2.attn.hook_z",
+        architecture="topk",
+        k=4,
+        d_sae=64,
+        total_tokens=1024,
+        batch_size=256,
+        out_dir=str(tmp_path),
+    )
+    with pytest.raises(InputError, match="per-head activations.*hook_attn_out"):
+        sh.train_sae(model, sh.load_eval_tokens(2), cfg)
+
+
+def test_use_error_term_must_be_a_bool(model):
+    with pytest.raises(sh.InputTypeError, match="use_error_term"):
+        with sh.attach(model, random_sae(hook_name=HOOK), use_error_term="no"):
+            pass

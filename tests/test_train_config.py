@@ -328,3 +328,28 @@ class _Fake:
 
     def load_state_dict(self, tensors, values):
         pass
+
+
+def test_a_finished_run_is_never_overwritten_by_accident(model, tmp_path):
+    """A second run into the same out_dir without resume used to replace the first
+    silently; it is refused unless overwrite=True, which starts afresh."""
+    tokens = sh.load_eval_tokens(8)
+    cfg = sh.TrainConfig(
+        hook_name="blocks.1.hook_resid_post",
+        architecture="topk",
+        k=4,
+        d_sae=64,
+        batch_size=256,
+        total_tokens=1024,
+        init_tokens=512,
+        buffer_tokens=1024,
+        out_dir=str(tmp_path),
+        progress_bar=False,
+    )
+    first = sh.train_sae(model, tokens, cfg)
+    second_cfg = sh.TrainConfig(**{**cfg.to_dict(), "d_sae": 32, "out_dir": str(tmp_path)})
+    with pytest.raises(InputError, match="already holds a run"):
+        sh.train_sae(model, tokens, second_cfg)
+    assert torch.equal(sh.load_sae(str(tmp_path / "sae")).W_dec, first.W_dec)
+    second = sh.train_sae(model, tokens, second_cfg, overwrite=True)
+    assert sh.load_sae(str(tmp_path / "sae")).cfg.d_sae == 32 == second.cfg.d_sae

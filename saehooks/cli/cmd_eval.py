@@ -35,7 +35,16 @@ class Options(ModelOptions):
 
 
 def _tokens(model, options: Options) -> torch.Tensor:
-    n_ctx = min(int(model.cfg.n_ctx), options.n_ctx)
+    from saehooks.checks import check_positive_int
+    from saehooks.errors import SAENotFoundError
+
+    if options.n_tokens is not None:
+        check_positive_int(options.n_tokens, "--n-tokens")
+    n_ctx = min(int(model.cfg.n_ctx), check_positive_int(options.n_ctx, "--n-ctx"))
+    if options.text_file and not Path(options.text_file).is_file():
+        raise SAENotFoundError(
+            f"--text-file {options.text_file!r} is not a file; pass a text file to evaluate on"
+        )
     if options.text_file:
         ids = model.to_tokens(Path(options.text_file).read_text(), prepend_bos=False)[0]
         body = n_ctx - 1

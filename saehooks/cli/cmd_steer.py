@@ -33,7 +33,11 @@ def run(options: Options, model=None) -> int:
     set_threads(options.threads)
     model, sae = load(options, model)
     tokens = held_out_rows(options.n_seq) if options.relative else None
+    from saehooks.checks import check_int
+
     prompt = model.to_tokens(options.prompt)
+    room = int(model.cfg.n_ctx) - prompt.shape[1]
+    check_int(options.max_new_tokens, "--max-new-tokens", minimum=1, maximum=max(1, room))
     kwargs = {
         "max_new_tokens": options.max_new_tokens,
         "do_sample": False,

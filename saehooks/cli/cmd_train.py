@@ -52,6 +52,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that already holds a run (its files are replaced)",
+    )
+    parser.add_argument(
         "--threads",
         type=parse_count,
         default=0,
@@ -107,7 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
     data = args.data
     if data is None and args.model is not None:
         raise InputError(
-            "saehooks train: --data is required with --model (a .safetensors "
+            "--data is required with --model (a .safetensors "
             "file of tokens or a folder of text files)"
         )
     if threads:
@@ -118,7 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
         data = load_train_tokens()
     model = load_model(args.model)
     resume = cfg.out_dir if args.resume else None
-    sae = train_sae(model, data, cfg, resume_from=resume)
+    sae = train_sae(model, data, cfg, resume_from=resume, overwrite=args.overwrite)
     training = sae.cfg.metadata["training"]
     final = training["final_metrics"]
     print(

@@ -29,6 +29,9 @@ class ModelOptions:
 
 def set_threads(threads: int) -> None:
     """Apply ``--threads`` (0 leaves torch's default)."""
+    from saehooks.checks import check_int
+
+    threads = check_int(threads, "--threads", minimum=0)
     if threads:
         torch.set_num_threads(threads)
 

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from saehooks import tl
+from saehooks.errors import InputError
 from saehooks.training.activation_cache import (
     CachedActivationStore,
     model_fingerprint,
@@ -60,10 +62,19 @@ def make_store(
     ``total_tokens`` and ``progress_bar``.
 
     Raises:
-        HookNameError: the model has no such hook.
+        HookNameError: the model has no such hook, or it carries no activation.
+        InputError: a per-head hook (``attn.hook_z`` ...): SAEs train on
+            ``[batch, pos, d]`` activations.
         InputTypeError, InputError: a bad token source (see :class:`ActivationStore`).
         DeviceError: ``cfg.device`` is not on this machine.
     """
+    tl.check_hook_runs(model, cfg.hook_name)
+    if tl.is_per_head(model, cfg.hook_name):
+        layer = tl.block_index(cfg.hook_name)
+        raise InputError(
+            f"{cfg.hook_name!r} holds per-head activations [batch, pos, n_heads, d_head]; "
+            f"train on a [batch, pos, d_model] hook such as 'blocks.{layer}.hook_attn_out'"
+        )
     live = ActivationStore(
         model,
         token_source,

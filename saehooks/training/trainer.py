@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saehooks import metrics, tl
+from saehooks import checks, metrics, tl
 from saehooks.checks import check_int
 from saehooks.errors import InputError, InputTypeError
 from saehooks.io import save_sae
@@ -492,7 +493,11 @@ def _wandb_init(cfg: TrainConfig):
 
 
 def train_sae(
-    model: nn.Module, token_source: Any, cfg: TrainConfig, resume_from: str | Path | None = None
+    model: nn.Module,
+    token_source: Any,
+    cfg: TrainConfig,
+    resume_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> SAE:
     """Train an SAE on ``model``'s activations at ``cfg.hook_name``.
 
@@ -504,6 +509,9 @@ def train_sae(
         cfg: the configuration.
         resume_from: a run folder (or checkpoint) to continue; the run then ends
             with exactly the weights an uninterrupted run would have.
+        overwrite: start afresh in an ``out_dir`` that already holds a run (its
+            checkpoints, metrics and SAE are replaced); without it such a folder is
+            refused, so an earlier run is never lost by accident.
 
     Returns:
         The SAE on raw activations (normalisation folded in), in eval mode, with
@@ -516,7 +524,8 @@ def train_sae(
         HookNameError: the model has no such hook.
         DeviceError: ``cfg.device`` is not on this machine.
         InputError: token ids outside the model's vocabulary or rows longer than its
-            context, or a resume with a different config.
+            context, a resume with a different config, or an ``out_dir`` holding a run
+            (pass ``resume_from`` or ``overwrite=True``).
         SAENotFoundError: no token file at the path given, or no checkpoint in
             ``resume_from``.
         SAEFileError: every checkpoint in ``resume_from`` is damaged.
@@ -525,6 +534,19 @@ def train_sae(
         raise InputTypeError(
             f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass saehooks.TrainConfig(...)"
         )
+    overwrite = checks.check_bool(overwrite, "overwrite")
+    out = Path(cfg.out_dir)
+    held = [
+        n for n in ("sae", checkpoint.checkpoint_root(out).name, METRICS_FILE) if (out / n).exists()
+    ]
+    if resume_from is None and held and not overwrite:
+        raise InputError(
+            f"out_dir {str(out)!r} already holds a run ({', '.join(held)}); continue it with "
+            "resume_from=out_dir (saehooks train --resume), start afresh over it with "
+            "overwrite=True (--overwrite), or pick another out_dir"
+        )
+    if resume_from is None and held and overwrite:  # the old run's checkpoints must not
+        shutil.rmtree(checkpoint.checkpoint_root(out), ignore_errors=True)  # be resumed later
     if resume_from is not None:  # fail before any model or cache work (warnings come later)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
