@@ -453,13 +453,6 @@ def run_with_cache_with_saes(
         return model.run_with_cache(tokens, **kwargs)
 
 
-def run_with_hook(
-    model: nn.Module, tokens: Tensor, hook_name: str, fn: HookFn, **kwargs: Any
-) -> Any:
-    """Run ``model`` on ``tokens`` with one temporary forward hook ``fn(act, hook)``."""
-    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, fn)], **kwargs)
-
-
 # ---- hooks on SAE latents -------------------------------------------------------------------
 @contextmanager
 def latent_hooks(

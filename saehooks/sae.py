@@ -334,12 +334,18 @@ class SAE(nn.Module):
         """
         return self._decode(acts, sparse=None)
 
+    @staticmethod
+    def _may_decode_sparsely(acts: Tensor) -> bool:
+        """Sparse decoding is allowed unless a gradient flows into the latents (the dense
+        product's gradient reaches every latent, the sparse one only the non-zeros)."""
+        return not (torch.is_grad_enabled() and acts.requires_grad)
+
     def _decode(self, acts: Tensor, sparse: bool | None) -> Tensor:
         """:meth:`decode`; ``sparse=None`` decides by whether ``acts`` carries a gradient,
         ``True``/``False`` force the path (the error term decodes as the hooked path did,
         so an edit that changes nothing leaves the output bit-for-bit unchanged)."""
         if sparse is None:
-            sparse = not (torch.is_grad_enabled() and acts.requires_grad)
+            sparse = self._may_decode_sparsely(acts)
         acts = acts.to(self.dtype)
         if self.cfg.rescale_acts_by_decoder_norm:
             acts = acts / self.W_dec.norm(dim=-1)
@@ -373,7 +379,7 @@ class SAE(nn.Module):
         x = self.hook_sae_input(x)
         pre = self.hook_sae_acts_pre(self.encode_pre(x))
         acts = self.hook_sae_acts_post(self.activation(pre))
-        sparse = not (torch.is_grad_enabled() and acts.requires_grad)
+        sparse = self._may_decode_sparsely(acts)
         recons = self.hook_sae_recons(self._decode(acts, sparse))
         if not self.use_error_term:
             return self.hook_sae_output(recons)

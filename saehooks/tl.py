@@ -396,13 +396,14 @@ def hook_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     forward pass (backward-only or optional hooks) are absent.
     """
     cached = model.__dict__.get(SHAPES_ATTR)
-    names = [n for n in hook_dict(model) if SAE_HOOK_INFIX not in n]
+    registry = hook_dict(model)
+    names = [n for n in registry if SAE_HOOK_INFIX not in n]
     if cached is not None and cached["names"].issuperset(names):
         return cached["shapes"]
     by_object: dict[int, list[str]] = {}
     points: dict[int, nn.Module] = {}
     for name in names:
-        hp = hook_dict(model)[name]
+        hp = registry[name]
         by_object.setdefault(id(hp), []).append(name)
         points[id(hp)] = hp
     shapes: dict[str, tuple[int, ...]] = {}

@@ -121,8 +121,9 @@ def test_ablating_all_features_without_error_term_is_the_zero_reconstruction(
     model, small_tokens, sae
 ):
     b_dec = sae.b_dec.detach()
-    zero_recon = sh.hooks.run_with_hook(
-        model, small_tokens, sae.cfg.hook_name, lambda act, hook: b_dec.expand_as(act).clone()
+    zero_recon = model.run_with_hooks(
+        small_tokens,
+        fwd_hooks=[(sae.cfg.hook_name, lambda act, hook: b_dec.expand_as(act).clone())],
     )
     with interventions.ablate_features(model, sae, range(sae.cfg.d_sae), use_error_term=False):
         ablated = model(small_tokens)

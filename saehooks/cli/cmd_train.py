@@ -8,21 +8,14 @@ drift; counts take ``20M``-style values.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
-from typing import Any
 
 from saehooks.checks import check_int
-from saehooks.cli.flags import field_docs
+from saehooks.cli import flags
 from saehooks.errors import InputError
 from saehooks.training.config import TrainConfig, parse_count
 
 NAME = "train"
 HELP = "train an SAE on a model's activations"
-
-
-def _flag(f: dataclasses.Field) -> str:
-    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +25,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the (sub)parser of the ``train`` command.
     """
-    docs = field_docs(TrainConfig)
-    hints = typing.get_type_hints(TrainConfig)
     parser.add_argument(
         "--model",
         default=None,
@@ -63,22 +54,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (0: torch's default). With an fp32 matmul, "
         "1-2 threads per run are often the fastest per core",
     )
-    for f in dataclasses.fields(TrainConfig):
-        kind, default = hints[f.name], f.default
-        text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
-        kw: dict[str, Any] = {"dest": f.name, "help": text}
-        if kind is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif kind is int:
-            kw["type"] = parse_count
-        elif kind is float:
-            kw["type"] = float
-        elif typing.get_origin(kind) is tuple:
-            kw.update(type=float, nargs=2, metavar=("BETA1", "BETA2"))
-        else:
-            kw["type"] = str
-        kw["default"] = default
-        parser.add_argument(_flag(f), **kw)
+    flags.add_arguments(parser, TrainConfig, int_type=parse_count)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -87,8 +63,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     Raises:
         InputError, InputTypeError, DeviceError: a bad value (see :class:`TrainConfig`).
     """
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return flags.from_namespace(TrainConfig, args)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -40,18 +40,19 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _flag(f: dataclasses.Field) -> list[str]:
-    names = ["--" + f.name.replace("_", "-")]
-    names += ["--" + alias for alias in f.metadata.get("aliases", ())]
-    return names
+def _flag(f: dataclasses.Field) -> str:
+    """``--field-name``, or ``--<metadata["flag"]>`` where the field names a shorter flag."""
+    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, int_type: Any = int) -> None:
     """Add one flag per field of the dataclass ``cls``.
 
     A field without a default becomes a required flag; ``bool`` fields become
-    ``--flag/--no-flag``; ``list[int]`` fields take one or more values; ``int`` fields
-    are parsed by ``int_type`` (e.g. a parser of ``20M``); ``X | None`` fields take X.
+    ``--flag/--no-flag``; ``list[int]`` fields take one or more values, a fixed-length
+    ``tuple[float, float]`` exactly that many; ``int`` fields are parsed by ``int_type``
+    (e.g. a parser of ``20M``); ``X | None`` fields take X. A field's
+    ``metadata["flag"]`` names a shorter flag (``--hook`` for ``hook_name``).
     """
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -72,8 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, int_type: Any = in
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) in (list, tuple):
-            (item, *_) = typing.get_args(kind)
-            kw.update(type=int_type if item is int else item, nargs="+")
+            items = typing.get_args(kind)
+            fixed = typing.get_origin(kind) is tuple and Ellipsis not in items
+            kw.update(
+                type=int_type if items[0] is int else items[0], nargs=len(items) if fixed else "+"
+            )
         elif kind is int:
             kw["type"] = int_type
         else:
@@ -82,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, int_type: Any = in
             kw["required"] = True
         else:
             kw["default"] = default
-        parser.add_argument(*_flag(f), **kw)
+        parser.add_argument(_flag(f), **kw)
 
 
 def from_namespace(cls: type, args: argparse.Namespace) -> Any:
