@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, int_type: Any = in
     ``--flag/--no-flag``; ``list[int]`` fields take one or more values, a fixed-length
     ``tuple[float, float]`` exactly that many; ``int`` fields are parsed by ``int_type``
     (e.g. a parser of ``20M``); ``X | None`` fields take X. A field's
-    ``metadata["flag"]`` names a shorter flag (``--hook`` for ``hook_name``).
+    ``metadata["flag"]`` names a shorter flag (``--hook`` for ``hook_name``), its
+    ``metadata["metavar"]`` the values' names in the help.
     """
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -82,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, int_type: Any = in
             kw["type"] = int_type
         else:
             kw["type"] = kind
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
         if required:
             kw["required"] = True
         else:

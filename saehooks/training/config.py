@@ -59,7 +59,9 @@ class TrainConfig:
     """Activation tokens per optimiser step."""
     lr: float = 1e-3
     """Peak Adam learning rate."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[float, float] = field(
+        default=(0.9, 0.999), metadata={"metavar": ("BETA1", "BETA2")}
+    )
     """Adam (beta1, beta2)."""
     lr_warmup_fraction: float = 0.01
     """Fraction of the steps over which the learning rate rises linearly from 0."""
