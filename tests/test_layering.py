@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "saehooks"
 
 LAYERS = [
     # (layer, module prefixes); a module may import its own layer and the ones below
-    (0, ["errors", "checks"]),
+    (0, ["errors", "checks", "distributed"]),
     (1, ["sae", "activation_fns", "metrics", "io", "reference"]),
     (3, ["tl"]),
     (4, ["data", "hooks"]),
@@ -32,6 +32,7 @@ CORE = [
     "training.sparse",
     "errors",
     "checks",
+    "distributed",
 ]
 """Modules that must import without TransformerLens."""
 
