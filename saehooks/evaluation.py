@@ -14,7 +14,8 @@ average (SAEs are trained without them; BOS activations are outliers; see
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saehooks import checks, hooks, metrics
+from saehooks import checks, distributed, hooks, metrics, tl
 from saehooks.data import (
     broadcast_mask,
     capture,
@@ -192,6 +193,18 @@ def _check_flags(**flags: Any) -> None:
         checks.check_bool(value, name)
 
 
+HookList = list[tuple[str, Callable]]
+
+_RESUME_FROM_HOOK = True
+"""Run the spliced and ablated passes from the hook (:func:`_resume_plan`); False runs
+every pass from the tokens (the reference path the tests and
+``benchmarks/evaluate_speed.py`` compare against)."""
+
+_RESUME_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per model: ``{layer: bool}``, whether resuming at that block reproduced the clean
+logits (checked once, on the first batch that resumes there)."""
+
+
 class _BatchResult(NamedTuple):
     """One batch of a spliced run (tensors on the model's device)."""
 
@@ -209,11 +222,89 @@ class _BatchResult(NamedTuple):
     """``[batch, pos, d_vocab]``."""
     logits_spliced: Tensor
     """``[batch, pos, d_vocab]``, all the SAEs spliced in at once."""
+    run: Callable[[HookList], Tensor]
+    """``run(fwd_hooks) -> logits``: a forward pass of this batch with hooks at the SAEs'
+    hooks only, resumed from the clean pass where possible (:func:`_resume_plan`)."""
 
 
-def _splice_hooks(
-    saes: Sequence[SAE], mask: Tensor, recons: dict[str, Tensor]
-) -> list[tuple[str, Callable]]:
+class _Plan(NamedTuple):
+    """How the passes that change the SAEs' hooks resume from the clean pass."""
+
+    layer: int
+    """The first block they run."""
+    carrier: str | None
+    """The SAE hook whose (changed) activation is the residual entering ``layer``
+    (``blocks.{layer-1}.hook_resid_post``), or None."""
+    clean_input: str | None
+    """Without a carrier: the hook read in the clean pass whose activation enters
+    ``layer`` (the hooks then run inside the resumed blocks)."""
+
+
+def _resume_plan(model: nn.Module, names: Sequence[str]) -> _Plan | None:
+    """Where passes that change only the activations at ``names`` may start: the
+    lowest :func:`saehooks.tl.resume_point` of the hooks. None (run whole passes) when
+    resuming is off, the model cannot resume, or a hook cannot (embeddings, ``ln_final``,
+    attention internals, per-head hooks), or two names carry the one residual."""
+    if not _RESUME_FROM_HOOK:
+        return None
+    points = {name: tl.resume_point(model, name) for name in names}
+    if any(p is None for p in points.values()):
+        return None
+    layer = min(p.layer for p in points.values())
+    carriers = [n for n, p in points.items() if p.layer == layer and p.carries_activation]
+    if len(carriers) > 1:  # aliases of one hook point: both hooks would have to run
+        return None
+    if carriers:
+        return _Plan(layer, carriers[0], None)
+    return _Plan(layer, None, tl.block_input_hook(model, layer))
+
+
+def _runner(
+    model: nn.Module, plan: _Plan | None, tokens: Tensor, store: dict[str, Tensor]
+) -> Callable[[HookList], Tensor]:
+    """``run(fwd_hooks) -> logits`` for one batch: the whole model on ``tokens``
+    (no plan), or the blocks from ``plan.layer`` on, entered by the clean pass's
+    residual there (``store``) -- changed first by the carrier hook's functions when the
+    plan has one, exactly as that hook would have changed it."""
+
+    def run(fwd_hooks: HookList) -> Tensor:
+        if plan is None:
+            return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+        if plan.carrier is None:
+            return tl.run_from_layer(model, plan.layer, store[plan.clean_input], fwd_hooks)
+        residual = store[plan.carrier]
+        for name, fn in fwd_hooks:
+            if name == plan.carrier:
+                changed = fn(residual, None)
+                residual = residual if changed is None else changed
+        rest = [(name, fn) for name, fn in fwd_hooks if name != plan.carrier]
+        return tl.run_from_layer(model, plan.layer, residual, rest)
+
+    return run
+
+
+def _check_resume(
+    model: nn.Module, plan: _Plan, store: dict[str, Tensor], logits_clean: Tensor
+) -> bool:
+    """Whether resuming at ``plan.layer`` from the clean residual gives the clean
+    logits on this batch; checked once per model and block, so an architecture whose
+    blocks need more than the residual (state the Hugging Face loop carries between
+    blocks) falls back to whole passes instead of giving wrong numbers."""
+    checked = _RESUME_CHECKED.setdefault(model, {})
+    if plan.layer not in checked:
+        residual = store[plan.carrier or plan.clean_input]
+        try:
+            resumed = tl.run_from_layer(model, plan.layer, residual)
+            ok = resumed.shape == logits_clean.shape and bool(
+                torch.allclose(resumed, logits_clean, rtol=1e-4, atol=1e-4)
+            )
+        except Exception:  # any failure of the resumed pass: use whole passes
+            ok = False
+        checked[plan.layer] = ok
+    return checked[plan.layer]
+
+
+def _splice_hooks(saes: Sequence[SAE], mask: Tensor, recons: dict[str, Tensor]) -> HookList:
     """Hooks that replace each SAE's activation by its reconstruction where ``mask``.
 
     The first SAE hook that runs in a forward pass sees the clean activation, so it
@@ -257,7 +348,27 @@ def _spliced_batches(
     saes = _check_saes(model, sae)
     tokens = checks.check_model_tokens(model, tokens, min_positions=2)
     batch_size = checks.check_batch_size(batch_size)
+    yield from _batches(model, saes, tokens, batch_size, exclude_bos, progress, desc)
+
+
+def _batches(
+    model: nn.Module,
+    saes: Sequence[SAE],
+    tokens: Tensor,
+    batch_size: int,
+    exclude_bos: bool,
+    progress: bool,
+    desc: str = "evaluating",
+) -> Iterator[_BatchResult]:
+    """:func:`_spliced_batches` on checked arguments (``tokens`` may have no rows).
+
+    The clean pass reads the SAEs' hooks (and the residual entering the resume block);
+    the SAEs encode those activations, and the spliced pass (and the caller's ablated
+    passes, through :attr:`_BatchResult.run`) resume from the clean pass where
+    :func:`_resume_plan` allows, checked once against the clean logits.
+    """
     names = [s.cfg.hook_name for s in saes]
+    plan = _resume_plan(model, names)
     device = model_device(model)
     n_batches = -(-tokens.shape[0] // batch_size)
     for _, batch in tqdm(
@@ -269,16 +380,22 @@ def _spliced_batches(
     ):
         mask = position_mask(model, batch, exclude_bos)
         with torch.no_grad():
-            logits_clean, store = capture(model, batch, names)
+            read = (
+                names + [plan.clean_input]
+                if plan and plan.clean_input not in (None, *names)
+                else names
+            )
+            logits_clean, store = capture(model, batch, read)
+            if plan is not None and not _check_resume(model, plan, store, logits_clean):
+                plan = None
             feats = {s.cfg.hook_name: s.encode(store[s.cfg.hook_name]) for s in saes}
             recons = {
                 s.cfg.hook_name: s.decode(feats[s.cfg.hook_name]).to(store[s.cfg.hook_name].dtype)
                 for s in saes
             }
-            logits_spliced = model.run_with_hooks(
-                batch, fwd_hooks=_splice_hooks(saes, mask, recons)
-            )
-        yield _BatchResult(batch, mask, store, feats, recons, logits_clean, logits_spliced)
+            run = _runner(model, plan, batch, store)
+            logits_spliced = run(_splice_hooks(saes, mask, recons))
+        yield _BatchResult(batch, mask, store, feats, recons, logits_clean, logits_spliced, run)
 
 
 @torch.no_grad()
@@ -288,7 +405,8 @@ def _mean_activations(
     """Mean clean activation at each hook over the counted positions of ``tokens``
     (the mean-ablation values), ``{hook_name: [d] (or [n_heads, d_head])}`` float32 on
     the model's device; sums in float64 on the CPU, one forward pass per batch stopped
-    after the last of the hooks' blocks.
+    after the last of the hooks' blocks. Under ``torchrun`` ``tokens`` is this rank's
+    shard and the sums are added over ranks, so every rank gets the mean of all rows.
 
     Raises:
         InputError: no position counts (every position holds BOS).
@@ -303,12 +421,89 @@ def _mean_activations(
             part = acts[name][mask].sum(0, dtype=torch.float64).cpu()
             totals[name] = part if name not in totals else totals[name] + part
         count += int(mask.sum())
+    if distributed.is_distributed():
+        shapes = tl.hook_shapes(model)  # a rank without rows never saw an activation
+        for name in hook_names:
+            if name not in totals:
+                totals[name] = torch.zeros(shapes[name], dtype=torch.float64)
+        packed = torch.cat([totals[n].reshape(-1) for n in hook_names])
+        packed = torch.cat([packed, torch.tensor([float(count)], dtype=torch.float64)])
+        distributed.all_reduce_(packed)
+        count = int(packed[-1].item())
+        offset = 0
+        for name in hook_names:
+            size = totals[name].numel()
+            totals[name] = packed[offset : offset + size].reshape(totals[name].shape)
+            offset += size
     if count == 0:
         raise InputError(
             "every position holds the BOS token, so there is no activation to "
             "average; pass real text tokens or exclude_bos=False"
         )
     return {name: (total / count).float().to(device) for name, total in totals.items()}
+
+
+def _rank_rows(n_rows: int, batch_size: int) -> range:
+    """The token rows this rank evaluates: a contiguous block of whole batches
+    (:func:`saehooks.distributed.shard_range` over the ``ceil(n_rows / batch_size)``
+    batches), so each forward pass sees the very rows it sees in one process and the
+    summed results differ from the one-process ones only by float64 rounding. All rows
+    in a single process."""
+    n_batches = -(-n_rows // batch_size)
+    mine = distributed.shard_range(n_batches)
+    return range(min(mine.start * batch_size, n_rows), min(mine.stop * batch_size, n_rows))
+
+
+def _all_reduce_sums(losses: TokenSums, recon: Iterable[ReconstructionSums]) -> None:
+    """Add the running sums of every rank in place, so each rank holds those of all
+    rows (a no-op in a single process); three collectives in all.
+
+    :class:`~saehooks.metrics.TokenSums`: sums and count added. Per
+    :class:`~saehooks.metrics.ReconstructionSums`: token count, ``Σ‖x − x̂‖²``, ``Σ l0``,
+    ``Σ l1`` and the :class:`~saehooks.metrics.FeatureCounts` totals and firing counts
+    added, peaks maximised; the mean and centred co-moment merged exactly as Chan et
+    al.'s pairwise update does: ``x̄ = Σ_r n_r x̄_r / N`` and
+    ``C = Σ_r [C_r + n_r (x̄_r − x̄)(x̄_r − x̄)ᵀ]``.
+    """
+    if not distributed.is_distributed():
+        return
+    recon = list(recon)
+    f64 = torch.float64
+    keys = list(losses.sums)
+    parts = [
+        torch.stack([losses.sums[k] for k in keys] + [torch.tensor(float(losses.count), dtype=f64)])
+    ]
+    for r in recon:
+        scalars = torch.tensor([float(r.n), float(r.counts.n_tokens)], dtype=f64)
+        parts += [scalars, torch.stack([r.sse, r.l0, r.l1])]
+        parts += [r.mean * r.n, r.counts.total, r.counts.fired]
+    packed = distributed.all_reduce_(torch.cat([p.to(f64).reshape(-1) for p in parts]))
+    peaks = [r.counts.peak for r in recon]
+    if peaks:
+        peak = distributed.all_reduce_(torch.cat(peaks), op="max")
+    values = iter(packed.split([p.numel() for p in parts]))
+    first = next(values)
+    for i, k in enumerate(keys):
+        losses.sums[k] = first[i].clone()
+    losses.count = int(first[-1].item())
+    offset = 0
+    for r in recon:
+        scalars, sums, weighted, total, fired = (next(values) for _ in range(5))
+        n_all = int(scalars[0].item())
+        mean = weighted / n_all if n_all else torch.zeros_like(r.mean)
+        delta = r.mean - mean
+        r.comoment = r.comoment + torch.outer(delta, delta) * r.n
+        r.mean, r.n = mean, n_all
+        r.sse, r.l0, r.l1 = sums[0].clone(), sums[1].clone(), sums[2].clone()
+        r.counts.n_tokens = int(scalars[1].item())
+        r.counts.total, r.counts.fired = total.clone(), fired.clone()
+        d_sae = r.counts.peak.numel()
+        r.counts.peak = peak[offset : offset + d_sae].clone()
+        offset += d_sae
+    if recon:
+        comoments = distributed.all_reduce_(torch.stack([r.comoment for r in recon]))
+        for r, c in zip(recon, comoments, strict=True):
+            r.comoment = c.clone()
 
 
 @hooks.uses_model
@@ -324,7 +519,12 @@ def evaluate(
     """Measure what splicing ``sae`` (or several SAEs at once) into ``model`` costs.
 
     Four forward passes per batch (clean, spliced, zero-ablated, mean-ablated), plus
-    a stopped-early pass for the mean activation. Definitions as in SAELens /
+    a stopped-early pass for the mean activation. The spliced and ablated passes
+    resume from the clean pass at the SAEs' lowest hook where
+    :func:`saehooks.tl.resume_point` allows (residual-stream, attention-output,
+    MLP-output and MLP hooks; checked once per model against the clean logits): the
+    blocks below it, identical to the clean pass's, are not run again. Definitions as
+    in SAELens /
     DESIGN.md; the PCA baseline follows the dense-baseline comparisons of
     Bricken et al. 2023. All sums are float64 on the CPU; the model and the SAEs may
     be on any device (the same one), ``tokens`` anywhere.
@@ -333,6 +533,12 @@ def evaluate(
     mean-ablation runs keep BOS positions clean, as the spliced run does, so all three
     change the same positions; SAELens zeroes every position in its ablation run.
     ``ablate_bos=True`` gives SAELens' definition.
+
+    Under ``torchrun`` (an initialised process group, see
+    :func:`saehooks.distributed.init_from_env`) each rank evaluates a contiguous block of
+    whole batches of ``tokens`` (which must be the same on every rank), the float64
+    sums and the mean-ablation mean are added over ranks, and every rank returns the
+    report of all the rows: the one-process report up to float64 rounding.
 
     Args:
         model: a hooked TransformerLens model.
@@ -343,7 +549,7 @@ def evaluate(
             ``n_ctx`` (e.g. :func:`saehooks.load_eval_tokens`).
         batch_size: rows per forward pass; results do not depend on it.
         exclude_bos: keep BOS positions clean and out of the averages.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only under ``torchrun``).
         ablate_bos: replace BOS positions too in the zero- and mean-ablation runs
             (SAELens' zero ablation); only matters with ``exclude_bos``.
 
@@ -364,18 +570,17 @@ def evaluate(
     tokens = checks.check_model_tokens(model, tokens, min_positions=2)
     batch_size = checks.check_batch_size(batch_size)
     names = [s.cfg.hook_name for s in saes]
+    rows = _rank_rows(tokens.shape[0], batch_size)
+    tokens = tokens[rows.start : rows.stop]
     means = _mean_activations(model, names, tokens, batch_size, exclude_bos)
     losses = TokenSums("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl")
     recon = {s.cfg.hook_name: ReconstructionSums(s.cfg.d_in, s.cfg.d_sae) for s in saes}
-    for r in _spliced_batches(model, saes, tokens, batch_size, exclude_bos, progress):
+    progress = progress and distributed.is_main()
+    for r in _batches(model, saes, tokens, batch_size, exclude_bos, progress):
         ablated = torch.ones_like(r.mask) if ablate_bos else r.mask
         with torch.no_grad():
-            logits_zero = model.run_with_hooks(
-                r.tokens, fwd_hooks=[(n, replace_where(ablated, 0.0)) for n in names]
-            )
-            logits_mean = model.run_with_hooks(
-                r.tokens, fwd_hooks=[(n, replace_where(ablated, means[n])) for n in names]
-            )
+            logits_zero = r.run([(n, replace_where(ablated, 0.0)) for n in names])
+            logits_mean = r.run([(n, replace_where(ablated, means[n])) for n in names])
         predict = r.mask[:, :-1]
         losses.add(
             ce_clean=metrics.next_token_ce(r.logits_clean, r.tokens)[predict],
@@ -391,6 +596,7 @@ def evaluate(
                 r.reconstructions[name][r.mask].reshape(-1, d_in),
                 r.feature_acts[name][r.mask].reshape(-1, s.cfg.d_sae),
             )
+    _all_reduce_sums(losses, recon.values())
     if losses.count == 0:
         raise InputError(
             "no position predicts a token (every position but the last holds "
