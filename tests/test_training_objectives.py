@@ -21,8 +21,10 @@ from saehooks.training.objectives import (
     OBJECTIVES,
     BatchTopKObjective,
     ConfigFields,
+    JumpReLUObjective,
     KLObjective,
     L1Objective,
+    MatryoshkaBatchTopKObjective,
     TopKObjective,
     make_objective,
     objective_class,
@@ -41,16 +43,22 @@ TRAINING = Path(training_pkg.__file__).parent
 
 def test_there_is_one_objective_per_architecture():
     assert tuple(OBJECTIVES) == ARCHITECTURES
-    assert [cls.inference_architecture for cls in OBJECTIVES.values()] == [
+    saved_as = {name: cls.inference_architecture for name, cls in OBJECTIVES.items()}
+    unit_norm = {name: cls.unit_norm_decoder for name, cls in OBJECTIVES.items()}
+    known = ("topk", "batchtopk", "l1", "kl", "jumprelu", "matryoshka_batchtopk")
+    assert [saved_as[name] for name in known] == [
         "topk",
         "jumprelu",
         "relu",
         "relu",
+        "jumprelu",
+        "jumprelu",
     ]
-    assert [cls.unit_norm_decoder for cls in OBJECTIVES.values()] == [True, True, False, True]
+    assert [unit_norm[name] for name in known] == [True, True, False, True, True, True]
     with pytest.raises(
         SAEHooksError,
-        match="unknown training architecture 'gated'; pass one of topk, batchtopk, l1, kl",
+        match="unknown training architecture 'gated'; pass one of topk, batchtopk, l1, kl, "
+        "jumprelu, matryoshka_batchtopk",
     ):
         objective_class("gated")
 
@@ -77,8 +85,20 @@ def test_objective_fields_as_declared():
     }
     assert TopKObjective.fields == aux | {"sparse_kernels"}
     assert BatchTopKObjective.fields == aux
-    assert L1Objective.fields == penalised | {"l1_coefficient"}
-    assert KLObjective.fields == penalised | {"kl_beta", "kl_rho", "kl_scale", "kl_window_tokens"}
+    assert MatryoshkaBatchTopKObjective.fields == aux | {"matryoshka_prefixes"}
+    assert L1Objective.fields == penalised | {"leak", "l1_coefficient"}
+    assert KLObjective.fields == penalised | {
+        "leak",
+        "kl_beta",
+        "kl_rho",
+        "kl_scale",
+        "kl_window_tokens",
+    }
+    assert JumpReLUObjective.fields == penalised | {
+        "l0_coefficient",
+        "jumprelu_bandwidth",
+        "jumprelu_init_threshold",
+    }
 
 
 def test_an_undeclared_read_fails_and_names_the_reader():
@@ -125,6 +145,9 @@ BRANCHY = dict(
         ("l1", False),
         ("kl", True),
         ("kl", False),
+        ("jumprelu", True),
+        ("jumprelu", False),
+        ("matryoshka_batchtopk", True),
     ],
 )
 def test_each_objective_reads_exactly_the_fields_it_declares(arch, sparse_kernels, tmp_path):
@@ -132,7 +155,8 @@ def test_each_objective_reads_exactly_the_fields_it_declares(arch, sparse_kernel
     trainer = Trainer(None, FakeStore(), cfg)
     for _ in range(4):
         trainer.train_step()
-    assert bool(trainer.tracker.dead.any()) or arch in ("l1", "kl")  # AuxK had dead latents
+    # AuxK had dead latents (the penalised objectives resample them instead)
+    assert bool(trainer.tracker.dead.any()) or arch in ("l1", "kl", "jumprelu")
     trainer.folded_sae()
     objective = trainer.objective
     assert objective.cfg.read == type(objective).fields

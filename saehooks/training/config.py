@@ -34,7 +34,7 @@ from saehooks.checks import (
 )
 from saehooks.errors import InputError, InputTypeError
 
-ARCHITECTURES = ("topk", "batchtopk", "l1", "kl")
+ARCHITECTURES = ("topk", "batchtopk", "l1", "kl", "jumprelu", "matryoshka_batchtopk")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 
@@ -47,12 +47,14 @@ class TrainConfig:
     """TransformerLens hook point whose activations the SAE reads and reconstructs."""
     architecture: str = "topk"
     """Sparsity objective: ``topk`` / ``batchtopk`` (Gao et al. 2024; Bussmann et al.
-    2024), ``l1`` (Anthropic April 2024) or ``kl`` (Ng 2011 average-activation KL); see
-    ``saehooks.training.objectives`` for the fields each one reads."""
+    2024), ``l1`` (Anthropic April 2024), ``kl`` (Ng 2011 average-activation KL),
+    ``jumprelu`` (Rajamanoharan et al. 2024) or ``matryoshka_batchtopk`` (Bussmann et
+    al. 2025); see ``saehooks.training.objectives`` for the fields each one reads."""
     d_sae: int = 4096
     """Number of latents."""
     k: int = 32
-    """Latents per token for ``topk``; mean latents per token for ``batchtopk``."""
+    """Latents per token for ``topk``; mean latents per token for ``batchtopk`` and
+    ``matryoshka_batchtopk``."""
     total_tokens: int = field(default=20_000_000, metadata={"flag": "tokens"})
     """Activation tokens to train on (accepts ``20M``, ``1.5e6``)."""
     batch_size: int = 4096
@@ -75,6 +77,23 @@ class TrainConfig:
     sparsity_warmup_fraction: float = 0.05
     """Fraction of the steps over which λ (``l1``) or β (``kl``) rises linearly from 0
     (Anthropic April 2024: 5% for λ)."""
+    l0_coefficient: float = 0.3
+    """λ of the ``jumprelu`` objective ``MSE + λ Σ_j H(pre_j − θ_j)`` (normalised
+    units; warmed up like ``l1_coefficient``)."""
+    jumprelu_bandwidth: float = 0.05
+    """``jumprelu``: width ε of the rectangle kernel of the straight-through estimators
+    of the thresholds' gradients (pre-activation units, normalised inputs)."""
+    jumprelu_init_threshold: float = 0.1
+    """``jumprelu``: initial threshold θ of every latent (pre-activation units,
+    normalised inputs; the thresholds are learned as ``log θ``)."""
+    leak: float = 0.0
+    """``l1``/``kl``: slope of the gradient that negative pre-activations pass while
+    training (a leaky ReLU backward, the forward stays ReLU; 0: plain ReLU). The saved
+    SAE is a plain ReLU SAE. With ``leak > 0`` the sparse kernels are not used."""
+    matryoshka_prefixes: tuple[int, ...] = ()
+    """``matryoshka_batchtopk``: the nested dictionary sizes ``m_1 < ... < m_n =
+    d_sae`` whose reconstructions are each scored (latents ``[0, m_i)``); empty: d_sae
+    / 16, / 8, / 4, / 2, 1 (those that are whole and >= 1)."""
     kl_beta: float = 3.0
     """β of the ``kl`` objective ``MSE + β Σ_j KL(ρ ‖ ρ̂_j)``."""
     kl_rho: float = 0.006
@@ -227,11 +246,20 @@ class TrainConfig:
                 f"{self.lr_warmup_fraction} + {self.lr_decay_fraction}; shorten "
                 "one of them"
             )
-        if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
+        if (
+            self.architecture in ("topk", "batchtopk", "matryoshka_batchtopk")
+            and self.k > self.d_sae
+        ):
             raise InputError(
                 f"{self.architecture} needs 1 <= k <= d_sae={self.d_sae}, got "
                 f"k={self.k}; pass a smaller k or a larger d_sae"
             )
+        self.leak = check_float(self.leak, "leak", minimum=0.0, maximum=1.0)
+        if self.leak == 1.0:
+            raise InputError(
+                "leak must be < 1 (at 1 the latents are linear while training); pass e.g. 0.01"
+            )
+        self.matryoshka_prefixes = _check_prefixes(self.matryoshka_prefixes, self.d_sae)
         if self.total_tokens < self.batch_size:
             raise InputError(
                 f"total_tokens={self.total_tokens} is less than one batch "
@@ -247,6 +275,7 @@ class TrainConfig:
         """JSON-ready dict of the fields."""
         out = dataclasses.asdict(self)
         out["adam_betas"] = list(self.adam_betas)
+        out["matryoshka_prefixes"] = list(self.matryoshka_prefixes)
         return out
 
     @classmethod
@@ -273,6 +302,8 @@ class TrainConfig:
         raw = dict(raw)
         if isinstance(raw.get("adam_betas"), list):
             raw["adam_betas"] = tuple(raw["adam_betas"])
+        if isinstance(raw.get("matryoshka_prefixes"), list):
+            raw["matryoshka_prefixes"] = tuple(raw["matryoshka_prefixes"])
         return cls(**raw)
 
 
@@ -286,8 +317,10 @@ _BOOLS = ("auxk", "init_encoder_as_decoder_transpose", "fit_encoder_scale", "res
           "normalize_activations", "sparse_kernels", "drop_bos", "wandb", "progress_bar")
 _FRACTIONS = ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction",
               "resample_stop_fraction")
-_NONNEGATIVE_FLOATS = ("grad_clip", "l1_coefficient", "kl_beta", "target_l0", "aux_coefficient")
-_POSITIVE_FLOATS = ("lr", "kl_scale", "target_l0_rate", "decoder_init_norm")
+_NONNEGATIVE_FLOATS = ("grad_clip", "l1_coefficient", "kl_beta", "target_l0", "aux_coefficient",
+                       "l0_coefficient")
+_POSITIVE_FLOATS = ("lr", "kl_scale", "target_l0_rate", "decoder_init_norm",
+                    "jumprelu_bandwidth", "jumprelu_init_threshold")
 # fmt: on
 
 
@@ -312,6 +345,25 @@ def _check_path(value: Any, name: str, allow_empty: bool) -> str:
     if not allow_empty and not value.strip():
         raise InputError(f"{name} is empty; pass a folder path such as 'runs/sae'")
     return value
+
+
+def _check_prefixes(value: Any, d_sae: int) -> tuple[int, ...]:
+    """``matryoshka_prefixes`` as a tuple of ints, strictly increasing, ending at d_sae
+    (or empty)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise InputTypeError(
+            f"matryoshka_prefixes must be a sequence of ints, got {value!r:.60}; pass e.g. "
+            f"({d_sae // 4}, {d_sae // 2}, {d_sae}), or () for the default"
+        )
+    prefixes = tuple(check_positive_int(m, "each of matryoshka_prefixes") for m in value)
+    if prefixes and (
+        any(b <= a for a, b in zip(prefixes, prefixes[1:], strict=False)) or prefixes[-1] != d_sae
+    ):
+        raise InputError(
+            f"matryoshka_prefixes must increase strictly and end at d_sae={d_sae}, got "
+            f"{prefixes}; pass e.g. ({d_sae // 4}, {d_sae // 2}, {d_sae}), or () for the default"
+        )
+    return prefixes
 
 
 def _check_betas(value: Any) -> tuple[float, float]:

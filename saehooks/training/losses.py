@@ -281,3 +281,173 @@ def topk_loss(
         variance = mse(x, x.mean(0, keepdim=True)).detach()
         loss = loss + aux_coefficient * variance * auxk_loss(residual, aux_recons)
     return loss
+
+
+# ---- JumpReLU: straight-through estimators (Rajamanoharan et al. 2024) ----------------
+
+
+def rectangle(u: Tensor) -> Tensor:
+    """The rectangle kernel ``K(u) = 1 if −1/2 < u < 1/2 else 0`` (in ``u``'s dtype).
+
+    Source: Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction
+    Fidelity with JumpReLU Sparse Autoencoders", eq. 11 (the kernel of the
+    straight-through estimators of the thresholds' gradients). The edges ``u = ±1/2``
+    count as outside.
+    """
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+def _reduce_to(grad: Tensor, like: Tensor) -> Tensor:
+    """Sum a gradient over the dimensions ``like`` was broadcast along."""
+    return grad.sum_to_size(like.shape) if grad.shape != like.shape else grad
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``z = pre · H(pre − θ)``; ``∂z/∂pre = H(pre − θ)``, ``∂z/∂θ = −(θ/ε) K((pre − θ)/ε)``."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_pre = g_theta = None
+        if ctx.needs_input_grad[0]:
+            g_pre = (grad * (pre > theta).to(grad.dtype)).to(pre.dtype)
+        if ctx.needs_input_grad[1]:
+            g = -(theta / eps) * rectangle((pre - theta) / eps) * grad
+            g_theta = _reduce_to(g, theta).to(theta.dtype)
+        return g_pre, g_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """``H(pre − θ)``; no gradient to ``pre``, ``∂H/∂θ = −(1/ε) K((pre − θ)/ε)``."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_theta = None
+        if ctx.needs_input_grad[1]:
+            g = -(1.0 / eps) * rectangle((pre - theta) / eps) * grad
+            g_theta = _reduce_to(g, theta).to(theta.dtype)
+        return None, g_theta, None
+
+
+def jumprelu_ste(pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    """JumpReLU ``z = pre · H(pre − θ)`` whose threshold gets a straight-through gradient.
+
+    Source: Rajamanoharan et al. 2024 ("Jumping Ahead"), eqs. 10-11: the pseudo-
+    derivative ``∂z/∂θ = −(θ/ε) · K((pre − θ)/ε)`` (:func:`rectangle` kernel of bandwidth
+    ε); ``∂z/∂pre = H(pre − θ)`` (no estimator into the encoder, as in the paper). With
+    ``θ > 0`` the forward is the inference activation ``relu(pre) · (pre > θ)``.
+
+    Args:
+        pre: pre-activations ``[..., d_sae]`` (or ``[nnz]`` entries).
+        theta: thresholds broadcastable to ``pre`` (``[d_sae]``, or ``[nnz]`` gathered).
+        bandwidth: ε, in pre-activation units.
+
+    Returns:
+        ``z``, shaped like ``pre``.
+    """
+    return _JumpReLU.apply(pre, theta, bandwidth)
+
+
+def step_ste(pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    """Heaviside ``H(pre − θ)`` (1 where ``pre > θ``) with the straight-through gradient
+    ``∂H/∂θ = −(1/ε) · K((pre − θ)/ε)`` and none to ``pre`` (Rajamanoharan et al. 2024,
+    eq. 12: the L0 penalty's estimator). Shapes as :func:`jumprelu_ste`."""
+    return _Step.apply(pre, theta, bandwidth)
+
+
+def l0_penalty(pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    """``mean_token Σ_j H(pre_j − θ_j)``: the batch L0, differentiable in θ through
+    :func:`step_ste`.
+
+    Args:
+        pre: pre-activations ``[batch, d_sae]``.
+        theta: thresholds ``[d_sae]``.
+        bandwidth: ε.
+
+    Returns:
+        Scalar (active latents per token).
+    """
+    return step_ste(pre, theta, bandwidth).sum(-1).mean()
+
+
+def jumprelu_loss(
+    x: Tensor,
+    pre: Tensor,
+    theta: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    l0_coefficient: float,
+    bandwidth: float,
+) -> Tensor:
+    """``mse(x, x̂) + λ · mean_token Σ_j H(pre_j − θ_j)`` with ``x̂ = z W_dec + b_dec``,
+    ``z = pre · H(pre − θ)`` (Rajamanoharan et al. 2024, eq. 9), dense.
+
+    Args:
+        x: inputs ``[batch, d_in]``.
+        pre: pre-activations ``[batch, d_sae]``.
+        theta: thresholds ``[d_sae]`` (> 0).
+        W_dec: decoder ``[d_sae, d_in]``; b_dec: ``[d_in]``.
+        l0_coefficient: λ at this step.
+        bandwidth: ε of the estimators.
+
+    Returns:
+        Scalar loss per token.
+    """
+    z = jumprelu_ste(pre, theta, bandwidth)
+    return mse(x, z @ W_dec + b_dec) + l0_coefficient * l0_penalty(pre, theta, bandwidth)
+
+
+# ---- Leaky ReLU (training-time gradient only) -------------------------------------------
+
+
+class _LeakyGradReLU(torch.autograd.Function):
+    """Forward ``relu(pre)``; backward slope 1 where ``pre > 0`` and ``leak`` elsewhere."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, leak: float) -> Tensor:
+        ctx.save_for_backward(pre)
+        ctx.leak = leak
+        return torch.relu(pre)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (pre,) = ctx.saved_tensors
+        slope = torch.where(pre > 0, 1.0, ctx.leak).to(grad.dtype)
+        return grad * slope, None
+
+
+def relu_leaky_grad(pre: Tensor, leak: float) -> Tensor:
+    """``relu(pre)`` whose gradient leaks through negative pre-activations.
+
+    The forward values are those of a plain ReLU, so the trained loss is the loss of
+    the saved (ReLU) SAE; the backward pass uses the slope of a leaky ReLU
+    ``max(pre, leak · pre)`` (Maas et al. 2013): 1 where ``pre > 0``, ``leak`` where
+    ``pre <= 0``. A latent that is silent on every token (a dead latent) then still
+    learns, along the gradient it would have if it fired, whether firing would lower
+    the loss. With ``leak = 0`` it is ``torch.relu`` exactly.
+
+    Args:
+        pre: pre-activations (any shape).
+        leak: slope of the gradient below zero, ``0 <= leak < 1``.
+
+    Returns:
+        ``relu(pre)``, shaped like ``pre``.
+    """
+    if leak == 0.0:
+        return torch.relu(pre)
+    return _LeakyGradReLU.apply(pre, leak)

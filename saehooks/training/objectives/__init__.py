@@ -1,13 +1,19 @@
 """Training objectives: one class per ``TrainConfig.architecture``, over :mod:`.base`.
 
-========== ================================ ============ =====================
-name       class                            saved as     decoder rows
-========== ================================ ============ =====================
-topk       :class:`TopKObjective`           topk         unit norm
-batchtopk  :class:`BatchTopKObjective`      jumprelu     unit norm
-l1         :class:`L1Objective`             relu         free
-kl         :class:`KLObjective`             relu         unit norm
-========== ================================ ============ =====================
+==================== ======================================= ========= ===========
+name                 class                                   saved as  decoder rows
+==================== ======================================= ========= ===========
+topk                 :class:`TopKObjective`                  topk      unit norm
+batchtopk            :class:`BatchTopKObjective`             jumprelu  unit norm
+l1                   :class:`L1Objective`                    relu      free
+kl                   :class:`KLObjective`                    relu      unit norm
+jumprelu             :class:`JumpReLUObjective`              jumprelu  unit norm
+matryoshka_batchtopk :class:`MatryoshkaBatchTopKObjective`   jumprelu  unit norm
+==================== ======================================= ========= ===========
+
+Sources and losses: :mod:`.topk` (Gao et al. 2024), :mod:`.batchtopk` (Bussmann et al.
+2024), :mod:`.l1` (Anthropic, April 2024), :mod:`.kl` (Ng 2011), :mod:`.jumprelu`
+(Rajamanoharan et al. 2024), :mod:`.matryoshka` (Bussmann et al. 2025).
 
 Each class declares the ``TrainConfig`` fields it reads (``fields``); the loop's own
 are ``saehooks.training.trainer.LOOP_FIELDS``.
@@ -27,13 +33,23 @@ from saehooks.training.objectives.base import (
     StepState,
 )
 from saehooks.training.objectives.batchtopk import BatchTopKObjective
+from saehooks.training.objectives.jumprelu import JumpReLUObjective
 from saehooks.training.objectives.kl import KLObjective
 from saehooks.training.objectives.l1 import L1Objective
+from saehooks.training.objectives.matryoshka import MatryoshkaBatchTopKObjective
 from saehooks.training.objectives.relu import ReLUObjective
 from saehooks.training.objectives.topk import TopKObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (TopKObjective, BatchTopKObjective, L1Objective, KLObjective)
+    cls.name: cls
+    for cls in (
+        TopKObjective,
+        BatchTopKObjective,
+        L1Objective,
+        KLObjective,
+        JumpReLUObjective,
+        MatryoshkaBatchTopKObjective,
+    )
 }
 """``{architecture: objective class}``."""
 
@@ -70,7 +86,9 @@ __all__ = [
     "ConfigFields",
     "ForwardOutput",
     "KLObjective",
+    "JumpReLUObjective",
     "L1Objective",
+    "MatryoshkaBatchTopKObjective",
     "LoopHandles",
     "Objective",
     "ReLUObjective",

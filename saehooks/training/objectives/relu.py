@@ -10,6 +10,14 @@ With ``sparse_kernels`` and a code at most 1/16 dense, the active entries go thr
 the sparse kernels (the same loss as the dense path, computed on the non-zeros);
 denser codes (early in training) run the dense autograd path, under bf16 autocast if
 the matmul dtype is bf16.
+
+Leaky ReLU (``leak > 0``), a dead-latent remedy: the forward pass stays a plain ReLU
+(so the training loss is the saved ReLU SAE's loss) and the backward pass gives
+negative pre-activations the slope ``leak`` (:func:`losses.relu_leaky_grad`), so a
+latent that fires on no token still moves towards firing where that would lower the
+loss (reconstruction gain against penalty). That gradient reaches every entry of the
+``[batch, d_sae]`` code, so with ``leak > 0`` the batch always runs the dense path
+(the sparse kernels carry gradients for the non-zeros only).
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ class ReLUObjective(Objective):
     # fmt: off
     fields = frozenset({"sparse_kernels", "sparsity_warmup_fraction", "total_tokens",
                         "batch_size", "target_l0", "target_l0_rate", "target_l0_max_factor",
-                        "resample_dead", "resample_every_tokens", "resample_stop_fraction"})
+                        "resample_dead", "resample_every_tokens", "resample_stop_fraction",
+                        "leak"})
     # fmt: on
     inference_architecture = "relu"
     sparse_max_density = 1 / 16
@@ -110,7 +119,8 @@ class ReLUObjective(Objective):
         """
         coefficient = self.coefficient(state.step)
         n, d_sae = x.shape[0], sae.W_dec.shape[0]
-        if self.cfg.sparse_kernels:
+        leak = self.cfg.leak
+        if self.cfg.sparse_kernels and leak == 0.0:
             x_c = x - sae.b_dec
             pre = sparse.encoder_pre(x_c.detach(), sae.W_enc, sae.b_enc, self.matmul_dtype)
             mask = pre > 0
@@ -136,7 +146,7 @@ class ReLUObjective(Objective):
         enabled = self.matmul_dtype == torch.bfloat16
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled):
             pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-        acts = torch.relu(pre.to(x.dtype))
+        acts = losses.relu_leaky_grad(pre.to(x.dtype), leak)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled):
             x_hat = (acts @ sae.W_dec).to(x.dtype) + sae.b_dec
         mse = losses.mse(x, x_hat)
