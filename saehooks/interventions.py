@@ -8,9 +8,12 @@ the hooks it held before.
 Feature edits (:func:`ablate_features`, :func:`clamp_features`) run through the SAE
 with its error term kept (``out = decode(edited acts) + stopgrad(x - decode(acts))``),
 so only the chosen features change: zeroing feature ``k`` moves the hook's output by
-exactly ``-a_k · W_dec[k]`` where ``k`` was active and nowhere else. Steering
-(:func:`steer`, :func:`steer_direction`) adds a vector to the activation at the hook
-point and needs no SAE in the forward pass.
+exactly ``-a_k · W_dec[k]`` where ``k`` was active and nowhere else. (For an ``mlp``
+SAE, whose decoder is non-linear, it moves by ``decode(edited acts) - decode(acts)``,
+which is again zero wherever ``k`` was not active.) Steering (:func:`steer`,
+:func:`steer_direction`) adds a vector to the activation at the hook point and needs no
+SAE in the forward pass; steering along a feature needs an SAE whose decoder is a
+dictionary of directions (:func:`check_linear_decoder`), so an ``mlp`` SAE is refused.
 
 Positions: ``None`` or ``"all"`` means every position of every forward pass; an int,
 a sequence of ints, a slice, or a boolean mask ``[pos]`` / ``[batch, pos]`` selects
@@ -323,6 +326,32 @@ def steer_direction(
         yield model
 
 
+def check_linear_decoder(sae: SAE, what: str) -> SAE:
+    """``sae`` if its decoder is a dictionary of directions (``acts @ W_dec + b_dec``).
+
+    Args:
+        sae: the SAE.
+        what: the operation, for the message (e.g. ``"steer"``).
+
+    Raises:
+        InputError: an ``mlp`` SAE: a hidden layer and a ReLU follow its ``W_dec``, so
+            what one latent adds to the output depends on the others and there is no
+            direction per latent; the message suggests editing the latent through the
+            SAE instead (:func:`ablate_features`, :func:`clamp_features`).
+    """
+    if not sae.linear_decoder:
+        raise InputError(
+            f"{what} needs an SAE whose decoder is a dictionary of directions "
+            f"(latent j adds a_j * W_dec[j]); this {sae.cfg.architecture} SAE at "
+            f"{sae.cfg.hook_name!r}: its decoder is not a dictionary of directions (a "
+            "hidden layer and a ReLU follow W_dec, so what a latent adds depends on the "
+            "other latents); edit the latent through the SAE instead: "
+            "saehooks.clamp_features(model, sae, {latent: value}) to steer it, "
+            "saehooks.ablate_features(model, sae, [latent]) to remove it"
+        )
+    return sae
+
+
 def decoder_vector(sae: SAE, feature: int) -> Tensor:
     """What one unit of ``feature``'s activation adds to the reconstruction: ``[d_in]``.
 
@@ -332,8 +361,10 @@ def decoder_vector(sae: SAE, feature: int) -> Tensor:
     :func:`saehooks.feature_logit_effects` reads.
 
     Raises:
-        InputError: the row is zero and must be normalised (it has no direction).
+        InputError: the row is zero and must be normalised (it has no direction); an
+            ``mlp`` SAE (:func:`check_linear_decoder`).
     """
+    check_linear_decoder(sae, "a feature's decoder direction")
     row = sae.W_dec[feature].detach()
     if sae.cfg.rescale_acts_by_decoder_norm:
         norm = row.norm()
@@ -365,11 +396,12 @@ def steering_vector(
     Raises:
         InputTypeError: ``feature`` is not one integer id; a non-numeric coefficient.
         InputError: an id out of range; a NaN or infinite coefficient; an unknown
-            mode; a latent whose decoder row is zero (no direction to steer along);
+            mode; an ``mlp`` SAE (no decoder direction, :func:`check_linear_decoder`);
+            a latent whose decoder row is zero (no direction to steer along);
             relative mode with neither ``max_activation`` nor ``tokens``, with a
             ``max_activation <= 0``, or with a feature that never fires on ``tokens``.
     """
-    sae = check_sae(sae)
+    sae = check_linear_decoder(check_sae(sae), "steering along a feature")
     f = check_feature(sae, feature)
     coefficient = checks.check_float(coefficient, "coefficient")
     checks.check_choice(coefficient_mode, "coefficient_mode", ("absolute", "relative"))
@@ -442,6 +474,8 @@ def steer(
         InputTypeError, InputError: a dict with a ``coefficient`` too, an int without
             one, an empty dict; and see :func:`steering_vector` and
             :func:`steer_direction`.
+        InputError: an ``mlp`` SAE, whose decoder has no direction per latent
+            (:func:`check_linear_decoder`; clamp the latent instead).
 
     Example:
         >>> with sh.steer(model, sae, feature=123, coefficient=8.0):
@@ -449,6 +483,7 @@ def steer(
         >>> with sh.steer(model, sae, {123: 8.0, 456: -4.0}):
         ...     logits = model(tokens)
     """
+    check_linear_decoder(check_sae(sae), "steer")
     if isinstance(feature, Mapping):
         if coefficient is not None:
             raise InputError(

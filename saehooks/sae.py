@@ -7,6 +7,22 @@ Tensor names, shapes and formulas follow SAELens (v6):
 * encode: ``acts = act_fn((x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc)``;
 * decode: ``x_hat = acts @ W_dec + b_dec``.
 
+The ``mlp`` architecture (the seed's example SAE: one hidden layer of width ``d_hidden``
+on each side, ReLU latents, L1 on them in training) is saehooks' own; SAELens has no
+such class. Its tensors:
+
+* ``W_enc_in [d_in, d_hidden]``, ``b_enc_hidden [d_hidden]`` (encoder's first layer),
+  ``W_enc [d_hidden, d_sae]``, ``b_enc [d_sae]`` (encoder's second layer);
+* ``W_dec [d_sae, d_hidden]``, ``b_dec_hidden [d_hidden]`` (decoder's first layer),
+  ``W_dec_out [d_hidden, d_in]``, ``b_dec [d_in]`` (decoder's second layer);
+* encode: ``acts = relu(relu((x - b_dec * apply_b_dec_to_input) @ W_enc_in +
+  b_enc_hidden) @ W_enc + b_enc)``;
+* decode: ``x_hat = relu(acts @ W_dec + b_dec_hidden) @ W_dec_out + b_dec``.
+
+Its decoder is not a dictionary of directions: what a latent adds to the output depends
+on the other latents, so steering along "its direction" is undefined
+(:attr:`SAE.linear_decoder`); ablating or clamping its latents at the hook points works.
+
 The module carries hook points (``hook_sae_input`` ... ``hook_sae_output``) so that,
 once attached to a model with :func:`saehooks.attach`, its internals can be cached
 and intervened on like any TransformerLens hook point.
@@ -25,7 +41,9 @@ from torch import Tensor, nn
 from saehooks import activation_fns as activations
 from saehooks.errors import DeviceError, InputError, InputTypeError
 
-ARCHITECTURES = ("relu", "topk", "jumprelu", "gated")
+ARCHITECTURES = ("relu", "topk", "jumprelu", "gated", "mlp")
+LINEAR_DECODER_ARCHITECTURES = ("relu", "topk", "jumprelu", "gated")
+"""Architectures whose decoder is ``acts @ W_dec + b_dec`` (a dictionary of directions)."""
 HOOK_NAMES = (
     "hook_sae_input",
     "hook_sae_acts_pre",
@@ -82,7 +100,9 @@ class SAEConfig:
     d_sae: int
     """Number of latents (dictionary size)."""
     architecture: str = "relu"
-    """Inference activation: ``"relu"``, ``"topk"``, ``"jumprelu"`` or ``"gated"``.
+    """Inference activation: ``"relu"``, ``"topk"``, ``"jumprelu"`` or ``"gated"``; or
+    ``"mlp"``, ReLU latents between a non-linear encoder and decoder with one hidden
+    layer of width ``d_hidden`` each (see the module docstring).
     A BatchTopK SAE trains as batch top-k and runs as ``"jumprelu"``."""
     k: int | None = None
     """Latents kept per token, ``1 <= k <= d_sae`` (``"topk"`` only; None otherwise)."""
@@ -102,6 +122,9 @@ class SAEConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
     """Provenance: ``model_name``, ``model_processing`` (compatibility mode, folded
     LayerNorm, centred weights), ``context_size``, ``prepend_bos``, ``training`` ..."""
+    d_hidden: int | None = None
+    """Width of the hidden layer on each side of an ``"mlp"`` SAE (``mlp`` only, where it
+    is required; None otherwise)."""
 
     def __post_init__(self) -> None:
         from saehooks import checks
@@ -123,6 +146,19 @@ class SAEConfig:
                 f"SAEConfig.k={self.k!r} is only used by architecture='topk', "
                 f"and this SAE is {self.architecture!r}; drop k, or pass "
                 "architecture='topk'"
+            )
+        if self.architecture == "mlp":
+            if self.d_hidden is None:
+                raise InputError(
+                    "an mlp SAE needs d_hidden (the width of the hidden layer on each "
+                    f"side); pass e.g. d_hidden={2 * self.d_in} (2 * d_in)"
+                )
+            self.d_hidden = checks.check_positive_int(self.d_hidden, "SAEConfig.d_hidden")
+        elif self.d_hidden is not None:
+            raise InputError(
+                f"SAEConfig.d_hidden={self.d_hidden!r} is only used by architecture='mlp', "
+                f"and this SAE is {self.architecture!r}; drop d_hidden, or pass "
+                "architecture='mlp'"
             )
         if not isinstance(self.hook_name, str):
             raise InputTypeError(
@@ -229,9 +265,20 @@ class SAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         kw = {"dtype": DTYPES[cfg.dtype], "device": cfg.device}
-        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, **kw))
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
-        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, **kw))
+        if cfg.architecture == "mlp":
+            h = cfg.d_hidden
+            assert h is not None  # SAEConfig requires it
+            self.W_enc_in = nn.Parameter(torch.zeros(cfg.d_in, h, **kw))
+            self.b_enc_hidden = nn.Parameter(torch.zeros(h, **kw))
+            self.W_enc = nn.Parameter(torch.zeros(h, cfg.d_sae, **kw))
+            self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+            self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, h, **kw))
+            self.b_dec_hidden = nn.Parameter(torch.zeros(h, **kw))
+            self.W_dec_out = nn.Parameter(torch.zeros(h, cfg.d_in, **kw))
+        else:
+            self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, **kw))
+            self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+            self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, **kw))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
         if cfg.architecture == "jumprelu":
             self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
@@ -257,9 +304,17 @@ class SAE(nn.Module):
     def device(self) -> torch.device:
         return self.W_enc.device
 
+    @property
+    def linear_decoder(self) -> bool:
+        """Whether the decoder is ``acts @ W_dec + b_dec``, so that latent ``j`` adds
+        ``a_j · W_dec[j]`` whatever the others do (False for ``mlp``: no direction per
+        latent to steer along or read logits from)."""
+        return self.cfg.architecture in LINEAR_DECODER_ARCHITECTURES
+
     def __repr__(self) -> str:
         c = self.cfg
         k = f", k={c.k}" if c.architecture == "topk" else ""
+        k += f", d_hidden={c.d_hidden}" if c.architecture == "mlp" else ""
         return (
             f"SAE({c.architecture}{k}, d_in={c.d_in}, d_sae={c.d_sae}, "
             f"hook_name={c.hook_name!r}, dtype={c.dtype}, device={self.device})"
@@ -286,7 +341,9 @@ class SAE(nn.Module):
     def encode_pre(self, x: Tensor) -> Tensor:
         """Pre-activations ``(x - b_dec) @ W_enc + b_enc``: ``[..., d_in] -> [..., d_sae]``.
 
-        For a gated SAE this is the gate path (``b_gate`` in place of ``b_enc``).
+        For a gated SAE this is the gate path (``b_gate`` in place of ``b_enc``); for an
+        ``mlp`` SAE the second encoder layer's ``h @ W_enc + b_enc`` with ``h =
+        relu((x - b_dec) @ W_enc_in + b_enc_hidden)`` ``[..., d_hidden]``.
 
         Raises:
             InputError: ``x`` is not ``[..., d_in]``.
@@ -296,6 +353,8 @@ class SAE(nn.Module):
         x = x.to(self.dtype)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
+        if self.cfg.architecture == "mlp":
+            x = torch.relu(x @ self.W_enc_in + self.b_enc_hidden)
         bias = self.b_gate if self.cfg.architecture == "gated" else self.b_enc
         pre = x @ self.W_enc + bias
         if self.cfg.rescale_acts_by_decoder_norm:
@@ -305,7 +364,7 @@ class SAE(nn.Module):
     def activation(self, pre: Tensor, x: Tensor | None = None) -> Tensor:
         """Apply the architecture's activation function to pre-activations."""
         arch = self.cfg.architecture
-        if arch == "relu":
+        if arch in ("relu", "mlp"):
             return activations.relu(pre)
         if arch == "topk":
             return activations.topk(pre, self.cfg.k)
@@ -331,13 +390,18 @@ class SAE(nn.Module):
         grows with ``L0 · d_in`` rather than ``d_sae · d_in``; equal to the dense product
         up to float summation order. Not while ``acts`` carries a gradient (the dense
         product's gradient reaches every latent).
+
+        ``mlp``: ``relu(acts @ W_dec + b_dec_hidden) @ W_dec_out + b_dec``, always dense.
         """
         return self._decode(acts, sparse=None)
 
-    @staticmethod
-    def _may_decode_sparsely(acts: Tensor) -> bool:
-        """Sparse decoding is allowed unless a gradient flows into the latents (the dense
-        product's gradient reaches every latent, the sparse one only the non-zeros)."""
+    def _may_decode_sparsely(self, acts: Tensor) -> bool:
+        """Sparse decoding is allowed for a linear decoder unless a gradient flows into
+        the latents (the dense product's gradient reaches every latent, the sparse one
+        only the non-zeros); never for ``mlp``, whose first decoder layer is followed by
+        a bias and a ReLU."""
+        if not self.linear_decoder:
+            return False
         return not (torch.is_grad_enabled() and acts.requires_grad)
 
     def _decode(self, acts: Tensor, sparse: bool | None) -> Tensor:
@@ -347,6 +411,8 @@ class SAE(nn.Module):
         if sparse is None:
             sparse = self._may_decode_sparsely(acts)
         acts = acts.to(self.dtype)
+        if self.cfg.architecture == "mlp":  # never sparse: a bias and a ReLU follow W_dec
+            return torch.relu(acts @ self.W_dec + self.b_dec_hidden) @ self.W_dec_out + self.b_dec
         if self.cfg.rescale_acts_by_decoder_norm:
             acts = acts / self.W_dec.norm(dim=-1)
         if sparse:

@@ -9,7 +9,7 @@ from torch import nn
 from saehooks import checks
 from saehooks.data import check_feature, check_sae, token_strings
 from saehooks.errors import InputError
-from saehooks.interventions import decoder_vector
+from saehooks.interventions import check_linear_decoder, decoder_vector
 from saehooks.sae import SAE
 
 
@@ -38,9 +38,10 @@ def feature_logit_effects(model: nn.Module, sae: SAE, feature: int, k: int = 10)
     Raises:
         InputTypeError: ``feature`` is not one integer id, ``k`` not an integer.
         InputError: an id outside ``0 … d_sae - 1``; ``k < 1``; the SAE's width is not
-            the model's ``d_model``.
+            the model's ``d_model``; an ``mlp`` SAE, whose decoder is not a dictionary of
+            directions (:func:`saehooks.interventions.check_linear_decoder`).
     """
-    f = check_feature(check_sae(sae), feature)
+    f = check_feature(check_linear_decoder(check_sae(sae), "feature_logit_effects"), feature)
     k = checks.check_positive_int(k, "k")
     W_U = model.W_U
     if sae.cfg.d_in != W_U.shape[0]:

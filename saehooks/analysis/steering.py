@@ -25,7 +25,7 @@ from saehooks.data import (
     position_mask,
 )
 from saehooks.errors import InputError, InputTypeError
-from saehooks.interventions import steer_direction, steering_vector
+from saehooks.interventions import check_linear_decoder, steer_direction, steering_vector
 from saehooks.metrics import TokenSums, kl_div, next_token_ce
 from saehooks.sae import SAE
 from saehooks.tl import model_device
@@ -99,9 +99,10 @@ def steering_sweep(
         InputTypeError: ``coefficients`` not a list of numbers; ``prompts`` not text or
             tokens; see also :func:`saehooks.steer`.
         InputError: no coefficients, a NaN or infinite one, no prompts, ``tokens``
-            shorter than 2 positions, ``max_new_tokens < 1``; see :func:`saehooks.steer`.
+            shorter than 2 positions, ``max_new_tokens < 1``; an ``mlp`` SAE (no
+            decoder direction per latent); see :func:`saehooks.steer`.
     """
-    sae = check_sae(sae)
+    sae = check_linear_decoder(check_sae(sae), "steering_sweep")
     feature = check_feature(sae, feature)
     if isinstance(coefficients, (str, bytes, Mapping)) or not isinstance(coefficients, Iterable):
         raise InputTypeError(

@@ -296,7 +296,8 @@ def save_sae(sae: SAE, path: str | Path, format: str = "saelens", overwrite: boo
         sae: the SAE. Its config must be one the format stores exactly; a setting the
             format cannot express is refused, never dropped.
         path: the folder (created if needed, with its parents).
-        format: ``"saelens"`` (default; SAELens 6 loads it as the same SAE) or
+        format: ``"saelens"`` (default; SAELens 6 loads it as the same SAE, except
+            an ``mlp`` SAE, stored in the same layout for saehooks only) or
             ``"sparsify"`` (one sparsify hook-point folder; plain top-k SAEs only).
         overwrite: also replace a folder that holds an SAE of another format, or other
             files (they are deleted). Without it such a folder is refused; re-saving an

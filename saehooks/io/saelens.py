@@ -9,6 +9,12 @@ provenance (``hook_name``, ``model_name``, ...) in a ``metadata`` object whose
 ``sae_lens_version`` tells SAELens the file is v6. SAELens calls the ReLU architecture
 ``"standard"``. Tensors follow SAELens' names; a gated SAE has no ``b_enc`` there.
 
+saehooks' ``mlp`` SAE (:mod:`saehooks.sae`; no SAELens class) is stored in the same
+layout as saehooks' own extension: ``"architecture": "mlp"`` and ``"d_hidden"`` in
+``cfg.json``, and its eight tensors (``W_enc_in``, ``b_enc_hidden``, ``W_enc``, ``b_enc``,
+``W_dec``, ``b_dec_hidden``, ``W_dec_out``, ``b_dec``) in ``sae_weights.safetensors``.
+saehooks loads such a folder; SAELens does not (it has no ``mlp`` architecture).
+
 Configs written before SAELens 6 are flat (see :mod:`saehooks.io.saelens_legacy`);
 they load too, mapped as SAELens maps them.
 """
@@ -45,7 +51,12 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 FILES = (CFG_FILE, WEIGHTS_FILE, SPARSITY_FILE)
 """Every file a SAELens folder written by :func:`save` may hold."""
-TO_SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+# fmt: off
+TO_SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated",
+                   "mlp": "mlp"}
+# fmt: on
+SAEHOOKS_ONLY_ARCH = ("mlp",)
+"""Architectures this layout stores for saehooks only (SAELens has no such class)."""
 FROM_SAELENS_ARCH = {v: k for k, v in TO_SAELENS_ARCH.items()} | {"relu": "relu"}
 SAELENS_FORMAT_VERSION = "6.0.0"
 """Written as ``metadata.sae_lens_version`` when the SAE carries none (or an older one):
@@ -101,6 +112,8 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
     if cfg.architecture == "topk":
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = cfg.rescale_acts_by_decoder_norm
+    if cfg.architecture == "mlp":
+        out["d_hidden"] = cfg.d_hidden
     metadata = {**cfg.metadata, "hook_name": cfg.hook_name}
     major = _major(metadata.get("sae_lens_version"))
     if major is None or major < 6:
@@ -223,6 +236,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "cfg.json") -> SAEConfig:
         dtype=dtype,
         device="cpu",
         metadata=metadata,
+        d_hidden=cfg_int(raw, "d_hidden", where, None, minimum=1),
     )
 
 

@@ -237,11 +237,19 @@ def check_writable(sae: SAE) -> None:
     exactly.
 
     Raises:
-        InputError: not top-k; ``rescale_acts_by_decoder_norm=True`` or
+        InputError: not top-k (an ``mlp`` SAE's hidden layers have no sparsify
+            form); ``rescale_acts_by_decoder_norm=True`` or
             ``apply_b_dec_to_input=False`` (sparsify has neither option: convert with
             :func:`to_sparsify_form` first); metadata JSON cannot hold.
     """
     cfg = sae.cfg
+    if cfg.architecture == "mlp":
+        raise InputError(
+            "the sparsify format stores top-k SAEs with a linear encoder and decoder; "
+            "this mlp SAE has a hidden layer on each side, which sparsify's files "
+            "cannot hold; save it with format='saelens' (saehooks' folder, which "
+            "saehooks loads)"
+        )
     if cfg.architecture != "topk":
         raise InputError(
             f"sparsify stores top-k SAEs only, this one is {cfg.architecture!r}; "
