@@ -486,3 +486,55 @@ def test_a_short_training_run_lowers_the_loss_and_saves(tmp_path):
     back = sh.load_sae(tmp_path / "trained")
     with torch.no_grad():
         assert torch.equal(back(raw), saved(raw))
+
+
+def test_fold_w_dec_norm_keeps_what_an_mlp_sae_computes():
+    """Unit-norm rows of W_dec [d_sae, d_hidden] with z_j scaled by ‖W_dec[j]‖: exact for
+    the mlp SAE too (ReLU is positively homogeneous, so scaling W_enc[:, j] and b_enc[j]
+    scales z_j)."""
+    sae = mlp_sae(d_in=16, d_sae=64, d_hidden=40, seed=13)
+    x = torch.randn(100, 16, generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        norms = sae.W_dec.norm(dim=-1)
+        z, x_hat = sae.encode(x), sae(x)
+        sh.io.fold_W_dec_norm(sae)
+        torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(64))
+        torch.testing.assert_close(sae.encode(x), z * norms, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sae(x), x_hat, atol=1e-5, rtol=1e-5)
+
+
+def test_the_trainer_trains_an_mlp_sae_or_says_why_not(tmp_path):
+    """With a loop that builds, initialises and folds through the objective
+    (Objective.training_config), a run trains and saves an mlp SAE; with one that does
+    not, the run stops at once with the reason."""
+    import conftest_training
+
+    from saehooks.training.objectives.base import Objective
+    from saehooks.training.trainer import Trainer
+
+    cfg = conftest_training.fake_config(
+        tmp_path,
+        architecture="mlp",
+        l1_coefficient=0.05,
+        target_l0=6.0,
+        total_tokens=100 * 64,
+        checkpoint_every_tokens=0,
+        log_every_steps=10,
+    )
+    store = conftest_training.FakeStore(d_in=16)
+    if not hasattr(Objective, "training_config"):
+        with pytest.raises(InputError, match="architecture='mlp' needs a training loop"):
+            Trainer(None, store, cfg).run()
+        return
+    trainer = Trainer(None, store, cfg)
+    sae = trainer.run()
+    assert (sae.cfg.architecture, sae.cfg.d_hidden) == ("mlp", 32)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    fvu = [float(row.split(",")[6]) for row in lines[1:]]
+    assert fvu[-1] < 0.5 * fvu[0]
+    back = sh.load_sae(tmp_path / "sae")
+    raw = store.next_batch()
+    with torch.no_grad():
+        assert torch.equal(back(raw), sae(raw))
+        train_space = trainer.sae(raw * trainer.scale) / trainer.scale
+        torch.testing.assert_close(sae(raw), train_space, atol=1e-4, rtol=1e-4)
