@@ -125,3 +125,43 @@ def barrier() -> None:
     """Wait for every rank (a no-op in a single process)."""
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
+    """Overwrite ``tensor`` on every rank with rank ``src``'s value, in place (a no-op
+    in a single process). CPU tensors under ``nccl`` travel through the GPU.
+
+    Returns:
+        ``tensor``.
+    """
+    if not is_distributed():
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        moved = tensor.cuda()
+        dist.broadcast(moved, src=src)
+        tensor.copy_(moved.cpu())
+    else:
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def all_gather(tensor: Tensor) -> list[Tensor]:
+    """Every rank's ``tensor`` (same shape and dtype on all ranks), in rank order;
+    ``[tensor]`` in a single process."""
+    if not is_distributed():
+        return [tensor]
+    nccl = dist.get_backend() == "nccl" and tensor.device.type != "cuda"
+    local = tensor.cuda() if nccl else tensor.contiguous()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local)
+    return [p.to(tensor.device) for p in parts] if nccl else parts
+
+
+def gather_object(obj: object, dst: int = 0) -> list[object] | None:
+    """Every rank's picklable ``obj`` in rank order on rank ``dst`` (None on the others);
+    ``[obj]`` in a single process."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] | None = [None] * world_size() if rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out

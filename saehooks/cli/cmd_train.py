@@ -54,6 +54,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (0: torch's default). With an fp32 matmul, "
         "1-2 threads per run are often the fastest per core",
     )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train one SAE data-parallel over the processes torchrun started "
+        "(`torchrun --nproc_per_node N -m saehooks.training ...`); --batch-size stays "
+        "the tokens per optimiser step over all of them",
+    )
+    parser.add_argument(
+        "--hooks",
+        default=None,
+        help="comma-separated hooks: train one SAE per hook, each in <--out>/<hook>/ "
+        "(with --distribute-modules, spread over the torchrun processes)",
+    )
+    parser.add_argument(
+        "--distribute-modules",
+        action="store_true",
+        help="with --hooks, under torchrun: rank r trains the SAEs of hooks r, r+N, ... "
+        "(one model forward per SAE, no data parallelism)",
+    )
     flags.add_arguments(parser, TrainConfig, int_type=parse_count)
 
 
@@ -66,24 +85,57 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return flags.from_namespace(TrainConfig, args)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _hook_list(args: argparse.Namespace) -> list[str] | None:
+    """The ``--hooks`` names, or None; ``--distribute-modules`` needs them and excludes
+    ``--distributed``."""
+    hooks = getattr(args, "hooks", None)
+    names = [h.strip() for h in hooks.split(",") if h.strip()] if hooks else None
+    if getattr(args, "distribute_modules", False) and not names:
+        raise InputError(
+            "--distribute-modules spreads several SAEs over the ranks; name their hooks "
+            "with --hooks a,b,..."
+        )
+    if names and getattr(args, "distributed", False):
+        raise InputError(
+            "--distributed trains one SAE data-parallel and --hooks one SAE per hook; "
+            "pass --hooks with --distribute-modules, or --distributed with --hook"
+        )
+    return names
+
+
+def run_train(args: argparse.Namespace, distributed_run: bool = False) -> int:
     """Train an SAE as the parsed arguments say; print where it went.
+
+    Args:
+        args: the parsed flags.
+        distributed_run: join the torchrun process group even without
+            ``--distributed`` (``python -m saehooks.training``).
 
     Returns:
         The process exit status (0 on success).
 
     Raises:
-        InputError: ``--model`` without ``--data``, a negative ``--threads``, or any
+        InputError: ``--model`` without ``--data``, a negative ``--threads``,
+            ``--distributed`` / ``--distribute-modules`` outside ``torchrun``, or any
             user error of :func:`~saehooks.training.trainer.train_sae` (all
             :class:`~saehooks.errors.SAEHooksError`, printed by the CLI as one line).
     """
     import torch
 
+    from saehooks import distributed
     from saehooks.tl import load_model
-    from saehooks.training.trainer import train_sae
+    from saehooks.training.trainer import train_sae, train_saes_by_rank
 
     threads = check_int(args.threads, "--threads", minimum=0)
     cfg = config_from_args(args)  # every value checked before anything is loaded
+    hooks = _hook_list(args)
+    if distributed_run or getattr(args, "distributed", False) or hooks and args.distribute_modules:
+        if not distributed.launched_by_torchrun():
+            raise InputError(
+                "--distributed and --distribute-modules run under torchrun; launch with "
+                "`torchrun --nproc_per_node N -m saehooks.training <train flags>`"
+            )
+        distributed.init_from_env(cfg.device or None)
     data = args.data
     if data is None and args.model is not None:
         raise InputError(
@@ -97,8 +149,15 @@ def run_train(args: argparse.Namespace) -> int:
 
         data = load_train_tokens()
     model = load_model(args.model)
+    if hooks:
+        saes = train_saes_by_rank(model, data, cfg, hooks, args.resume, args.overwrite)
+        for hook in saes:
+            print(f"saved the SAE of {hook} to {cfg.out_dir}/{hook}/sae")
+        return 0
     resume = cfg.out_dir if args.resume else None
     sae = train_sae(model, data, cfg, resume_from=resume, overwrite=args.overwrite)
+    if not distributed.is_main():
+        return 0
     training = sae.cfg.metadata["training"]
     final = training["final_metrics"]
     print(

@@ -51,6 +51,9 @@ class TokenSource:
         tokenizer: a Hugging Face tokenizer (text folders only).
         context_size: tokens per row for text folders.
         bos_id: the BOS token id (text folders only).
+        shard: ``(rank, world)``: serve only the rows ``rank::world`` of each epoch
+            (data-parallel training: each rank runs the model on its own rows); None
+            serves every row. :attr:`rows_served` then counts this rank's rows.
 
     Tensors, files and folders restart when exhausted (epochs); a one-shot iterator
     raises ``StopIteration`` at its end.
@@ -66,9 +69,17 @@ class TokenSource:
     TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
 
     def __init__(
-        self, source: Any, tokenizer: Any = None, context_size: int = 256, bos_id: int | None = None
+        self,
+        source: Any,
+        tokenizer: Any = None,
+        context_size: int = 256,
+        bos_id: int | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.tokenizer, self.context_size, self.bos_id = tokenizer, context_size, bos_id
+        if shard is not None and not (0 <= shard[0] < shard[1]):
+            raise InputError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        self.shard = shard
         self.rows_served = 0
         self._warned_repeat = False
         self._tensor: Tensor | None = None
@@ -178,6 +189,15 @@ class TokenSource:
                 pending = pending[body:]
 
     def _epoch(self) -> Iterator[Tensor]:
+        if self.shard is None:
+            yield from self._all_rows()
+            return
+        rank, world = self.shard
+        for i, row in enumerate(self._all_rows()):
+            if i % world == rank:
+                yield row
+
+    def _all_rows(self) -> Iterator[Tensor]:
         if self._tensor is not None:
             yield from self._tensor
         elif self._files is not None:
@@ -299,6 +319,10 @@ class ActivationStore:
         self._ready = torch.empty(0, self.d_in, device=self.device)
         self._rows: Iterator[Tensor] | None = None
         self._empty_batches = 0
+        self.rank_batches = self.rank_state = self.source.shard is not None
+        """True when the source is sharded by rank (data-parallel training): each
+        batch is this rank's own (``batch_size`` is the per-rank batch) and the state
+        differs between ranks (a checkpoint keeps every rank's)."""
 
     def _check_ids(self, rows: Tensor) -> None:
         check_tokens(rows, d_vocab=self.d_vocab, n_ctx=self.n_ctx, name="token source rows")
@@ -397,3 +421,58 @@ class ActivationStore:
         self.generator.set_state(tensors["generator"].clone())
         self.source.rows_served = int(values["rows_served"])
         self._rows = None
+
+
+class RankSlice:
+    """This rank's slice of every batch of a store that serves the global stream.
+
+    Data parallelism over a cache or a tensor: every rank reads the same shuffled
+    stream of global batches (``batch_size`` = tokens per optimiser step) and keeps
+    rows ``[rank · b, (rank + 1) · b)`` of each, ``b = batch_size / world``. So the
+    ranks of a step together see exactly the rows one process would see in that step
+    (the equivalence the data-parallel tests check), at the cost of reading the rows
+    the rank drops. The wrapped store's state is the same on every rank, so one
+    checkpoint resumes all of them, at any world size.
+
+    Args:
+        store: a :class:`~saehooks.training.stores.Store` of global batches.
+        rank: this rank.
+        world: the number of ranks.
+    """
+
+    rank_batches = True
+    """:meth:`next_batch` returns this rank's rows only."""
+    rank_state = False
+    """The state is the global stream's, identical on every rank."""
+
+    def __init__(self, store: Any, rank: int, world: int) -> None:
+        self.store, self.rank, self.world = store, rank, world
+        self.d_in = store.d_in
+        context = getattr(store, "context", None)
+        if context is not None:
+            self.context = context
+
+    def next_batch(self) -> Tensor:
+        """Rows ``[rank · b, (rank + 1) · b)`` of the store's next batch ``[B, d_in]``,
+        ``b = B / world``.
+
+        Raises:
+            InputError: ``B`` is not divisible by the number of ranks.
+        """
+        batch = self.store.next_batch()
+        n = batch.shape[0]
+        if n % self.world:
+            raise InputError(
+                f"a batch of {n} rows cannot be split evenly over {self.world} ranks; pass "
+                f"a batch_size divisible by {self.world}"
+            )
+        b = n // self.world
+        return batch[self.rank * b : (self.rank + 1) * b]
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The wrapped store's state."""
+        return self.store.state_dict()
+
+    def load_state_dict(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> None:
+        """Restore the wrapped store's state."""
+        self.store.load_state_dict(tensors, values)

@@ -24,6 +24,9 @@ class DeadLatentTracker:
         self.window = window
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
         """``[d_sae]`` long: tokens seen since each latent last fired."""
+        self.revivals = 0
+        """Calls of :meth:`revive` so far: the data-parallel loop compares it before and
+        after a step to learn that latents were re-initialised (resampled) there."""
 
     def update(self, fired: Tensor, n_tokens: int) -> None:
         """Record a batch of ``n_tokens`` in which the latents ``fired [d_sae]`` fired."""
@@ -42,6 +45,7 @@ class DeadLatentTracker:
 
     def revive(self, latents: Tensor) -> None:
         """Give resampled latents a fresh window."""
+        self.revivals += 1
         self.since_fired[latents] = 0
 
     def load(self, since_fired: Tensor) -> None:

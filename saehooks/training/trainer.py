@@ -9,6 +9,7 @@ notebooks (``Trainer(...).run(max_steps=...)`` stops like a killed run).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import shutil
 import time
@@ -19,12 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saehooks import checks, metrics, tl
+from saehooks import checks, distributed, metrics, tl
 from saehooks.checks import check_int
 from saehooks.errors import InputError, InputTypeError
 from saehooks.io import save_sae
 from saehooks.sae import SAE, SAEConfig
 from saehooks.training import checkpoint, device, init, resample
+from saehooks.training.activation_store import RankSlice, TokenSource
 from saehooks.training.config import TrainConfig
 from saehooks.training.objectives import (
     ForwardOutput,
@@ -79,7 +81,30 @@ def resume_checked_fields(objective: Objective) -> frozenset[str]:
 
 
 class Trainer:
-    """Trains one SAE on a store's activations.
+    """Trains one SAE on a store's activations, in one process or data-parallel.
+
+    Data parallelism (under ``torchrun``, :mod:`saehooks.distributed`): every rank
+    holds the whole SAE and its Adam state and computes on its own
+    ``cfg.batch_size / world`` rows of each step's batch (a store that serves global
+    batches is wrapped in :class:`~.activation_store.RankSlice`); after the backward
+    pass the gradients are averaged with ONE flattened all-reduce, so every rank takes
+    the same Adam step and the decoder renormalisation, deterministic given identical
+    weights, keeps them identical. This is done by hand rather than with
+    ``torch.nn.parallel.DistributedDataParallel``: the objectives compute the loss
+    straight from the SAE's parameters through the sparse kernels (custom autograd
+    Functions in :mod:`~saehooks.training.sparse`), not through one ``module(x)``
+    call, and DDP arms its gradient reducer in its wrapper's ``forward``; one
+    all-reduce of the whole gradient (an SAE is a few tensors) gives the same average
+    without that constraint, and costs what DDP's buckets would on such few tensors.
+    The objective's per-step statistics are reduced with
+    :meth:`~saehooks.training.objectives.base.Objective.sync` (a latent fired if it
+    fired on any rank; θ's sample and the KL firing rate are means), the
+    initialisation (normalisation scale, ``b_dec``, encoder) is computed on every rank
+    from the union of the ranks' init batches (all-gathered, in the order one process
+    would have read them), and a step in which latents were resampled ends with rank
+    0's weights, Adam moments, tracker and generator broadcast. Rank 0 alone writes
+    (``metrics.csv``, checkpoints, the final SAE); every rank resumes from the same
+    checkpoint.
 
     The SAE, its Adam state, the dead-latent counters and each batch live on
     :attr:`device` (``cfg.device``, else the model's, else the CPU); the running
@@ -92,13 +117,18 @@ class Trainer:
         store: an activation store (:class:`~saehooks.training.stores.Store`).
         cfg: the training configuration.
         resume_from: a run folder / checkpoint to continue from, or None.
+        data_parallel: train data-parallel over the process group (None: when one of
+            several processes is active, :func:`saehooks.distributed.is_distributed`);
+            False trains this rank's SAE alone (one SAE per rank).
 
     Raises:
         InputTypeError: ``cfg`` is not a :class:`TrainConfig`.
         DeviceError: ``cfg.device`` is not on this machine.
         SAENotFoundError: ``resume_from`` holds no checkpoint.
         SAEFileError: every checkpoint there is damaged.
-        InputError: a resume with a different config.
+        InputError: a resume with a different config (or, for a store sharded by
+            rank, another number of ranks); data-parallel with a ``batch_size`` not
+            divisible by the number of ranks.
     """
 
     def __init__(
@@ -107,12 +137,23 @@ class Trainer:
         store: Store,
         cfg: TrainConfig,
         resume_from: str | Path | None = None,
+        data_parallel: bool | None = None,
     ) -> None:
         if not isinstance(cfg, TrainConfig):
             raise InputTypeError(
                 f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass "
                 "saehooks.TrainConfig(...)"
             )
+        self.data_parallel = (
+            distributed.is_distributed() if data_parallel is None else bool(data_parallel)
+        )
+        self.ranks = distributed.world_size() if self.data_parallel else 1
+        """Data-parallel ranks (1 in a single process or one SAE per rank)."""
+        self.writes = not self.data_parallel or distributed.is_main()
+        """Whether this process writes the run's files (rank 0 of a data-parallel run)."""
+        check_batch_divisible(cfg.batch_size, self.ranks)
+        if self.ranks > 1 and not getattr(store, "rank_batches", False):
+            store = RankSlice(store, distributed.rank(), self.ranks)
         self.cfg, self.store, self.out_dir = cfg, store, Path(cfg.out_dir)
         self.device = device.training_device(model, cfg)
         self.matmul = device.resolve_matmul_dtype(cfg.matmul_dtype, self.device)
@@ -144,13 +185,17 @@ class Trainer:
         self.wall_seconds, self.acc = 0.0, self._empty_acc()
         self.last_row: dict[str, float] = {}
         self._lr = self._coefficient = 0.0
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_leftovers(self.out_dir)
+        if self.writes:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.remove_leftovers(self.out_dir)
+        if self.data_parallel:
+            distributed.barrier()
         if resume_from is not None:
             self._resume(resume_from)
         else:
             self._initialise()
-            (self.out_dir / METRICS_FILE).write_text(",".join(METRIC_COLUMNS) + "\n")
+            if self.writes:
+                (self.out_dir / METRICS_FILE).write_text(",".join(METRIC_COLUMNS) + "\n")
 
     # ---- setup ---------------------------------------------------------------
     @staticmethod
@@ -165,6 +210,9 @@ class Trainer:
         cfg = self.cfg
         n_batches = max(1, math.ceil(cfg.init_tokens / cfg.batch_size))
         x = torch.cat([self._next_batch() for _ in range(n_batches)])
+        if self.ranks > 1:  # the union of the ranks' rows, in one process's order
+            b, parts = cfg.batch_size // self.ranks, distributed.all_gather(x)
+            x = torch.cat([p[i * b : (i + 1) * b] for i in range(n_batches) for p in parts])
         self.scale = init.normalisation_scale(x) if cfg.normalize_activations else 1.0
         norm = 1.0 if self.objective.unit_norm_decoder else cfg.decoder_init_norm
         init.init_sae(
@@ -231,13 +279,36 @@ class Trainer:
         self.tracker.load(tensors["since_fired"])
         self.objective.load_state_dict(*_objective_state(tensors, values))
         store_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("store.")}
-        self.store.load_state_dict(store_tensors, values["store"])
+        self.store.load_state_dict(*self._own_store_state(path, store_tensors, values["store"]))
         self.step_count, self.tokens = int(values["step"]), int(values["tokens"])
         self.scale = float(values["scale"])
         self.wall_seconds, self.acc = float(values["wall_seconds"]), dict(values["acc"])
         self._truncate_metrics()
 
+    def _own_store_state(
+        self, path: str | Path, tensors: dict[str, Tensor], values: dict[str, Any]
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """This rank's part of a checkpoint's store state (a store sharded by rank keeps
+        one per rank, ``rank<r>.``-prefixed, see :meth:`state`)."""
+        per_rank = values.get("per_rank") if isinstance(values, dict) else None
+        sharded = bool(getattr(self.store, "rank_state", False))
+        if per_rank is None and not sharded:
+            return tensors, values
+        saved = len(per_rank) if per_rank is not None else 1
+        if per_rank is None or saved != self.ranks or not sharded:
+            raise InputError(
+                f"{str(path)!r} was written by a run whose model inputs were sharded over "
+                f"{saved} rank(s); this run has {self.ranks} (sharded: {sharded}). Resume "
+                f"with `torchrun --nproc_per_node {saved}` and the same token source, or "
+                "train from an activation cache, whose stream any number of ranks share"
+            )
+        prefix = f"rank{distributed.rank()}."
+        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return own, per_rank[distributed.rank()]
+
     def _truncate_metrics(self) -> None:
+        if not self.writes:
+            return
         path = self.out_dir / METRICS_FILE
         rows: list[list[str]] = []
         if path.is_file():
@@ -263,6 +334,14 @@ class Trainer:
         obj_tensors, obj_values = self.objective.state_dict()
         tensors.update({f"objective.{k}": v for k, v in obj_tensors.items()})
         store_tensors, store_values = self.store.state_dict()
+        if self.ranks > 1 and getattr(self.store, "rank_state", False):
+            # every rank's store state (each reads its own model inputs), kept by rank 0
+            mine = ({k: v.detach().cpu() for k, v in store_tensors.items()}, store_values)
+            gathered = distributed.gather_object(mine) or []
+            store_tensors = {
+                f"rank{r}.{k}": v for r, (part, _) in enumerate(gathered) for k, v in part.items()
+            }
+            store_values = {"per_rank": [v for _, v in gathered]}
         tensors.update({f"store.{k}": v for k, v in store_tensors.items()})
         values = {
             "step": self.step_count,
@@ -317,8 +396,12 @@ class Trainer:
         return out.eval()
 
     def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the current state (see :mod:`.checkpoint`)."""
+        """Write a checkpoint of the current state (see :mod:`.checkpoint`); under data
+        parallelism every rank must call it (a store sharded by rank gathers its
+        states) and rank 0 writes."""
         tensors, values = self.state()
+        if not self.writes:
+            return checkpoint.checkpoint_root(self.out_dir) / f"step_{self.step_count:08d}"
         return checkpoint.save_checkpoint(
             self.out_dir, self.step_count, tensors, values, self.folded_sae()
         )
@@ -331,11 +414,13 @@ class Trainer:
         lr = lr_at(self.step_count, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        state = StepState(self.step_count, self.tokens, self.tracker.dead)
+        state = StepState(self.step_count, self.tokens, self.tracker.dead, self.ranks)
         coefficient = self.objective.coefficient(state.step)  # in force for this step
         out = self.objective.forward(sae, x, state)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.ranks > 1:
+            self._average_gradients()
         unit_norm = self.objective.unit_norm_decoder
         if unit_norm:
             with torch.no_grad():  # keep the step tangent to the unit sphere
@@ -347,21 +432,57 @@ class Trainer:
         if unit_norm:
             with torch.no_grad():
                 sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        self.tracker.update(out.fired, x.shape[0])
+        fvu = metrics.fvu(x, out.x_hat)
+        n_tokens = x.shape[0] * self.ranks
+        if self.ranks > 1:
+            out = self.objective.sync(out, self.ranks)
+            fvu = float(distributed.all_reduce_(torch.tensor([fvu], dtype=torch.float64)))
+            fvu /= self.ranks
+        self.tracker.update(out.fired, n_tokens)
+        revivals = self.tracker.revivals
         self.objective.after_step(
             sae, x, out, state, LoopHandles(self.optimizer, self.tracker, self.generator)
         )
+        if self.ranks > 1:
+            self._agree_after_resampling(revivals)
         self.step_count += 1
-        self.tokens += x.shape[0]
+        self.tokens += n_tokens
         acc = self.acc
         acc["n"] += 1
         acc["loss"] += float(out.loss.detach())
         acc["mse"] += float(out.mse)
-        acc["fvu"] += metrics.fvu(x, out.x_hat)
+        acc["fvu"] += fvu
         acc["l0"] += out.l0
         acc["aux"] += float(out.aux)
         self._lr, self._coefficient = lr, coefficient
         return out
+
+    def _average_gradients(self) -> None:
+        """Average the gradients over the ranks: one all-reduce of them all, flattened."""
+        grads = [p.grad for p in self.sae.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        distributed.all_reduce_(flat)
+        flat /= self.ranks
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    @torch.no_grad()
+    def _agree_after_resampling(self, revivals_before: int) -> None:
+        """If any rank resampled latents in this step (each from its own batch), give
+        every rank rank 0's weights, Adam moments, dead-latent counters and generator."""
+        flag = torch.tensor([float(self.tracker.revivals != revivals_before)])
+        if float(distributed.all_reduce_(flag, "max")) == 0.0:
+            return
+        for p in self.sae.parameters():
+            distributed.broadcast_(p.data)
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in self.optimizer.state.get(p, {}):
+                    distributed.broadcast_(self.optimizer.state[p][key])
+        distributed.broadcast_(self.tracker.since_fired)
+        gen = self.generator.get_state()
+        self.generator.set_state(distributed.broadcast_(gen.clone()))
 
     def _log_row(self, rate: float) -> dict[str, float]:
         n = max(1, self.acc["n"])
@@ -405,17 +526,17 @@ class Trainer:
         cfg = self.cfg
         if max_steps is not None:
             max_steps = check_int(max_steps, "max_steps", minimum=0)
-        wandb_run = _wandb_init(cfg) if cfg.wandb else None
+        wandb_run = _wandb_init(cfg) if cfg.wandb and self.writes else None
         bar = tqdm(
             total=cfg.total_tokens,
             initial=self.tokens,
             unit="tok",
             unit_scale=True,
-            disable=not cfg.progress_bar,
+            disable=not (cfg.progress_bar and self.writes),
             desc=self.describe(),
         )
-        log = (self.out_dir / METRICS_FILE).open("a", newline="")
-        writer = csv.writer(log)
+        log = (self.out_dir / METRICS_FILE).open("a", newline="") if self.writes else None
+        writer = csv.writer(log) if log is not None else None
         steps_done, tick, tick_tokens = 0, time.perf_counter(), self.tokens
         try:
             while self.step_count < cfg.total_steps:
@@ -432,8 +553,9 @@ class Trainer:
                     row = self._log_row((self.tokens - tick_tokens) / max(now - tick, 1e-9))
                     tick, tick_tokens = now, self.tokens
                     self.last_row = {k: round(float(v), 6) for k, v in row.items()}
-                    writer.writerow([row[c] for c in METRIC_COLUMNS])
-                    log.flush()
+                    if writer is not None and log is not None:
+                        writer.writerow([row[c] for c in METRIC_COLUMNS])
+                        log.flush()
                     bar.set_postfix(
                         loss=f"{row['loss']:.3g}",
                         L0=f"{row['l0']:.1f}",
@@ -450,14 +572,18 @@ class Trainer:
                 ):
                     self.save_checkpoint()
         finally:
-            log.close()
+            if log is not None:
+                log.close()
             bar.close()
             if wandb_run is not None:
                 wandb_run.finish()
         self.save_checkpoint()
         sae = self.folded_sae()
-        # swapped in whole: a kill leaves the previous out_dir/sae or this one, complete
-        save_sae(sae, self.out_dir / "sae", format="saelens", overwrite=True)
+        if self.writes:
+            # swapped in whole: a kill leaves the previous out_dir/sae or this one, complete
+            save_sae(sae, self.out_dir / "sae", format="saelens", overwrite=True)
+        if self.data_parallel:
+            distributed.barrier()  # every rank returns once the files are written
         return sae
 
     def describe(self) -> str:
@@ -492,49 +618,64 @@ def _wandb_init(cfg: TrainConfig):
     return wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), dir=cfg.out_dir)
 
 
-def train_sae(
-    model: nn.Module,
-    token_source: Any,
-    cfg: TrainConfig,
-    resume_from: str | Path | None = None,
-    overwrite: bool = False,
-) -> SAE:
-    """Train an SAE on ``model``'s activations at ``cfg.hook_name``.
+def check_batch_divisible(batch_size: int, ranks: int) -> int:
+    """The per-rank batch ``batch_size / ranks`` of a data-parallel run.
 
-    Args:
-        model: a TransformerLens model (see :func:`saehooks.load_model`).
-        token_source: LongTensor ``[n_seq, n_ctx]``, a ``.safetensors`` file with
-            ``tokens``, a folder of text files, or an iterable of token tensors
-            (see :class:`~saehooks.training.activation_store.TokenSource`).
-        cfg: the configuration.
-        resume_from: a run folder (or checkpoint) to continue; the run then ends
-            with exactly the weights an uninterrupted run would have.
-        overwrite: start afresh in an ``out_dir`` that already holds a run (its
-            checkpoints, metrics and SAE are replaced); without it such a folder is
-            refused, so an earlier run is never lost by accident.
-
-    Returns:
-        The SAE on raw activations (normalisation folded in), in eval mode, with
-        metadata ``model_name``, ``model_processing``, ``context_size``,
-        ``prepend_bos`` and ``training``; also saved to ``<out_dir>/sae``.
+    ``TrainConfig.batch_size`` is the GLOBAL batch (tokens per optimiser step), so a
+    config means the same run at any number of ranks.
 
     Raises:
-        InputTypeError: ``cfg`` is not a :class:`TrainConfig`, or an unsupported token
-            source.
-        HookNameError: the model has no such hook.
-        DeviceError: ``cfg.device`` is not on this machine.
-        InputError: token ids outside the model's vocabulary or rows longer than its
-            context, a resume with a different config, or an ``out_dir`` holding a run
-            (pass ``resume_from`` or ``overwrite=True``).
-        SAENotFoundError: no token file at the path given, or no checkpoint in
-            ``resume_from``.
-        SAEFileError: every checkpoint in ``resume_from`` is damaged.
+        InputError: ``batch_size`` is not divisible by ``ranks``.
     """
-    if not isinstance(cfg, TrainConfig):
-        raise InputTypeError(
-            f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass saehooks.TrainConfig(...)"
+    if batch_size % ranks:
+        raise InputError(
+            f"batch_size={batch_size} (tokens per optimiser step, over all ranks) is not "
+            f"divisible by the {ranks} data-parallel ranks; pass a multiple of {ranks}, "
+            f"e.g. batch_size={max(ranks, batch_size - batch_size % ranks)}"
         )
-    overwrite = checks.check_bool(overwrite, "overwrite")
+    return batch_size // ranks
+
+
+def _is_activation_tensor(source: Any) -> bool:
+    return isinstance(source, Tensor) and source.dtype.is_floating_point
+
+
+def _rank_store(model: nn.Module | None, token_source: Any, cfg: TrainConfig) -> Store:
+    """This rank's store in a data-parallel run.
+
+    * an activation tensor or a cache (``cfg.cache_dir``): the global stream on every
+      rank (the :class:`Trainer` keeps this rank's slice of each batch); rank 0 writes
+      a missing cache first while the others wait;
+    * live model activations: the token rows ``rank::world`` of the source
+      (:class:`TokenSource` ``shard``), batches of ``batch_size / world``, so no rank
+      runs the model on rows it would drop.
+    """
+    ranks, rank = distributed.world_size(), distributed.rank()
+    if model is None or _is_activation_tensor(token_source) or cfg.cache_dir:
+        if rank == 0:
+            store = make_store(model, token_source, cfg)
+        distributed.barrier()  # a cache rank 0 wrote is complete before others read it
+        if rank != 0:
+            store = make_store(model, token_source, cfg)
+        return store
+    tokenizer = getattr(model, "tokenizer", None)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    shard = (rank, ranks)
+    if isinstance(token_source, TokenSource):
+        token_source.shard = shard
+        source = token_source
+    else:
+        source = TokenSource(token_source, tokenizer, cfg.context_size, bos, shard=shard)
+    per_rank = dataclasses.replace(
+        cfg,
+        batch_size=cfg.batch_size // ranks,
+        buffer_tokens=max(1, cfg.buffer_tokens // ranks),
+        total_tokens=max(cfg.total_tokens, cfg.batch_size),
+    )
+    return make_store(model, source, per_rank)
+
+
+def _check_out_dir(cfg: TrainConfig, resume_from: Any, overwrite: bool, writes: bool) -> None:
     out = Path(cfg.out_dir)
     held = [
         n for n in ("sae", checkpoint.checkpoint_root(out).name, METRICS_FILE) if (out / n).exists()
@@ -545,14 +686,159 @@ def train_sae(
             "resume_from=out_dir (saehooks train --resume), start afresh over it with "
             "overwrite=True (--overwrite), or pick another out_dir"
         )
-    if resume_from is None and held and overwrite:  # the old run's checkpoints must not
-        shutil.rmtree(checkpoint.checkpoint_root(out), ignore_errors=True)  # be resumed later
+    if resume_from is None and held and overwrite and writes:  # the old run's checkpoints
+        shutil.rmtree(checkpoint.checkpoint_root(out), ignore_errors=True)  # must not resume
     if resume_from is not None:  # fail before any model or cache work (warnings come later)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             checkpoint.find_checkpoint(resume_from)
-    store = make_store(model, token_source, cfg)
-    trainer = Trainer(model, store, cfg, resume_from)
+
+
+def _split_arguments(
+    model: Any, token_source: Any, cfg: Any
+) -> tuple[nn.Module | None, Any, TrainConfig]:
+    """``(model, source, cfg)`` of ``train_sae(model, source, cfg)`` or
+    ``train_sae(acts, cfg)``."""
+    if cfg is None and isinstance(token_source, TrainConfig):
+        model, token_source, cfg = None, model, token_source
+    if not isinstance(cfg, TrainConfig):
+        raise InputTypeError(
+            f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass "
+            "saehooks.TrainConfig(...) as train_sae(model, tokens, cfg) or "
+            "train_sae(activations, cfg)"
+        )
+    if token_source is None:
+        raise InputError(
+            "train_sae needs something to train on; pass token ids with a model, "
+            "train_sae(model, tokens, cfg), or activations, train_sae(acts, cfg)"
+        )
+    return model, token_source, cfg
+
+
+def train_sae(
+    model: nn.Module | Tensor | None,
+    token_source: Any = None,
+    cfg: TrainConfig | None = None,
+    resume_from: str | Path | None = None,
+    overwrite: bool = False,
+) -> SAE:
+    """Train an SAE on ``model``'s activations at ``cfg.hook_name``, or on a tensor of
+    activations.
+
+    Called as ``train_sae(model, token_source, cfg)``, ``train_sae(None, acts, cfg)``
+    or ``train_sae(acts, cfg)``. Under ``torchrun`` (an initialised process group of
+    several processes, :func:`saehooks.distributed.init_from_env`) it trains ONE SAE
+    data-parallel (see :class:`Trainer`): each rank reads its own rows, rank 0 writes
+    the files, and every rank returns the same SAE.
+
+    Args:
+        model: a TransformerLens model (see :func:`saehooks.load_model`), or None
+            (or the activations themselves, with ``cfg`` second) to train on a tensor
+            of activations: no hook check, ``hook_name`` recorded as given, no model
+            metadata.
+        token_source: LongTensor ``[n_seq, n_ctx]``, a ``.safetensors`` file with
+            ``tokens``, a folder of text files, or an iterable of token tensors
+            (see :class:`~saehooks.training.activation_store.TokenSource`); or,
+            without a model, a float tensor ``[n, d_in]`` of activations.
+        cfg: the configuration (``batch_size`` is the global batch: tokens per
+            optimiser step over all ranks).
+        resume_from: a run folder (or checkpoint) to continue; the run then ends
+            with exactly the weights an uninterrupted run would have.
+        overwrite: start afresh in an ``out_dir`` that already holds a run (its
+            checkpoints, metrics and SAE are replaced); without it such a folder is
+            refused, so an earlier run is never lost by accident.
+
+    Returns:
+        The SAE on raw activations (normalisation folded in), in eval mode, with
+        metadata ``model_name``, ``model_processing``, ``context_size``,
+        ``prepend_bos`` (with a model) and ``training``; also saved to
+        ``<out_dir>/sae``.
+
+    Raises:
+        InputTypeError: ``cfg`` is not a :class:`TrainConfig`, or an unsupported token
+            source.
+        HookNameError: the model has no such hook.
+        DeviceError: ``cfg.device`` is not on this machine.
+        InputError: token ids outside the model's vocabulary or rows longer than its
+            context, a resume with a different config, an ``out_dir`` holding a run
+            (pass ``resume_from`` or ``overwrite=True``), nothing to train on, or (data
+            parallel) a ``batch_size`` not divisible by the number of ranks.
+        SAENotFoundError: no token file at the path given, or no checkpoint in
+            ``resume_from``.
+        SAEFileError: every checkpoint in ``resume_from`` is damaged.
+    """
+    model, token_source, cfg = _split_arguments(model, token_source, cfg)
+    overwrite = checks.check_bool(overwrite, "overwrite")
+    return _train(model, token_source, cfg, resume_from, overwrite, distributed.is_distributed())
+
+
+def _train(
+    model: nn.Module | None,
+    token_source: Any,
+    cfg: TrainConfig,
+    resume_from: str | Path | None,
+    overwrite: bool,
+    data_parallel: bool,
+) -> SAE:
+    if data_parallel:
+        check_batch_divisible(cfg.batch_size, distributed.world_size())
+    _check_out_dir(cfg, resume_from, overwrite, not data_parallel or distributed.is_main())
+    if data_parallel:
+        distributed.barrier()  # every rank has checked out_dir before rank 0 writes there
+        store = _rank_store(model, token_source, cfg)
+    else:
+        store = make_store(model, token_source, cfg)
+    trainer = Trainer(model, store, cfg, resume_from, data_parallel=data_parallel)
     sae = trainer.run()
     assert sae is not None
     return sae
+
+
+def train_saes_by_rank(
+    model: nn.Module | None,
+    token_source: Any,
+    cfg: TrainConfig,
+    hooks: list[str] | tuple[str, ...],
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, SAE]:
+    """Train one SAE per hook, the hooks spread over the ranks (sparsify's
+    ``distribute_modules``): rank ``r`` trains ``hooks[r::world]`` one after another,
+    each on its own model forward, without data parallelism. In a single process it
+    trains them all in turn.
+
+    Each SAE goes to ``<cfg.out_dir>/<hook>/`` (with ``cfg.cache_dir``, its cache to
+    ``<cfg.cache_dir>/<hook>/``); ``cfg.hook_name`` is replaced by each hook.
+
+    Args:
+        model: the TransformerLens model.
+        token_source: as :func:`train_sae`.
+        cfg: the configuration shared by the SAEs.
+        hooks: the hook names (at least one, no repeats).
+        resume: continue each hook's run from its folder.
+        overwrite: as :func:`train_sae`.
+
+    Returns:
+        ``{hook: SAE}`` of the SAEs this rank trained.
+
+    Raises:
+        InputError: no hooks, or a hook named twice; and as :func:`train_sae`.
+    """
+    hooks = list(hooks)
+    if not hooks or len(set(hooks)) != len(hooks):
+        raise InputError(f"hooks must name at least one hook, each once; got {hooks}")
+    if not isinstance(cfg, TrainConfig):
+        raise InputTypeError(
+            f"cfg must be a TrainConfig, got {type(cfg).__name__}; pass saehooks.TrainConfig(...)"
+        )
+    out: dict[str, SAE] = {}
+    for hook in hooks[distributed.rank() :: distributed.world_size()]:
+        hook_cfg = dataclasses.replace(
+            cfg,
+            hook_name=hook,
+            out_dir=str(Path(cfg.out_dir) / hook),
+            cache_dir=str(Path(cfg.cache_dir) / hook) if cfg.cache_dir else cfg.cache_dir,
+        )
+        resume_from = hook_cfg.out_dir if resume else None
+        out[hook] = _train(model, token_source, hook_cfg, resume_from, overwrite, False)
+    return out

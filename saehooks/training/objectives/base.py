@@ -21,6 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from saehooks import distributed
 from saehooks.sae import SAE
 from saehooks.training.config import TrainConfig
 from saehooks.training.resample import DeadLatentTracker
@@ -58,6 +59,9 @@ class StepState(NamedTuple):
     """Activation tokens in the batches before this one."""
     dead: Tensor
     """``[d_sae]`` bool: latents dead before this batch (:class:`DeadLatentTracker`)."""
+    ranks: int = 1
+    """Data-parallel ranks the step's batch is split over (1 in a single process):
+    the step's tokens are ``x.shape[0] * ranks``."""
 
 
 class LoopHandles(NamedTuple):
@@ -161,6 +165,46 @@ class Objective:
     ) -> None:
         """Update the objective's own state after the optimiser step on ``x`` (whose
         forward pass gave ``out``). The base class keeps no state."""
+
+    def sync(self, out: ForwardOutput, ranks: int) -> ForwardOutput:
+        """Reduce a step's statistics over the data-parallel ranks, before
+        :meth:`after_step`, so every rank updates identical state from them.
+
+        Runs on every rank after the gradients were averaged; a no-op with ``ranks``
+        1. The rules: a latent fired if it fired on ANY rank (``fired``: the dead-latent
+        tracker and AuxK/resampling then agree); ``l0`` (the target-L0 controller's
+        input), ``loss``, ``mse`` and ``aux`` (logged) are the means over ranks, which
+        equal the whole batch's because every rank holds the same number of tokens.
+        One ``float64`` all-reduce. Objectives with more state extend it
+        (:mod:`.batchtopk`: θ's sample, :mod:`.kl`: the firing rate).
+
+        Args:
+            out: this rank's forward output on its ``[batch / ranks, d_in]`` slice.
+            ranks: the number of data-parallel ranks.
+
+        Returns:
+            ``out`` with the reduced values (identical on every rank).
+        """
+        if ranks <= 1:
+            return out
+        d_sae = out.fired.shape[0]
+        packed = torch.cat(
+            [
+                out.fired.to(torch.float64),
+                torch.stack([out.loss.detach(), out.mse, out.aux]).to(torch.float64),
+                torch.tensor([out.l0], dtype=torch.float64, device=out.fired.device),
+            ]
+        )
+        distributed.all_reduce_(packed)
+        loss, mse, aux, l0 = (packed[d_sae:] / ranks).tolist()
+        like = out.mse
+        return out._replace(
+            loss=like.new_tensor(loss),
+            mse=like.new_tensor(mse),
+            aux=like.new_tensor(aux),
+            fired=packed[:d_sae] > 0,
+            l0=l0,
+        )
 
     def coefficient(self, step: int) -> float:
         """The sparsity coefficient in force at ``step`` (logged); 0 without one."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saehooks import activation_fns
+from saehooks import activation_fns, distributed
 from saehooks.sae import SAE
 from saehooks.training import sparse
 from saehooks.training.objectives.base import ForwardOutput, LoopHandles, StepState
@@ -56,6 +56,24 @@ class BatchTopKObjective(TopKObjective):
         vals, rows, cols = activation_fns.batch_topk_code(pre, self.cfg.k)
         code = sparse.code_from_rows(vals, rows, cols, pre.shape[0])
         return self.code_step(sae, x, x_c, pre, code, state.dead)
+
+    def sync(self, out: ForwardOutput, ranks: int) -> ForwardOutput:
+        """As :meth:`Objective.sync`, and θ's sample ``min_active`` is the mean over
+        ranks of each rank's smallest kept activation.
+
+        Under data parallelism each rank selects the top ``k · batch / ranks`` entries
+        of its own slice (a per-rank BatchTopK), not the top ``k · batch`` of the whole
+        batch: a global selection would need every rank's candidate values each step
+        (an all-gather inside the forward pass). So a data-parallel BatchTopK run is
+        not step-for-step the single-process run at the same global batch; its ranks
+        still agree exactly (the gradients are averaged and θ is reduced here).
+        """
+        out = super().sync(out, ranks)
+        if ranks <= 1:
+            return out
+        sample = torch.tensor([out.min_active], dtype=torch.float64, device=out.fired.device)
+        distributed.all_reduce_(sample)
+        return out._replace(min_active=float(sample) / ranks)
 
     def after_step(
         self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles

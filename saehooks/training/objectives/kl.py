@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saehooks import distributed
 from saehooks.sae import SAE
 from saehooks.training import losses
 from saehooks.training.objectives.base import ForwardOutput, LoopHandles, StepState
@@ -63,12 +64,24 @@ class KLObjective(ReLUObjective):
         running = self.next_running(rate.detach(), n, state.tokens)
         return losses.kl_penalty_running(rate, running, self.cfg.kl_rho), rate.detach()
 
+    def sync(self, out: ForwardOutput, ranks: int) -> ForwardOutput:
+        """As :meth:`Objective.sync`, and the batch firing rate ``ρ̂ [d_sae]`` is the
+        mean over ranks (the whole batch's rate: every rank holds as many tokens), so
+        the running estimate stays identical on every rank."""
+        out = super().sync(out, ranks)
+        if ranks <= 1 or out.firing_rate is None:
+            return out
+        rate = distributed.all_reduce_(out.firing_rate.detach().clone()) / ranks
+        return out._replace(firing_rate=rate)
+
     def after_step(
         self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles
     ) -> None:
-        """Take this batch into the running estimate, then as :class:`ReLUObjective`."""
+        """Take this batch (``x.shape[0] · state.ranks`` tokens) into the running
+        estimate, then as :class:`ReLUObjective`."""
         if out.firing_rate is not None:
-            self.running = self.next_running(out.firing_rate, x.shape[0], state.tokens)
+            n = x.shape[0] * state.ranks
+            self.running = self.next_running(out.firing_rate, n, state.tokens)
         super().after_step(sae, x, out, state, loop)
 
     def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
