@@ -13,6 +13,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import saehooks as sh
 from saehooks import metrics
@@ -162,6 +164,58 @@ def test_width_2_d_in_holds_a_linear_relu_sae_exactly():
         x = torch.randn(50, d_in, generator=gen)
         torch.testing.assert_close(mlp.encode(x), lin.encode(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mlp(x), lin(x), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    d_in=st.integers(1, 12),
+    d_hidden=st.integers(1, 24),
+    d_sae=st.integers(1, 40),
+    n=st.integers(1, 16),
+    bias=st.sampled_from([-100.0, -1.0, 0.0, 1.0, 100.0]),  # all dead ... all active
+    value=st.sampled_from([0.0, 3.0]),  # ablate, or clamp
+    seed=st.integers(0, 2**16),
+)
+def test_an_edited_latent_moves_the_output_by_its_decoded_difference_only(
+    d_in, d_hidden, d_sae, n, bias, value, seed
+):
+    """Standalone forward with the error term and a hook setting latent j to ``value``:
+    out = x + decode(z with z_j = value) - decode(z) (plain math), and rows whose z_j
+    already equals ``value`` come out bit for bit as without the edit. Corners: every
+    latent dead (bias -100), every latent active (+100), widths of 1, one token."""
+    sae = mlp_sae(d_in=d_in, d_sae=d_sae, d_hidden=d_hidden, seed=seed)
+    with torch.no_grad():
+        sae.b_enc.add_(bias)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, d_in, generator=gen)
+    j = int(torch.randint(d_sae, (1,), generator=gen))
+    sae.use_error_term = True
+    with torch.no_grad():
+        z, clean = plain_mlp(sae, x)
+        unedited = sae(x)
+        edited_z = z.clone()
+        edited_z[:, j] = value
+        expected = x + (plain_mlp_decode(sae, edited_z) - clean)
+
+        def edit(acts, hook):
+            acts = acts.clone()
+            acts[:, j] = value
+            return acts
+
+        handle = sae.hook_sae_acts_post.add_hook(edit)
+        try:
+            out = sae(x)
+        finally:
+            handle.remove()
+    scale = 1.0 + float(x.abs().max()) + float(expected.abs().max())
+    torch.testing.assert_close(out, expected, atol=1e-5 * scale, rtol=1e-5)
+    same = z[:, j] == value
+    assert torch.equal(out[same], unedited[same])
+    torch.testing.assert_close(unedited, x, atol=1e-5 * scale, rtol=1e-5)
+
+
+def plain_mlp_decode(sae: sh.SAE, z: torch.Tensor) -> torch.Tensor:
+    return torch.relu(z @ sae.W_dec + sae.b_dec_hidden) @ sae.W_dec_out + sae.b_dec
 
 
 # ---- files -----------------------------------------------------------------------------
