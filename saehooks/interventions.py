@@ -130,7 +130,8 @@ def ablate_features(
 
     The SAE runs with its error term, so only the chosen features change: zeroing
     feature ``k`` changes the hook's output by exactly ``-a_k · W_dec[k]`` at the
-    positions where ``k`` was active, and by nothing elsewhere.
+    positions where ``k`` was active, and by nothing elsewhere (an ``mlp`` SAE: by
+    ``decode(acts with a_k = 0) - decode(acts)`` there, through its non-linear decoder).
 
     Args:
         model: a hooked model (TransformerBridge in compatibility mode or HookedTransformer).

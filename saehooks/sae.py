@@ -252,7 +252,8 @@ class HookPoint(nn.Module):
 
 
 class SAE(nn.Module):
-    """A sparse autoencoder with SAELens tensor names.
+    """A sparse autoencoder with SAELens tensor names (and, for ``mlp``, saehooks' own
+    names for its hidden layers: see the module docstring).
 
     Args:
         cfg: the configuration (see :class:`SAEConfig`).
