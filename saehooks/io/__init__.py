@@ -9,7 +9,9 @@ SAELens pretrained release by name: :mod:`saehooks.io.registry`,
 * ``dictionary_learning``: saprmarks/dictionary_learning (``ae.pt`` + ``config.json``).
 
 ``save_sae`` writes SAELens' v6 layout by default, so saehooks files are SAELens
-files; ``format="sparsify"`` writes a sparsify hook-point folder (top-k SAEs). A save
+files (but for the ``mlp`` architecture, which SAELens has no class for: stored in the
+same layout for saehooks only); ``format="sparsify"`` writes a sparsify hook-point
+folder (top-k SAEs). A save
 replaces the whole folder at once (:mod:`saehooks.io.atomic`): after a crash at any
 moment the folder loads as the old SAE or the new one, never a mix, and no file of
 the previous SAE survives into the new one.
