@@ -83,6 +83,18 @@ def chunk_size(size: int) -> Iterator[None]:
         sparse._CHUNK = saved
 
 
+@contextmanager
+def dots_path(path: str) -> Iterator[None]:
+    """Run the sparse kernels' dot products on ``sampled_addmm`` ("sampled", the default
+    for fp32/fp64) or on the chunked gather-and-bmm fallback ("chunked")."""
+    saved = sparse._SAMPLED_DTYPES
+    sparse._SAMPLED_DTYPES = saved if path == "sampled" else ()
+    try:
+        yield
+    finally:
+        sparse._SAMPLED_DTYPES = saved
+
+
 def topk_sparse_step(sae: SAE, x, cfg: TrainConfig, dead):
     """The TopK objective's forward pass on the sparse kernels."""
     return TopKObjective(cfg).sparse_forward(sae, x, dead)
@@ -386,6 +398,47 @@ def test_topk_forward_equals_dense_reference(problem, path):
     _check_against_reference(sae, x, out, ref_topk_mask(pre, k), dead, cfg, twin)
 
 
+@settings(SETTINGS, max_examples=40)
+@given(st.lists(sae_problems(), min_size=2, max_size=4), st.sampled_from(("sampled", "chunked")))
+def test_topk_objective_reused_over_steps_equals_reference_each_time(problems, path):
+    # One objective across batches of other sizes, SAEs and dead sets: its reused
+    # pre-activation and AuxK scratch buffers never leak one step into the next, and an
+    # earlier step's outputs stay intact after later steps overwrite the buffers.
+    objective = TopKObjective(_cfg("topk", 1, 1, 1))
+    kept = []
+    with dots_path(path):
+        for sae, x, k, dead, twin in problems:
+            n, d_sae = x.shape[0], sae.cfg.d_sae
+            cfg = _cfg("topk", d_sae, k, n)
+            objective.cfg = cfg
+            out = objective.sparse_forward(sae, x, dead)
+            pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).detach()
+            if not selection_is_decided(pre, k, dead, cfg.aux_k, twin, batch=False):
+                continue
+            _check_against_reference(sae, x, out, ref_topk_mask(pre, k), dead, cfg, twin)
+            kept.append((out.x_hat.clone(), out.x_hat, out.loss.detach().clone(), out.loss))
+    for x_hat_then, x_hat, loss_then, loss in kept:
+        assert torch.equal(x_hat, x_hat_then) and torch.equal(loss.detach(), loss_then)
+
+
+def test_encoder_pre_into_a_buffer_equals_a_fresh_result():
+    g = torch.Generator().manual_seed(4)
+    x_c, W_enc, b_enc = (
+        torch.randn(5, 3, generator=g),
+        torch.randn(3, 7, generator=g),
+        torch.randn(7, generator=g),
+    )
+    for dtype in (torch.float32, torch.bfloat16):
+        fresh = sparse.encoder_pre(x_c, W_enc, b_enc, dtype)
+        buf = torch.full((5, 7), float("nan"))
+        got = sparse.encoder_pre(x_c, W_enc, b_enc, dtype, out=buf)
+        assert got.data_ptr() == buf.data_ptr() and torch.equal(got, fresh)
+        ref = (x_c.to(dtype) @ W_enc.to(dtype)).float() + b_enc
+        assert torch.allclose(
+            got, ref if dtype == torch.bfloat16 else x_c @ W_enc + b_enc, atol=1e-5
+        )
+
+
 @pytest.mark.parametrize("step", [topk_sparse_step, topk_dense_step])
 def test_auxk_default_k_aux_with_every_latent_dead(step):
     # aux_k = 0 picks the power of two nearest d_in / 2 (4 for d_in 8); with every
@@ -522,8 +575,10 @@ def sparse_codes(draw):
 @SETTINGS
 @given(sparse_codes(), st.sampled_from((1, 2, 3, 7, sparse._CHUNK)))
 def test_sparse_kernels_and_gradients_equal_dense_autograd(code, chunk):
+    # the default path: one sampled_addmm for the dot products
     n, d_sae, rows, cols, (x_c, W_enc, b_enc, W_dec, upstream) = code
-    with chunk_size(chunk):  # small chunks: most codes cross chunk boundaries
+    _check_kernels(n, d_sae, rows, cols, x_c, W_enc, b_enc, W_dec, upstream)
+    with dots_path("chunked"), chunk_size(chunk):  # small chunks: codes cross boundaries
         _check_kernels(n, d_sae, rows, cols, x_c, W_enc, b_enc, W_dec, upstream)
 
 
@@ -567,23 +622,63 @@ def test_rowwise_dots_equal_a_python_loop(seed, nnz, chunk):
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-14)
 
 
-def test_chunk_boundary_is_crossed_at_the_real_chunk_size():
+@pytest.mark.parametrize("path", ["sampled", "chunked"])
+def test_chunk_boundary_is_crossed_at_the_real_chunk_size(path):
     # nnz > _CHUNK with the shipped chunk size: entries after the first chunk are used
     g = torch.Generator().manual_seed(9)
-    n, d_sae, d_in = 40, 96, 3
+    n, d_sae, d_in = 200, 96, 3
     assert n * d_sae > sparse._CHUNK
     rows = torch.arange(n).repeat_interleave(d_sae)
     cols = torch.arange(d_sae).repeat(n)
     vals = torch.randn(n * d_sae, generator=g, dtype=torch.float64, requires_grad=True)
     W_dec = torch.randn(d_sae, d_in, generator=g, dtype=torch.float64, requires_grad=True)
-    out = sparse.sparse_decode(
-        sparse.code_from_rows(vals, rows, cols, n), W_dec, sparse.latent_bags(cols, d_sae)
-    )
-    upstream = torch.randn(n, d_in, generator=g, dtype=torch.float64)
-    (out * upstream).sum().backward()
+    with dots_path(path):
+        out = sparse.sparse_decode(
+            sparse.code_from_rows(vals, rows, cols, n), W_dec, sparse.latent_bags(cols, d_sae)
+        )
+        upstream = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+        (out * upstream).sum().backward()
     ref = (upstream @ W_dec.detach().t()).flatten()  # ∂/∂vals[b, j] = upstream[b] · W_dec[j]
     assert torch.allclose(vals.grad, ref, rtol=1e-12, atol=1e-14)
     assert torch.allclose(out, vals.detach().view(n, d_sae) @ W_dec.detach(), rtol=1e-12)
+
+
+@st.composite
+def row_sorted_codes(draw):
+    """(rows_table, cols_table, code) with empty rows anywhere (first, last, all), one row
+    holding every column, columns unordered within a row, repeated (row, col) pairs."""
+    n = draw(st.integers(1, 9))
+    n_cols = draw(st.integers(1, 12))
+    d = draw(st.integers(1, 6))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    counts = [draw(st.sampled_from((0, 0, 1, 3, n_cols, n_cols + 2))) for _ in range(n)]
+    rows = torch.repeat_interleave(torch.arange(n), torch.tensor(counts, dtype=torch.long))
+    if draw(st.booleans()):  # every column once per row, in a shuffled order
+        cols = torch.cat([torch.randperm(n_cols, generator=g)[: min(c, n_cols)] for c in counts])
+        rows = torch.repeat_interleave(
+            torch.arange(n), torch.tensor([min(c, n_cols) for c in counts], dtype=torch.long)
+        )
+    else:  # random columns, repeats allowed
+        cols = torch.randint(0, n_cols, (len(rows),), generator=g)
+    dtype = draw(st.sampled_from((torch.float64, torch.float32, torch.bfloat16)))
+    a = torch.randn(n, d, generator=g).to(dtype)
+    b = torch.randn(n_cols, d, generator=g).to(dtype)
+    vals = torch.zeros(len(rows), dtype=dtype)
+    return a, b, sparse.code_from_rows(vals, rows, cols, n)
+
+
+@SETTINGS
+@given(row_sorted_codes(), st.sampled_from(("sampled", "chunked")))
+def test_sampled_dots_equal_a_python_loop(case, path):
+    a, b, code = case
+    with dots_path(path):
+        got = sparse.sampled_dots(a, b, code)
+    ref = [
+        float(a[i].double() @ b[j].double()) for i, j in zip(code.rows.tolist(), code.cols.tolist())
+    ]
+    assert got.dtype == a.dtype and got.shape == code.cols.shape
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 5e-2}[a.dtype]
+    assert torch.allclose(got.double(), torch.tensor(ref, dtype=torch.float64), rtol=tol, atol=tol)
 
 
 def test_k_equal_d_sae_and_all_rows_negative_through_both_topk_objectives():

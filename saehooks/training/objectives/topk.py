@@ -56,9 +56,36 @@ class TopKObjective(Objective):
     def sparse_forward(self, sae: SAE, x: Tensor, dead: Tensor) -> ForwardOutput:
         """The forward pass on the sparse kernels: only the encoder matmul is dense."""
         x_c = x - sae.b_dec
-        pre = sparse.encoder_pre(x_c.detach(), sae.W_enc, sae.b_enc, self.matmul_dtype)
+        pre = self.encoder_pre(sae, x_c)
         vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return self.code_step(sae, x, x_c, pre, sparse.code_from_topk(vals, idx), dead)
+
+    def encoder_pre(self, sae: SAE, x_c: Tensor) -> Tensor:
+        """Dense pre-activations ``[batch, d_sae]`` (no autograd) of the encoder inputs
+        ``x_c [batch, d_in]``, written into a buffer this objective reuses from step to
+        step (see :func:`sparse.encoder_pre`): valid until the next call."""
+        shape = (x_c.shape[0], sae.W_enc.shape[1])
+        return sparse.encoder_pre(
+            x_c.detach(),
+            sae.W_enc,
+            sae.b_enc,
+            self.matmul_dtype,
+            out=self._buffer("pre", shape, sae.W_enc),
+        )
+
+    def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A scratch tensor with ``like``'s dtype and device, reused from step to step and
+        reallocated only when the shape, dtype or device change."""
+        buffers: dict[str, Tensor] = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(name)
+        if (
+            buf is None
+            or buf.shape != shape
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            buf = buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     def dense_forward(self, sae: SAE, x: Tensor, dead: Tensor) -> ForwardOutput:
         """The forward pass with dense autograd matmuls (``[batch, d_sae] @ [d_sae,
@@ -120,9 +147,10 @@ class TopKObjective(Objective):
         n_dead = int(dead.sum())
         if self.cfg.auxk and n_dead:
             dead_ids = dead.nonzero().squeeze(1)
-            a_vals, a_pos = pre[:, dead_ids].topk(
-                self.aux_k(x.shape[1], n_dead), dim=-1, sorted=False
-            )
+            scratch = self._buffer("dead_pre", (pre.numel(),), pre)  # sized for n_dead = d_sae
+            dead_pre = scratch[: len(pre) * n_dead].view(len(pre), n_dead)
+            torch.index_select(pre, 1, dead_ids, out=dead_pre)
+            a_vals, a_pos = dead_pre.topk(self.aux_k(x.shape[1], n_dead), dim=-1, sorted=False)
             a_code = sparse.code_from_topk(a_vals, dead_ids[a_pos])
             a_bags = sparse.latent_bags(a_code.cols, d_sae)
             # Pre-ReLU values: dead latents mostly sit below zero, where a ReLU would
