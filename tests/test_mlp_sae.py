@@ -592,3 +592,16 @@ def test_the_trainer_trains_an_mlp_sae_or_says_why_not(tmp_path):
         assert torch.equal(back(raw), sae(raw))
         train_space = trainer.sae(raw * trainer.scale) / trainer.scale
         torch.testing.assert_close(sae(raw), train_space, atol=1e-4, rtol=1e-4)
+
+
+def test_bfloat16_matmuls_give_the_float32_loss_to_bf16_precision():
+    sae = mlp_sae(d_in=16, d_sae=64, d_hidden=32, seed=15)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(16))
+    state = StepState(0, 0, torch.zeros(64, dtype=torch.bool))
+    cfg = mlp_train_config(l1_coefficient=0.1)
+    full = MLPObjective(cfg, "float32").forward(sae, x, state)
+    half = MLPObjective(cfg, "bfloat16").forward(sae, x, state)
+    assert half.x_hat.dtype == torch.float32
+    assert not torch.equal(half.x_hat, full.x_hat)  # the bf16 path really ran
+    assert float(full.loss.detach()) == pytest.approx(float(half.loss.detach()), rel=3e-2)
+    torch.testing.assert_close(half.x_hat, full.x_hat, atol=0.05, rtol=0.05)
