@@ -379,6 +379,15 @@ def test_steering_refuses_a_decoder_that_is_not_a_dictionary(model, tokens):
     assert not attached_saes(model)
 
 
+def test_a_feature_page_of_an_mlp_sae_has_examples_and_no_logit_effects(model, tokens, tmp_path):
+    from saehooks.analysis.html import feature_html
+
+    sae = mlp_sae(seed=7)
+    page = feature_html(model, sae, tokens, 3, tmp_path / "f3.html").read_text()
+    assert "Top activating examples" in page
+    assert "decoder is not a dictionary of directions (mlp)" in page
+
+
 def test_evaluate_reports_the_hand_computed_reconstruction(model, tokens, clean):
     sae = mlp_sae(seed=8)
     report = sh.evaluate(model, sae, tokens, progress=False)

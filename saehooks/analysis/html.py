@@ -149,7 +149,13 @@ def feature_html(
         examples = top_activating_examples(
             model, sae, tokens, feature, k=k, context=context, batch_size=batch_size
         )
-    effects = feature_logit_effects(model, sae, feature, k=n_logits)
+    if sae.linear_decoder:
+        logits_part = _logits_html(feature_logit_effects(model, sae, feature, k=n_logits))
+    else:  # a non-linear decoder has no direction to read logit effects from
+        logits_part = (
+            '<p class="muted">none: this SAE\'s decoder is not a dictionary of directions '
+            f"({html.escape(sae.cfg.architecture)})</p>"
+        )
     freq = examples.attrs["frequency"]
     heading = title or f"Feature {feature} of the SAE at {sae.cfg.hook_name}"
     if density is not None:
@@ -166,7 +172,7 @@ fires on {100 * freq:.3f}% of {examples.attrs["n_tokens"]:,} tokens; maximum act
 example token is outlined; {NEWLINE_MARK} is a newline.</p>
 {_examples_html(examples)}
 <h2>Logit effects (direct path through the unembedding)</h2>
-{_logits_html(effects)}
+{logits_part}
 <h2>Density</h2>
 {_density_html(density, feature)}
 </body></html>

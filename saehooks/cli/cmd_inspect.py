@@ -68,8 +68,11 @@ def run(options: Options, model=None) -> int:
     examples = scan.examples[options.feature]
     print(f"SAE {options.sae} at {sae.cfg.hook_name}")
     print_examples(examples)
-    print("logit effects (direct path):")
-    print_logit_effects(sh.feature_logit_effects(model, sae, options.feature, k=10))
+    if sae.linear_decoder:
+        print("logit effects (direct path):")
+        print_logit_effects(sh.feature_logit_effects(model, sae, options.feature, k=10))
+    else:
+        print(f"logit effects: none (an {sae.cfg.architecture} SAE's decoder has no directions)")
     if options.html:
         path = feature_html(
             model,
