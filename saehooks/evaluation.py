@@ -225,6 +225,8 @@ class _BatchResult(NamedTuple):
     run: Callable[[HookList], Tensor]
     """``run(fwd_hooks) -> logits``: a forward pass of this batch with hooks at the SAEs'
     hooks only, resumed from the clean pass where possible (:func:`_resume_plan`)."""
+    plan: _Plan | None
+    """How :attr:`run` resumes (None: whole passes)."""
 
 
 class _Plan(NamedTuple):
@@ -395,43 +397,30 @@ def _batches(
             }
             run = _runner(model, plan, batch, store)
             logits_spliced = run(_splice_hooks(saes, mask, recons))
-        yield _BatchResult(batch, mask, store, feats, recons, logits_clean, logits_spliced, run)
+        yield _BatchResult(
+            batch, mask, store, feats, recons, logits_clean, logits_spliced, run, plan
+        )
 
 
-@torch.no_grad()
-def _mean_activations(
-    model: nn.Module, hook_names: Sequence[str], tokens: Tensor, batch_size: int, exclude_bos: bool
+def _reduced_means(
+    totals: dict[str, Tensor], count: int, device: torch.device
 ) -> dict[str, Tensor]:
-    """Mean clean activation at each hook over the counted positions of ``tokens``
-    (the mean-ablation values), ``{hook_name: [d] (or [n_heads, d_head])}`` float32 on
-    the model's device; sums in float64 on the CPU, one forward pass per batch stopped
-    after the last of the hooks' blocks. Under ``torchrun`` ``tokens`` is this rank's
-    shard and the sums are added over ranks, so every rank gets the mean of all rows.
+    """The mean-ablation values from float64 sums of clean activations over ``count``
+    counted positions: ``{hook_name: [d] (or [n_heads, d_head])}`` float32 on
+    ``device``. Under ``torchrun`` the sums and counts of all ranks are added first, so
+    every rank gets the mean of all rows.
 
     Raises:
         InputError: no position counts (every position holds BOS).
     """
-    device = model_device(model)
-    totals: dict[str, Tensor] = {}
-    count = 0
-    for _, batch in iter_batches(tokens, batch_size, device):
-        mask = position_mask(model, batch, exclude_bos)
-        _, acts = capture(model, batch, hook_names, stop=True)
-        for name in hook_names:
-            part = acts[name][mask].sum(0, dtype=torch.float64).cpu()
-            totals[name] = part if name not in totals else totals[name] + part
-        count += int(mask.sum())
+    names = list(totals)
     if distributed.is_distributed():
-        shapes = tl.hook_shapes(model)  # a rank without rows never saw an activation
-        for name in hook_names:
-            if name not in totals:
-                totals[name] = torch.zeros(shapes[name], dtype=torch.float64)
-        packed = torch.cat([totals[n].reshape(-1) for n in hook_names])
+        packed = torch.cat([totals[n].reshape(-1) for n in names])
         packed = torch.cat([packed, torch.tensor([float(count)], dtype=torch.float64)])
         distributed.all_reduce_(packed)
         count = int(packed[-1].item())
         offset = 0
-        for name in hook_names:
+        for name in names:
             size = totals[name].numel()
             totals[name] = packed[offset : offset + size].reshape(totals[name].shape)
             offset += size
@@ -441,6 +430,36 @@ def _mean_activations(
             "average; pass real text tokens or exclude_bos=False"
         )
     return {name: (total / count).float().to(device) for name, total in totals.items()}
+
+
+class _Kept(NamedTuple):
+    """What the mean-ablation pass of one batch needs from the first pass."""
+
+    tokens: Tensor
+    mask: Tensor
+    ablated: Tensor
+    """``[batch, pos]`` True where the ablations replace the activation."""
+    plan: _Plan | None
+    carried: Tensor | None
+    """With a carrier plan: the carrier's clean activation where not ``ablated``
+    (``[n, d]``), all the ablated pass needs of it."""
+    shape: tuple[int, ...]
+    """The carrier's activation shape (``()`` without a carrier)."""
+
+
+def _mean_ablated_logits(model: nn.Module, kept: _Kept, fwd_hooks: HookList) -> Tensor:
+    """Logits of the mean-ablated pass of one batch: resumed from the carrier's clean
+    activation where it is not replaced (rebuilt from :attr:`_Kept.carried`), from the
+    residual entering the resume block (recomputed by a pass stopped there), or whole."""
+    plan = kept.plan
+    store: dict[str, Tensor] = {}
+    if plan is not None and plan.carrier is not None:
+        act = kept.carried.new_zeros(kept.shape)
+        act[~kept.ablated.to(act.device)] = kept.carried
+        store[plan.carrier] = act  # the hook replaces every other position
+    elif plan is not None:
+        store[plan.clean_input] = tl.residual_entering(model, kept.tokens, plan.layer)
+    return _runner(model, plan, kept.tokens, store)(fwd_hooks)
 
 
 def _rank_rows(n_rows: int, batch_size: int) -> range:
@@ -454,11 +473,11 @@ def _rank_rows(n_rows: int, batch_size: int) -> range:
     return range(min(mine.start * batch_size, n_rows), min(mine.stop * batch_size, n_rows))
 
 
-def _all_reduce_sums(losses: TokenSums, recon: Iterable[ReconstructionSums]) -> None:
+def _all_reduce_sums(token_sums: Iterable[TokenSums], recon: Iterable[ReconstructionSums]) -> None:
     """Add the running sums of every rank in place, so each rank holds those of all
     rows (a no-op in a single process); three collectives in all.
 
-    :class:`~saehooks.metrics.TokenSums`: sums and count added. Per
+    Each :class:`~saehooks.metrics.TokenSums`: sums and count added. Per
     :class:`~saehooks.metrics.ReconstructionSums`: token count, ``Σ‖x − x̂‖²``, ``Σ l0``,
     ``Σ l1`` and the :class:`~saehooks.metrics.FeatureCounts` totals and firing counts
     added, peaks maximised; the mean and centred co-moment merged exactly as Chan et
@@ -467,11 +486,10 @@ def _all_reduce_sums(losses: TokenSums, recon: Iterable[ReconstructionSums]) -> 
     """
     if not distributed.is_distributed():
         return
-    recon = list(recon)
+    token_sums, recon = list(token_sums), list(recon)
     f64 = torch.float64
-    keys = list(losses.sums)
     parts = [
-        torch.stack([losses.sums[k] for k in keys] + [torch.tensor(float(losses.count), dtype=f64)])
+        torch.stack([*t.sums.values(), torch.tensor(float(t.count), dtype=f64)]) for t in token_sums
     ]
     for r in recon:
         scalars = torch.tensor([float(r.n), float(r.counts.n_tokens)], dtype=f64)
@@ -482,10 +500,10 @@ def _all_reduce_sums(losses: TokenSums, recon: Iterable[ReconstructionSums]) -> 
     if peaks:
         peak = distributed.all_reduce_(torch.cat(peaks), op="max")
     values = iter(packed.split([p.numel() for p in parts]))
-    first = next(values)
-    for i, k in enumerate(keys):
-        losses.sums[k] = first[i].clone()
-    losses.count = int(first[-1].item())
+    for t in token_sums:
+        reduced = next(values)
+        t.sums = {k: reduced[i].clone() for i, k in enumerate(t.sums)}
+        t.count = int(reduced[-1].item())
     offset = 0
     for r in recon:
         scalars, sums, weighted, total, fired = (next(values) for _ in range(5))
@@ -518,13 +536,14 @@ def evaluate(
 ) -> EvalReport | dict[str, EvalReport]:
     """Measure what splicing ``sae`` (or several SAEs at once) into ``model`` costs.
 
-    Four forward passes per batch (clean, spliced, zero-ablated, mean-ablated), plus
-    a stopped-early pass for the mean activation. The spliced and ablated passes
-    resume from the clean pass at the SAEs' lowest hook where
-    :func:`saehooks.tl.resume_point` allows (residual-stream, attention-output,
+    Four forward passes per batch: clean, spliced and zero-ablated in a first pass
+    over the batches, whose clean activations give the mean, then mean-ablated. The
+    spliced and ablated passes resume from the clean pass at the SAEs' lowest hook
+    where :func:`saehooks.tl.resume_point` allows (residual-stream, attention-output,
     MLP-output and MLP hooks; checked once per model against the clean logits): the
-    blocks below it, identical to the clean pass's, are not run again. Definitions as
-    in SAELens /
+    blocks below it, identical to the clean pass's, are not run again (for a hook
+    inside a block, the mean-ablated pass recomputes that block's input with a pass
+    stopped there). Definitions as in SAELens /
     DESIGN.md; the PCA baseline follows the dense-baseline comparisons of
     Bricken et al. 2023. All sums are float64 on the CPU; the model and the SAEs may
     be on any device (the same one), ``tokens`` anywhere.
@@ -572,21 +591,25 @@ def evaluate(
     names = [s.cfg.hook_name for s in saes]
     rows = _rank_rows(tokens.shape[0], batch_size)
     tokens = tokens[rows.start : rows.stop]
-    means = _mean_activations(model, names, tokens, batch_size, exclude_bos)
-    losses = TokenSums("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl")
+    losses = TokenSums("ce_clean", "ce_spliced", "ce_zero", "kl")
+    mean_losses = TokenSums("ce_mean")
     recon = {s.cfg.hook_name: ReconstructionSums(s.cfg.d_in, s.cfg.d_sae) for s in saes}
+    shapes = tl.hook_shapes(model)
+    totals = {n: torch.zeros(shapes[n], dtype=torch.float64) for n in names}
+    count = 0
+    kept: list[_Kept] = []
     progress = progress and distributed.is_main()
+    # first pass: clean, spliced and zero-ablated; the clean activations' sums give the
+    # mean the second pass ablates with
     for r in _batches(model, saes, tokens, batch_size, exclude_bos, progress):
         ablated = torch.ones_like(r.mask) if ablate_bos else r.mask
         with torch.no_grad():
             logits_zero = r.run([(n, replace_where(ablated, 0.0)) for n in names])
-            logits_mean = r.run([(n, replace_where(ablated, means[n])) for n in names])
         predict = r.mask[:, :-1]
         losses.add(
             ce_clean=metrics.next_token_ce(r.logits_clean, r.tokens)[predict],
             ce_spliced=metrics.next_token_ce(r.logits_spliced, r.tokens)[predict],
             ce_zero=metrics.next_token_ce(logits_zero, r.tokens)[predict],
-            ce_mean=metrics.next_token_ce(logits_mean, r.tokens)[predict],
             kl=metrics.kl_div(r.logits_clean[:, :-1], r.logits_spliced[:, :-1])[predict],
         )
         for s in saes:
@@ -596,13 +619,36 @@ def evaluate(
                 r.reconstructions[name][r.mask].reshape(-1, d_in),
                 r.feature_acts[name][r.mask].reshape(-1, s.cfg.d_sae),
             )
-    _all_reduce_sums(losses, recon.values())
+        for name in names:
+            totals[name] += r.activations[name][r.mask].sum(0, dtype=torch.float64).cpu()
+        count += int(r.mask.sum())
+        carrier = r.plan.carrier if r.plan is not None else None
+        act = r.activations[carrier] if carrier is not None else None
+        kept.append(
+            _Kept(
+                r.tokens,
+                r.mask,
+                ablated,
+                r.plan,
+                None if act is None else act[~ablated.to(act.device)],
+                () if act is None else tuple(act.shape),
+            )
+        )
+    means = _reduced_means(totals, count, model_device(model))
+    # second pass: mean-ablated
+    for k in tqdm(kept, desc="mean ablation", disable=not progress, unit="batch"):
+        with torch.no_grad():
+            logits_mean = _mean_ablated_logits(
+                model, k, [(n, replace_where(k.ablated, means[n])) for n in names]
+            )
+        mean_losses.add(ce_mean=metrics.next_token_ce(logits_mean, k.tokens)[k.mask[:, :-1]])
+    _all_reduce_sums([losses, mean_losses], recon.values())
     if losses.count == 0:
         raise InputError(
             "no position predicts a token (every position but the last holds "
             "BOS); pass longer sequences of real text, or exclude_bos=False"
         )
-    ce = losses.means()
+    ce = losses.means() | mean_losses.means()
     joint = {
         "ce_loss_clean": ce["ce_clean"],
         "ce_loss_spliced": ce["ce_spliced"],

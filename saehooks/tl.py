@@ -844,3 +844,18 @@ def run_from_layer(
         for block in skipped:
             if "forward" in block.__dict__:
                 object.__delattr__(block, "forward")
+
+
+def residual_entering(model: nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """The residual stream entering block ``layer`` (the embedding for 0): ``model`` run
+    on ``tokens`` ``[batch, pos]`` and stopped there (``stop_at_layer``), with whatever
+    hooks are in force; ``[batch, pos, d_model]`` in the stream's dtype, on the model's
+    device. The input :func:`run_from_layer` resumes from.
+
+    Raises:
+        InputError: ``layer`` outside ``0 .. n_layers - 1``.
+    """
+    n = n_layers(model)
+    if not 0 <= layer < n:
+        raise InputError(f"layer {layer} is not a block of this {n}-layer model; pass 0..{n - 1}")
+    return model(tokens, stop_at_layer=layer)

@@ -163,9 +163,12 @@ def test_resumed_evaluate_equals_whole_passes(model, tokens, monkeypatch, hook_n
     with BlockRuns(model, 0) as below:
         new = evaluate(model, sae, tokens, batch_size=2, progress=False)
     assert_same_reports(new, old)
-    assert evaluation._RESUME_CHECKED[model][tl.resume_point(model, hook_name).layer]
-    # block 0 ran in the mean pre-pass and the clean pass only: 3 batches each
-    assert below.calls == 6
+    point = tl.resume_point(model, hook_name)
+    assert evaluation._RESUME_CHECKED[model][point.layer]
+    # block 0 ran in the clean pass of each of the 3 batches, and for a hook inside a
+    # block in the pass recomputing that block's input for the mean ablation (the
+    # whole-pass path: 3 x 4)
+    assert below.calls == (3 if point.carries_activation else 6)
 
 
 def test_several_saes_with_ablate_bos(model, tokens, monkeypatch):
@@ -179,7 +182,7 @@ def test_several_saes_with_ablate_bos(model, tokens, monkeypatch):
     with BlockRuns(model, 1) as below:
         new = evaluate(model, saes, tokens, **kwargs)
     assert_same_reports(new, old)
-    assert below.calls == 2 + 2  # resumed at block 2: block 1 ran in two passes of 2 batches
+    assert below.calls == 2  # resumed at block 2: block 1 ran in the 2 clean passes only
     # the SAEs changed the losses: not a vacuous comparison
     report = new["blocks.1.hook_resid_post"]
     assert report.ce_loss_spliced > report.ce_loss_clean + 1e-3
