@@ -84,13 +84,31 @@ def make_trainer(d_in: int, d_sae: int, k: int, batch_size: int, sparse: bool, d
     return Trainer(None, RandomActivations(d_in, batch_size), cfg)
 
 
+def keep_dead(trainer, fraction: float) -> None:
+    """Make a random ``fraction`` of the latents dead for good (AuxK then runs every
+    step, as in a real run once some latents have died)."""
+    if fraction:
+        d_sae = trainer.sae.cfg.d_sae
+        dead = torch.rand(d_sae, generator=torch.Generator().manual_seed(0)) < fraction
+        trainer.tracker.since_fired[dead] = 10**15
+        trainer.tracker.update = lambda fired, n: None
+
+
 def tokens_per_second(
-    d_in: int, d_sae: int, k: int, batch_size: int, sparse: bool, matmul_dtype: str, steps: int
+    d_in: int,
+    d_sae: int,
+    k: int,
+    batch_size: int,
+    sparse: bool,
+    matmul_dtype: str,
+    steps: int,
+    dead: float = 0.0,
 ) -> tuple[float, str]:
     """``(tokens/s, matmul dtype)``: optimizer steps per second times ``batch_size``,
-    after two warm-up steps."""
+    after two warm-up steps, with a ``dead`` fraction of latents kept dead."""
     with tempfile.TemporaryDirectory() as out:
         trainer = make_trainer(d_in, d_sae, k, batch_size, sparse, matmul_dtype, out)
+        keep_dead(trainer, dead)
         for _ in range(2):
             trainer.train_step()
         start = time.perf_counter()
@@ -132,7 +150,7 @@ def worker(args: argparse.Namespace) -> None:
         rate, dtype = saelens_tokens_per_second(D_IN, D_SAE, K, args.batch_size, args.steps)
     else:
         rate, dtype = tokens_per_second(
-            D_IN, D_SAE, K, args.batch_size, True, args.matmul_dtype, args.steps
+            D_IN, D_SAE, K, args.batch_size, True, args.matmul_dtype, args.steps, args.dead
         )
     print(json.dumps({"tok_s": rate, "dtype": dtype, "threads": torch.get_num_threads()}))
 
@@ -148,7 +166,7 @@ def run_worker(
         env["OMP_WAIT_POLICY"] = wait_policy
     cmd = [python, str(Path(__file__).resolve()), "--worker", engine, "--threads", str(threads)]
     cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
-    cmd += ["--matmul-dtype", args.matmul_dtype]
+    cmd += ["--matmul-dtype", args.matmul_dtype, "--dead", str(args.dead)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
@@ -211,7 +229,8 @@ def threads_mode(args: argparse.Namespace) -> None:
             dtypes[(engine, threads, policy)] = res["dtype"]
     print(
         f"\nTopK training, d_in {D_IN} / d_sae {D_SAE}, k {K}, batch {args.batch_size}, "
-        f"{args.steps} timed steps after 2 warm-up, median of {args.repeats} fresh processes"
+        f"{args.steps} timed steps after 2 warm-up, median of {args.repeats} fresh processes; "
+        f"dead fraction {args.dead} (saehooks rows; AuxK runs when > 0)"
     )
     header = f"{'trainer':>8} {'threads':>7} {'OMP_WAIT_POLICY':>15} {'matmul':>8} {'tok/s':>9}"
     print(header + "   runs")
@@ -263,10 +282,7 @@ def profile_mode(args: argparse.Namespace) -> None:
     print(f"threads {torch.get_num_threads()}; {load_line()}")
     with tempfile.TemporaryDirectory() as out:
         trainer = make_trainer(D_IN, D_SAE, K, args.batch_size, True, args.matmul_dtype, out)
-        if args.dead:  # these latents stay dead: AuxK runs every step
-            dead = torch.rand(D_SAE, generator=torch.Generator().manual_seed(0)) < args.dead
-            trainer.tracker.since_fired[dead] = 10**15
-            trainer.tracker.update = lambda fired, n: None
+        keep_dead(trainer, args.dead)
         for _ in range(2):
             trainer.train_step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -309,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         help="matmul dtypes of the --kernels table (bfloat16 is slow without bf16 units)",
     )
     ap.add_argument("--profile", action="store_true", help="profile sparse TopK steps")
-    ap.add_argument("--dead", type=float, default=0.0, help="--profile: dead fraction")
+    ap.add_argument("--dead", type=float, default=0.0, help="fraction of latents kept dead")
     ap.add_argument("--top", type=int, default=10, help="--profile: ops listed")
     ap.add_argument("--worker", choices=["saehooks", "saelens"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
