@@ -411,6 +411,13 @@ def test_make_store_picks_the_tensor_the_cache_or_refuses(model, rows, tmp_path,
         make_store(model, rows, _cfg(tmp_path, cache_dir=str(root)))
     with pytest.raises(InputError, match="holds no finished cache"):
         make_store(None, None, _cfg(tmp_path, cache_dir=str(tmp_path / "empty")))
+    # a cache of an older version: no shard list, and no word on BOS (taken from the rows)
+    info = json.loads((root / H1 / "cache.json").read_text())
+    del info["shards"], info["prepend_bos"]
+    (root / H1 / "cache.json").write_text(json.dumps(info))
+    cfg = _cfg(tmp_path, hook_name=H1, cache_dir=str(root / H1))
+    assert make_store(model, rows, cfg).context == (64, True)
+    assert make_store(None, None, cfg).context == (64, None)
 
 
 def test_training_from_a_tensor_without_a_model(tmp_path):

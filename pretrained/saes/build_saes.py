@@ -3,7 +3,9 @@
 1. Rebuild the reference model's *training* split (the same files, tokenizer and
    ``[BOS, …]`` rows as ``pretrained/build_reference_model.py``; the held-out files of
    the evaluation tokens are excluded by the same hash rule).
-2. Cache its activations at each hook once (safetensors shards, outside the repo).
+2. Cache its activations at each hook once, all hooks from one forward pass
+   (``saehooks.training.activation_cache.cache_activations``: safetensors shards outside
+   the repo, resumable; caches already written for this model are kept).
 3. Train each SAE from the cache (epochs over it), then save it in SAELens format to
    ``pretrained/saes/<name>/`` and its metrics log to
    ``pretrained/saes/training_log_<name>.csv``.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -71,97 +72,28 @@ SAES = {
 }
 
 
-def cache_activations(
-    model,
-    rows: torch.Tensor,
-    hook_names: list[str],
-    work: Path,
-    shard_tokens: int = 65536,
-    model_batch_rows: int = 32,
-    autocast_bf16: bool = True,
-    seed: int = 0,
-) -> None:
-    """Write one activation cache per hook in a single pass over ``rows``.
-
-    One forward pass (stopped after the deepest hook's block) serves every hook; BOS
-    positions are dropped; each shard is a random draw from a pool of two shards'
-    worth of tokens (the same permutation for every hook). With ``autocast_bf16`` the
-    forward runs under bf16 autocast (2-3x faster on this CPU; the activations differ
-    from an fp32 forward by ~1% of their standard deviation, i.e. ~1e-4 of FVU).
-    Caches already finished for this model are kept.
-    """
-    from saehooks import tl
-    from saehooks.io.common import atomic_write_text, write_safetensors
-    from saehooks.training.activation_cache import CACHE_INFO, model_fingerprint, read_cache_info
+def cache_hooks(model, rows: torch.Tensor, hooks: list[str], work: Path, args) -> None:
+    """Cache the hooks not yet cached for this model (BOS dropped, 65536-token shards),
+    all from one forward pass per batch, into ``<work>/cache/<hook>/``."""
+    from saehooks.training.activation_cache import (
+        cache_activations,
+        model_fingerprint,
+        read_cache_info,
+    )
 
     fingerprint = model_fingerprint(model)
     todo = [
         h
-        for h in hook_names
+        for h in hooks
         if (read_cache_info(work / "cache" / h) or {}).get("model_fingerprint") != fingerprint
     ]
     if not todo:
         return
-    bos = model.tokenizer.bos_token_id
-    stop = max(tl.block_index(h) for h in todo) + 1
-    gen = torch.Generator().manual_seed(seed)
-    pools = {h: [] for h in todo}
-    n_pool, n_shards, written = 0, 0, 0
-    for h in todo:
-        (work / "cache" / h).mkdir(parents=True, exist_ok=True)
-        (work / "cache" / h / CACHE_INFO).unlink(missing_ok=True)
     start = time.time()
-
-    def flush(n: int) -> None:
-        nonlocal n_pool, n_shards, written
-        perm = None
-        for h in todo:
-            pool = torch.cat(pools[h])
-            perm = torch.randperm(pool.shape[0], generator=gen) if perm is None else perm
-            pool = pool[perm]
-            write_safetensors(
-                work / "cache" / h / f"shard_{n_shards:05d}.safetensors", {"acts": pool[:n]}
-            )
-            pools[h] = [pool[n:]]
-        n_pool -= n
-        n_shards += 1
-        written += n
-
-    for i in range(0, rows.shape[0], model_batch_rows):
-        batch = rows[i : i + model_batch_rows]
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
-            _, cache = model.run_with_cache(
-                batch, names_filter=lambda n: n in todo, stop_at_layer=stop
-            )
-        keep = batch != bos
-        for h in todo:
-            pools[h].append(cache[h].float()[keep])
-        n_pool += int(keep.sum())
-        if n_pool >= 2 * shard_tokens:
-            flush(shard_tokens)
-            print(
-                f"cache: {written:,} tokens, {written / (time.time() - start):,.0f} tok/s",
-                flush=True,
-            )
-    while n_pool > 0:
-        flush(min(shard_tokens, n_pool))
-    for h in todo:
-        info = {
-            "hook_name": h,
-            "d_in": int(pools[h][0].shape[-1]),
-            "n_tokens": written,
-            "n_shards": n_shards,
-            "shard_tokens": shard_tokens,
-            "model_name": tl.model_name(model),
-            "model_fingerprint": fingerprint,
-            "model_processing": tl.model_processing(model),
-            "drop_bos": True,
-            "rows_read": int(rows.shape[0]),
-            "context_size": int(rows.shape[1]),
-            "forward_autocast": "bfloat16" if autocast_bf16 else "none",
-        }
-        atomic_write_text(work / "cache" / h / CACHE_INFO, json.dumps(info, indent=2) + "\n")
-    print(f"cached {written:,} tokens at {todo} in {time.time() - start:.0f}s", flush=True)
+    cache_activations(
+        model, rows, todo, work / "cache", autocast=args.cache_autocast, progress=False
+    )
+    print(f"cached {todo} in {time.time() - start:.0f}s", flush=True)
 
 
 def data_summary(cache_dir: Path, rows: torch.Tensor) -> dict:
@@ -190,6 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=float, default=None, help="override total tokens")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-rows", type=int, default=None, help="smoke tests: fewer rows")
+    ap.add_argument(
+        "--cache-autocast",
+        default="bfloat16",
+        choices=("none", "bfloat16"),
+        help="dtype of the caching forward (bf16 is 2-3x faster on CPUs with bf16 units; "
+        "activations then differ from fp32 by ~1%% of their std, ~1e-4 of FVU)",
+    )
     args = ap.parse_args(argv)
 
     import saehooks as sh
@@ -204,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_rows = sh.load_eval_tokens()
     print(f"train rows {tuple(rows.shape)}; eval rows {tuple(eval_rows.shape)}", flush=True)
     names = [n for n in SAES if not args.only or n in args.only]
-    cache_activations(model, rows, sorted({SAES[n]["hook_name"] for n in names}), work)
+    cache_hooks(model, rows, sorted({SAES[n]["hook_name"] for n in names}), work, args)
     for name, extra in SAES.items():
         if args.only and name not in args.only:
             continue

@@ -34,7 +34,7 @@ from saehooks.training.activation_cache import (
     read_cache_info,
     shard_file,
 )
-from saehooks.training.activation_store import ActivationStore
+from saehooks.training.activation_store import ActivationStore, TokenSource
 from saehooks.training.config import TrainConfig
 from saehooks.training.device import training_device
 
@@ -397,6 +397,18 @@ def _check_cache_matches(info: dict, folder: Path, model: nn.Module | None, cfg)
         )
 
 
+def _source_context(model: nn.Module, token_source: Any, cfg: TrainConfig) -> tuple:
+    tokenizer = getattr(model, "tokenizer", None)
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    source = (
+        token_source
+        if isinstance(token_source, TokenSource)
+        else TokenSource(token_source, tokenizer, cfg.context_size, bos_id)
+    )
+    n_ctx, prepend_bos = source.context(bos_id)
+    return (n_ctx or cfg.context_size, prepend_bos)
+
+
 def _check_trainable_hook(model: nn.Module, hook_name: str) -> None:
     tl.check_hook_runs(model, hook_name)
     if tl.is_per_head(model, hook_name):
@@ -457,7 +469,12 @@ def make_store(model: nn.Module | None, token_source: Any, cfg: TrainConfig) -> 
         _check_cache_matches(info, folder, model, cfg)
         short = cfg.cache_tokens and info["n_tokens"] < cfg.cache_tokens
         if not short or info.get("source_exhausted") or model is None or token_source is None:
-            return CachedActivationStore(folder, cfg.batch_size, cfg.seed, device=device)
+            context = None  # caches of older versions do not say whether rows start with BOS
+            if info.get("prepend_bos") is None and model is not None and token_source is not None:
+                context = _source_context(model, token_source, cfg)
+            return CachedActivationStore(
+                folder, cfg.batch_size, cfg.seed, context=context, device=device
+            )
     if model is None or token_source is None:
         where = f"cache_dir {cfg.cache_dir!r} holds no finished cache of {cfg.hook_name!r}"
         raise InputError(
