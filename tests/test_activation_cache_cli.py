@@ -258,7 +258,7 @@ def _plain_stream(sizes, seed, shards_per_group, n_rows):
     return torch.cat(out)[:n_rows]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 40), min_size=1, max_size=7),
     spg=st.integers(1, 4),
