@@ -22,13 +22,20 @@ class ModelOptions:
     model: str | None = None
     """model directory or name (default: the shipped reference LM)"""
     threads: int = 0
-    """torch CPU threads (0: torch's default; on a busy 2-core machine 1 is often fastest)"""
+    """torch CPU threads (0: torch's default; on a busy 2-core machine 1 is often fastest;
+    with 2 or more on a shared machine, start the command with OMP_WAIT_POLICY=PASSIVE set:
+    OpenMP reads it only at start-up, and its default busy-waiting measured 0.4x the
+    1-thread speed at 2 threads on a loaded machine, PASSIVE 1.1x)"""
     batch_size: int = 8
     """token rows per forward pass"""
 
 
 def set_threads(threads: int) -> None:
-    """Apply ``--threads`` (0 leaves torch's default)."""
+    """Apply ``--threads`` (0 leaves torch's default).
+
+    ``OMP_WAIT_POLICY`` cannot be set from here: torch's OpenMP runtime reads it when
+    ``torch`` is imported, before any option is parsed (benchmarks/train_throughput.py
+    measures both policies in fresh processes)."""
     from saehooks.checks import check_int
 
     threads = check_int(threads, "--threads", minimum=0)
