@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,7 +27,7 @@ from saehooks.training import objectives as objectives_pkg
 from saehooks.training.activation_store import RankSlice, TokenSource
 from saehooks.training.config import TrainConfig
 from saehooks.training.objectives.base import ForwardOutput
-from saehooks.training.trainer import check_batch_divisible, train_sae
+from saehooks.training.trainer import check_batch_divisible, train_sae, train_saes_by_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 240
@@ -40,7 +41,7 @@ WORKER = textwrap.dedent(
 
     from saehooks import distributed
     from saehooks.training.config import TrainConfig
-    from saehooks.training.trainer import Trainer
+    from saehooks.training.trainer import Trainer, train_sae
 
 
     class Stream:
@@ -76,6 +77,11 @@ WORKER = textwrap.dedent(
         cfg = TrainConfig.from_dict(run["cfg"])
         fail_at = run.get("fail_at", -1) if distributed.rank() == run.get("fail_rank") else -1
         store = Stream(16, cfg.batch_size, fail_at)
+        if run.get("tensor"):  # train_sae(acts, cfg): the library's TensorStore
+            sae = train_sae(store.data, cfg)
+            params = {n: p.detach().clone() for n, p in sae.named_parameters()}
+            torch.save(params, os.path.join(cfg.out_dir, f"weights_rank{distributed.rank()}.pt"))
+            continue
         resume = cfg.out_dir if run.get("resume") else None
         trainer = Trainer(None, store, cfg, resume_from=resume)
         trainer.run(max_steps=run.get("max_steps"))
@@ -164,23 +170,26 @@ def dp_runs(tmp_path_factory):
     batchtopk, kl; topk again with dead latents and AuxK) in one torchrun launch."""
     tmp = tmp_path_factory.mktemp("dp")
     single = _config(tmp / "single")
+    single_tensor = _config(tmp / "single_tensor")
     two = {
         "topk": _config(tmp / "two_topk"),
         "batchtopk": _config(tmp / "two_batchtopk", architecture="batchtopk"),
         "kl": _config(tmp / "two_kl", architecture="kl", kl_beta=1e-3),
         "auxk": _config(tmp / "two_auxk", dead_window_tokens=128, d_sae=128),
+        "tensor": _config(tmp / "two_tensor"),
     }
-    done = _launch(tmp, [_run(single)], 1)
+    done = _launch(tmp, [_run(single), _run(single_tensor, tensor=True)], 1)
     assert done.returncode == 0, done.stderr[-3000:]
-    done = _launch(tmp, [_run(c) for c in two.values()], 2)
+    runs = [_run(c, tensor=name == "tensor") for name, c in two.items()]
+    done = _launch(tmp, runs, 2)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return tmp, single, two
+    return tmp, single, two, single_tensor
 
 
 @pytest.mark.slow
 def test_two_ranks_equal_one_process_at_twice_the_batch(dp_runs):
     """(a) 2 ranks x 32 rows == 1 process x 64 rows, the same stream: weights <= 1e-5."""
-    tmp, single, two = dp_runs
+    tmp, single, two, _ = dp_runs
     one = _weights(single.out_dir)
     dp = _weights(two["topk"].out_dir)
     assert _max_diff(one, dp) <= 1e-5
@@ -197,11 +206,11 @@ def test_two_ranks_equal_one_process_at_twice_the_batch(dp_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "kl", "auxk"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "kl", "auxk", "tensor"])
 def test_ranks_hold_identical_state(dp_runs, arch):
     """Every rank ends with bitwise the same weights and objective state (θ, the KL
     running estimate, the dead-latent counters)."""
-    _, _, two = dp_runs
+    _, _, two, _ = dp_runs
     r0, r1 = _weights(two[arch].out_dir, 0), _weights(two[arch].out_dir, 1)
     assert r0.keys() == r1.keys()
     for name in r0:
@@ -213,10 +222,22 @@ def test_ranks_hold_identical_state(dp_runs, arch):
 
 
 @pytest.mark.slow
+def test_two_ranks_train_from_a_tensor_as_one_process(dp_runs):
+    """``train_sae(acts, cfg)`` under torchrun (the TensorStore splits each global batch
+    by rank) ends where one process does (<= 1e-5), both ranks bitwise alike."""
+    _, _, two, single_tensor = dp_runs
+    one = _weights(single_tensor.out_dir)
+    r0, r1 = _weights(two["tensor"].out_dir, 0), _weights(two["tensor"].out_dir, 1)
+    assert _max_diff(one, r0) <= 1e-5
+    assert all(torch.equal(r0[n], r1[n]) for n in r0)
+    assert (Path(two["tensor"].out_dir) / "sae").is_dir()
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_under_torchrun(dp_runs):
     """(b) a 2-rank run killed after its step-8 checkpoint (at step 10), resumed under
     torchrun, ends with the uninterrupted run's weights."""
-    tmp, single, two = dp_runs
+    tmp, single, two, _ = dp_runs
     cfg = _config(tmp / "killed")
     first = _launch(tmp, [_run(cfg, max_steps=10, kill=True)], 2)
     assert first.returncode != 0  # the job was killed
@@ -372,3 +393,89 @@ def test_train_sae_argument_forms(tmp_path):
         train_sae(acts, "config")
     with pytest.raises(InputError, match="something to train on"):
         train_sae(None, None, TrainConfig(out_dir=str(tmp_path)))
+
+
+def test_train_sae_from_a_tensor_without_a_model(tmp_path):
+    """``train_sae(acts, cfg)`` and ``train_sae(None, acts, cfg)``: the same SAE (same
+    seed), the hook name as given, no model metadata."""
+    acts = torch.randn(512, 8, generator=torch.Generator().manual_seed(0)) + 2.0
+    cfg = TrainConfig(
+        hook_name="my.custom_hook",
+        d_sae=16,
+        k=2,
+        total_tokens=4 * 64,
+        batch_size=64,
+        init_tokens=64,
+        matmul_dtype="float32",
+        progress_bar=False,
+        out_dir=str(tmp_path / "a"),
+    )
+    a = train_sae(acts, cfg)
+    b_cfg = TrainConfig.from_dict({**cfg.to_dict(), "out_dir": str(tmp_path / "b")})
+    b = train_sae(None, acts, b_cfg)
+    assert a.cfg.hook_name == "my.custom_hook" and a.cfg.d_in == 8
+    assert "model_name" not in a.cfg.metadata and "training" in a.cfg.metadata
+    assert a.cfg.metadata["training"]["tokens"] == 256
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_train_saes_by_rank_in_one_process_trains_every_hook(tmp_path):
+    """One process (no torchrun): every hook's SAE, each in ``<out>/<hook>/``, named
+    after its hook; repeats refused."""
+    acts = torch.randn(256, 8, generator=torch.Generator().manual_seed(1))
+    cfg = TrainConfig(
+        d_sae=16,
+        k=2,
+        total_tokens=2 * 64,
+        batch_size=64,
+        init_tokens=64,
+        matmul_dtype="float32",
+        progress_bar=False,
+        out_dir=str(tmp_path),
+    )
+    saes = train_saes_by_rank(None, acts, cfg, ["hook.a", "hook.b"])
+    assert sorted(saes) == ["hook.a", "hook.b"]
+    assert [saes[h].cfg.hook_name for h in ("hook.a", "hook.b")] == ["hook.a", "hook.b"]
+    assert (tmp_path / "hook.a" / "sae").is_dir() and (
+        tmp_path / "hook.b" / "metrics.csv"
+    ).is_file()
+    with pytest.raises(InputError, match="each once"):
+        train_saes_by_rank(None, acts, cfg, ["hook.a", "hook.a"])
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_live_model_resumes_exactly(tmp_path):
+    """``torchrun -m saehooks.training`` on the reference LM (each rank runs the model
+    on its own token rows): rank 0 writes the run; resumed from its step-4 checkpoint
+    under torchrun (each rank restoring its own store state), it ends bitwise where
+    the uninterrupted run did."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "live"
+    flags = [
+        "--hook=blocks.1.hook_resid_post", "--d-sae=64", "--k=4", "--tokens=1024",
+        "--batch-size=128", f"--out={out}", "--checkpoint-every-tokens=512",
+        "--buffer-tokens=512", "--init-tokens=256", "--no-progress-bar",
+        "--matmul-dtype=float32",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "saehooks.training", *flags]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "metrics.csv", "sae"]
+    (weights,) = (out / "sae").glob("*.safetensors")
+    whole = load_file(weights)
+    # back to the step-4 checkpoint, as if killed after writing it
+    shutil.rmtree(out / "sae")
+    shutil.rmtree(out / "checkpoints" / "step_00000008")
+    (out / "checkpoints" / "LATEST").write_text("step_00000004\n")
+    done = subprocess.run(
+        [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = load_file(weights)
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name

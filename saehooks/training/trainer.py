@@ -788,6 +788,8 @@ def _train(
         store = _rank_store(model, token_source, cfg)
     else:
         store = make_store(model, token_source, cfg)
+        if getattr(store, "world", 1) > 1:  # a cache/tensor reader that split by rank while
+            store.rank, store.world = 0, 1  # this rank trains its own SAE: serve it all
     trainer = Trainer(model, store, cfg, resume_from, data_parallel=data_parallel)
     sae = trainer.run()
     assert sae is not None
