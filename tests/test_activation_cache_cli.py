@@ -512,7 +512,26 @@ def test_cli_reads_token_and_text_files(model, rows, tmp_path, capsys):
     info = read_cache_info(tmp_path / "b" / H1)
     assert info["context_size"] == 32 and info["rows_read"] == n_rows
     assert info["n_tokens"] == n_rows * 31
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.py").write_text(text)
+    argv = ["cache", "--hooks", H1, "--text-file", str(folder), "--n-ctx", "32", "--out",
+            str(tmp_path / "c"), "--no-progress"]  # fmt: skip
+    with pytest.raises(InputError, match="saehooks cache --tokens"):
+        cli_run(build_parser().parse_args(argv), model=model)
+    assert cli_run(build_parser().parse_args(argv + ["--tokens", "100"]), model=model) == 0
+    info = read_cache_info(tmp_path / "c" / H1)
+    assert info["n_tokens"] == 100 and info["context_size"] == 32 and info["prepend_bos"]
     capsys.readouterr()
+
+
+def test_write_activation_cache_is_the_one_writer_for_a_live_store(model, rows, tmp_path):
+    store = sh.training.ActivationStore(model, rows, H1, model_batch_rows=5)
+    folder = ac.write_activation_cache(store, tmp_path / "a", None, shard_tokens=300,
+                                       progress=False)  # fmt: skip
+    cache_activations(model, rows, H1, tmp_path / "b", shard_tokens=300, model_batch_rows=5,
+                      progress=False, folder_per_hook=False)  # fmt: skip
+    assert folder == tmp_path / "a" and _files(tmp_path / "a") == _files(tmp_path / "b")
 
 
 @pytest.mark.parametrize(

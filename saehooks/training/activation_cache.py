@@ -199,8 +199,8 @@ def cache_activations(
     finite = source.finite_rows
     if n_tokens is None and finite is None:
         raise InputError(
-            "pass n_tokens for a token source of unknown length (an iterable or a text "
-            "folder): how many activations to cache"
+            "pass n_tokens (saehooks cache --tokens) for a token source of unknown length "
+            "(an iterable or a text folder): how many activations to cache"
         )
     out = Path(out_dir)
     folders = {h: out / h if folder_per_hook else out for h in hooks}
