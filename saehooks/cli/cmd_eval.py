@@ -1,4 +1,9 @@
-"""``saehooks eval``: print an SAE's EvalReport (or JSON)."""
+"""``saehooks eval``: print an SAE's EvalReport (or JSON).
+
+Under ``torchrun`` the ranks share the rows and rank 0 prints::
+
+    torchrun --nproc_per_node 2 "$(which saehooks)" eval --n-tokens 16384 --threads 1
+"""
 
 from __future__ import annotations
 
@@ -63,10 +68,15 @@ def _tokens(model, options: Options) -> torch.Tensor:
 
 
 def run(options: Options, model=None) -> int:
+    """Evaluate and print; under ``torchrun`` every rank evaluates its share of the rows
+    (:func:`saehooks.evaluate` adds the sums over ranks) and rank 0 prints."""
     import saehooks as sh
+    from saehooks import distributed
 
     set_threads(options.threads)
     model, sae = load(options, model)
+    if distributed.launched_by_torchrun():
+        distributed.init_from_env(device=next(model.parameters()).device)
     tokens = _tokens(model, options)
     report = sh.evaluate(
         model,
@@ -76,6 +86,8 @@ def run(options: Options, model=None) -> int:
         exclude_bos=not options.include_bos,
         ablate_bos=options.ablate_bos,
     )
+    if not distributed.is_main():
+        return 0
     if options.json:
         out = report.to_dict()
         if not options.density:
