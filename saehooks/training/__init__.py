@@ -6,17 +6,20 @@ from an on-disk cache, :mod:`.stores`), trains with one of the objectives of
 activations. See :class:`TrainConfig` for every knob.
 """
 
-from saehooks.training.activation_cache import CachedActivationStore, write_activation_cache
+from saehooks.training.activation_cache import cache_activations, write_activation_cache
 from saehooks.training.activation_store import ActivationStore, TokenSource
 from saehooks.training.config import TrainConfig
+from saehooks.training.stores import CachedActivationStore, TensorStore
 from saehooks.training.trainer import Trainer, train_sae
 
 __all__ = [
     "ActivationStore",
     "CachedActivationStore",
+    "TensorStore",
     "TokenSource",
     "TrainConfig",
     "Trainer",
+    "cache_activations",
     "train_sae",
     "write_activation_cache",
 ]

@@ -402,13 +402,3 @@ def write_activation_cache(
         folder_per_hook=False,
     )
     return folders[store.hook_name]
-
-
-def __getattr__(name: str) -> Any:
-    """``CachedActivationStore`` moved to :mod:`saehooks.training.stores` (beside the other
-    stores that serve materialised activations); old imports from here keep working."""
-    if name == "CachedActivationStore":
-        from saehooks.training.stores import CachedActivationStore
-
-        return CachedActivationStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
