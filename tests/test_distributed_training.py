@@ -94,6 +94,7 @@ WORKER = textwrap.dedent(
         if running is not None:
             state["running"] = running
         state["since_fired"] = trainer.tracker.since_fired
+        state["revivals"] = torch.tensor(trainer.tracker.revivals)
         torch.save(state, os.path.join(cfg.out_dir, f"weights_rank{distributed.rank()}.pt"))
     '''
 )
@@ -166,8 +167,9 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.fixture(scope="module")
 def dp_runs(tmp_path_factory):
-    """One process at global batch 64 (topk), and two ranks at 32 each (topk,
-    batchtopk, kl; topk again with dead latents and AuxK) in one torchrun launch."""
+    """One process at global batch 64 (topk; and from a tensor), and two ranks at 32
+    each (topk, batchtopk, kl, topk with dead latents and AuxK, a tensor, l1 with
+    resampling) in one torchrun launch."""
     tmp = tmp_path_factory.mktemp("dp")
     single = _config(tmp / "single")
     single_tensor = _config(tmp / "single_tensor")
@@ -177,6 +179,14 @@ def dp_runs(tmp_path_factory):
         "kl": _config(tmp / "two_kl", architecture="kl", kl_beta=1e-3),
         "auxk": _config(tmp / "two_auxk", dead_window_tokens=128, d_sae=128),
         "tensor": _config(tmp / "two_tensor"),
+        "l1_resampling": _config(
+            tmp / "two_l1",
+            architecture="l1",
+            l1_coefficient=20.0,
+            dead_window_tokens=64,
+            resample_every_tokens=96,
+            resample_stop_fraction=1.0,
+        ),
     }
     done = _launch(tmp, [_run(single), _run(single_tensor, tensor=True)], 1)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -206,7 +216,7 @@ def test_two_ranks_equal_one_process_at_twice_the_batch(dp_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "kl", "auxk", "tensor"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "kl", "auxk", "tensor", "l1_resampling"])
 def test_ranks_hold_identical_state(dp_runs, arch):
     """Every rank ends with bitwise the same weights and objective state (θ, the KL
     running estimate, the dead-latent counters)."""
@@ -219,6 +229,8 @@ def test_ranks_hold_identical_state(dp_runs, arch):
         assert float(r0["threshold"]) > 0
     if arch == "auxk":  # latents did die, so AuxK and the any-rank firing rule ran
         assert int((r0["since_fired"] >= 128).sum()) > 0
+    if arch == "l1_resampling":  # each rank resampled from its own rows; rank 0's won
+        assert int(r0["revivals"]) > 0
 
 
 @pytest.mark.slow
@@ -479,3 +491,25 @@ def test_cli_under_torchrun_live_model_resumes_exactly(tmp_path):
     assert whole.keys() == resumed.keys()
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--distributed"], "launch with `torchrun --nproc_per_node N -m saehooks.training"),
+        (["--hooks=a,b", "--distribute-modules"], "run under torchrun"),
+        (["--distribute-modules"], "name their hooks with --hooks"),
+        (["--hooks=a,b", "--distributed"], "pass --hooks with --distribute-modules"),
+    ],
+)
+def test_cli_distributed_flags_checked_before_any_work(
+    flags, message, tmp_path, monkeypatch, capsys
+):
+    """``saehooks train --distributed`` outside torchrun (and the hook flags misused):
+    exit 1 with a one-line error, before a model is loaded."""
+    from saehooks import cli
+
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    assert cli.main(["train", *flags, f"--out={tmp_path / 'x'}"]) == 1
+    assert message in capsys.readouterr().err
