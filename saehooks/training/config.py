@@ -58,7 +58,9 @@ class TrainConfig:
     total_tokens: int = field(default=20_000_000, metadata={"flag": "tokens"})
     """Activation tokens to train on (accepts ``20M``, ``1.5e6``)."""
     batch_size: int = 4096
-    """Activation tokens per optimiser step."""
+    """Activation tokens per optimiser step: the GLOBAL batch, over all ranks of a
+    data-parallel ``torchrun`` job (each rank takes ``batch_size / world``; it must
+    divide evenly), so a config means the same run at any number of processes."""
     lr: float = 1e-3
     """Peak Adam learning rate."""
     adam_betas: tuple[float, float] = field(
@@ -83,9 +85,12 @@ class TrainConfig:
     jumprelu_bandwidth: float = 0.05
     """``jumprelu``: width ε of the rectangle kernel of the straight-through estimators
     of the thresholds' gradients (pre-activation units, normalised inputs)."""
-    jumprelu_init_threshold: float = 0.1
+    jumprelu_init_threshold: float = 0.25
     """``jumprelu``: initial threshold θ of every latent (pre-activation units,
-    normalised inputs; the thresholds are learned as ``log θ``)."""
+    normalised inputs; the thresholds are learned as ``log θ``, so at lr 1e-3 Adam moves
+    them by at most ~0.1% a step and the start matters in short runs). With
+    ``fit_encoder_scale`` the initial L0 at d_sae 4096 on the reference model's
+    ``blocks.2.hook_resid_post`` is 676 at θ 0.1, 118 at 0.2, 40 at 0.25, 12 at 0.3."""
     leak: float = 0.0
     """``l1``/``kl``: slope of the gradient that negative pre-activations pass while
     training (a leaky ReLU backward, the forward stays ReLU; 0: plain ReLU). The saved
