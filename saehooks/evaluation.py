@@ -403,18 +403,22 @@ def _batches(
 
 
 def _reduced_means(
-    totals: dict[str, Tensor], count: int, device: torch.device
+    model: nn.Module, names: Sequence[str], totals: dict[str, Tensor], count: int
 ) -> dict[str, Tensor]:
     """The mean-ablation values from float64 sums of clean activations over ``count``
     counted positions: ``{hook_name: [d] (or [n_heads, d_head])}`` float32 on
-    ``device``. Under ``torchrun`` the sums and counts of all ranks are added first, so
-    every rank gets the mean of all rows.
+    the model's device. Under ``torchrun`` the sums and counts of all ranks are added
+    first, so every rank gets the mean of all rows.
 
     Raises:
         InputError: no position counts (every position holds BOS).
     """
-    names = list(totals)
+    device = model_device(model)
     if distributed.is_distributed():
+        shapes = tl.hook_shapes(model)  # a rank without rows has seen no activation
+        for name in names:
+            if name not in totals:
+                totals[name] = torch.zeros(shapes[name], dtype=torch.float64)
         packed = torch.cat([totals[n].reshape(-1) for n in names])
         packed = torch.cat([packed, torch.tensor([float(count)], dtype=torch.float64)])
         distributed.all_reduce_(packed)
@@ -594,8 +598,7 @@ def evaluate(
     losses = TokenSums("ce_clean", "ce_spliced", "ce_zero", "kl")
     mean_losses = TokenSums("ce_mean")
     recon = {s.cfg.hook_name: ReconstructionSums(s.cfg.d_in, s.cfg.d_sae) for s in saes}
-    shapes = tl.hook_shapes(model)
-    totals = {n: torch.zeros(shapes[n], dtype=torch.float64) for n in names}
+    totals: dict[str, Tensor] = {}
     count = 0
     kept: list[_Kept] = []
     progress = progress and distributed.is_main()
@@ -620,7 +623,8 @@ def evaluate(
                 r.feature_acts[name][r.mask].reshape(-1, s.cfg.d_sae),
             )
         for name in names:
-            totals[name] += r.activations[name][r.mask].sum(0, dtype=torch.float64).cpu()
+            part = r.activations[name][r.mask].sum(0, dtype=torch.float64).cpu()
+            totals[name] = part if name not in totals else totals[name] + part
         count += int(r.mask.sum())
         carrier = r.plan.carrier if r.plan is not None else None
         act = r.activations[carrier] if carrier is not None else None
@@ -634,7 +638,7 @@ def evaluate(
                 () if act is None else tuple(act.shape),
             )
         )
-    means = _reduced_means(totals, count, model_device(model))
+    means = _reduced_means(model, names, totals, count)
     # second pass: mean-ablated
     for k in tqdm(kept, desc="mean ablation", disable=not progress, unit="batch"):
         with torch.no_grad():
