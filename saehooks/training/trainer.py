@@ -157,6 +157,11 @@ class Trainer:
         self.cfg, self.store, self.out_dir = cfg, store, Path(cfg.out_dir)
         self.device = device.training_device(model, cfg)
         self.matmul = device.resolve_matmul_dtype(cfg.matmul_dtype, self.device)
+        if self.ranks > 1:  # each rank timed its own probe: all take rank 0's choice
+            bf16 = torch.tensor([float(self.matmul.dtype == "bfloat16")])
+            chosen = "bfloat16" if float(distributed.broadcast_(bf16)) else "float32"
+            if chosen != self.matmul.dtype:
+                self.matmul = device.MatmulChoice(chosen, "rank 0", None, None)
         self.objective = make_objective(cfg, self.matmul.dtype)
         context = getattr(store, "context", None) or (cfg.context_size, None)
         self.meta = (
