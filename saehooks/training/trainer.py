@@ -476,7 +476,9 @@ class Trainer:
     @torch.no_grad()
     def _agree_after_resampling(self, revivals_before: int) -> None:
         """If any rank resampled latents in this step (each from its own batch), give
-        every rank rank 0's weights, Adam moments, dead-latent counters and generator."""
+        every rank rank 0's weights, Adam moments, dead-latent counters, generator and
+        the objective's state tensors (``Objective.state_dict``, e.g. JumpReLU's
+        thresholds: overwritten in place, as the live tensors they are)."""
         flag = torch.tensor([float(self.tracker.revivals != revivals_before)])
         if float(distributed.all_reduce_(flag, "max")) == 0.0:
             return
@@ -486,6 +488,8 @@ class Trainer:
                 if key in self.optimizer.state.get(p, {}):
                     distributed.broadcast_(self.optimizer.state[p][key])
         distributed.broadcast_(self.tracker.since_fired)
+        for tensor in self.objective.state_dict()[0].values():
+            distributed.broadcast_(tensor)
         gen = self.generator.get_state()
         self.generator.set_state(distributed.broadcast_(gen.clone()))
 
