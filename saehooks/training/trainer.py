@@ -653,8 +653,11 @@ def _rank_store(model: nn.Module | None, token_source: Any, cfg: TrainConfig) ->
     """This rank's store in a data-parallel run.
 
     * an activation tensor or a cache (``cfg.cache_dir``): the global stream on every
-      rank (the :class:`Trainer` keeps this rank's slice of each batch); rank 0 writes
-      a missing cache first while the others wait;
+      rank, each serving its slice of each batch (the stores split by rank themselves;
+      any other store is wrapped in :class:`RankSlice` by the :class:`Trainer`); rank
+      0 writes a missing cache first while the others wait in a barrier, which fails
+      after ``SAEHOOKS_DIST_TIMEOUT`` seconds (300): write a large cache beforehand
+      with ``saehooks cache``;
     * live model activations: the token rows ``rank::world`` of the source
       (:class:`TokenSource` ``shard``), batches of ``batch_size / world``, so no rank
       runs the model on rows it would drop.
