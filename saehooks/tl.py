@@ -701,11 +701,15 @@ class ResumePoint(NamedTuple):
 
 
 def _blocks_are_plain(model: nn.Module) -> bool:
-    """Whether every block of a TransformerLens 4 bridge is a plain ``BlockBridge`` on
-    the standard ``blocks`` stack of a decoder-only text model (no AltUp, Bloom, SSM,
-    T5 or encoder-decoder blocks, whose loops carry extra state between blocks)."""
+    """Whether every block of a TransformerLens 4 bridge is a plain ``BlockBridge`` (or
+    ``ParallelBlockBridge``: GPT-NeoX, GPT-J) on the standard ``blocks`` stack of a
+    decoder-only text model (no AltUp, Bloom, SSM, MLA, scaled-residual, T5 or
+    encoder-decoder blocks, whose loops may carry state between blocks)."""
     try:
-        from transformer_lens.model_bridge.generalized_components.block import BlockBridge
+        from transformer_lens.model_bridge.generalized_components.block import (
+            BlockBridge,
+            ParallelBlockBridge,
+        )
     except ImportError:
         return False
     cfg = model.cfg
@@ -726,7 +730,7 @@ def _blocks_are_plain(model: nn.Module) -> bool:
     hf = getattr(model, "original_model", None)
     if getattr(getattr(hf, "config", None), "is_encoder_decoder", False):
         return False
-    return all(type(b) is BlockBridge for b in blocks)
+    return all(type(b) in (BlockBridge, ParallelBlockBridge) for b in blocks)
 
 
 def can_resume(model: nn.Module) -> bool:
@@ -735,7 +739,8 @@ def can_resume(model: nn.Module) -> bool:
     TransformerLens 3 ``HookedTransformer``: unless its positional embedding is
     ``shortformer`` (added inside every block) or its tokenizer pads on the left (the
     attention mask is then computed from the tokens). TransformerLens 4 bridge: a
-    decoder-only text model whose blocks are all plain ``BlockBridge`` modules.
+    decoder-only text model whose blocks are all plain ``BlockBridge`` (or
+    ``ParallelBlockBridge``) modules.
     """
     if not hasattr(model, "blocks") or not hasattr(model, "cfg"):
         return False
