@@ -19,7 +19,7 @@ and width, and evaluates each on the same held-out rows with :func:`saehooks.eva
 Beside them, the PCA baseline: the best rank-r affine reconstruction of the same
 held-out activations, spliced into the model like an SAE (as an exact ReLU "SAE" with
 latents ``±u_i``, so the same :func:`saehooks.evaluate` measures it), at ranks
-4..256.
+4..128.
 
 ::
 
@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "frontier_results"
 L0S = (8, 16, 32, 64, 128)
 SPARSITIES = (16, 32, 64)
-PCA_RANKS = (4, 8, 16, 32, 64, 128, 256)
+PCA_RANKS = (4, 8, 16, 32, 64, 128)  # rank d_in (256) is exact: FVU 0, +0 nats
 COLUMNS = (
     "point", "family", "architecture", "target_l0", "tokens", "d_sae", "eval_rows", "l0",
     "fvu", "ce_loss_increase", "ce_loss_score", "kl_div", "dead_fraction", "pca_fvu",
@@ -159,12 +159,13 @@ def open_cache(model, cache_dir: Path | None, work: Path, batch_size: int, seed:
 
     A finished cache in ``cache_dir`` (the hook's folder, or a ``saehooks cache`` root
     holding one) is used as it is, after checking its hook and model; it is never
-    rewritten here (the lead's cache may be in use). With none, one pass over the
-    training split is cached there (or in ``work/cache``) by
+    rewritten here (other runs may be reading it). With none, in an empty or new
+    folder, one pass over the training split is cached there (or in ``work/cache``) by
     :func:`~saehooks.training.activation_cache.cache_activations`.
 
     Raises:
-        InputError: the cache holds another hook's or model's activations.
+        InputError: the cache holds another hook's or model's activations, or the
+            folder holds files but no finished cache (a writer may still be at work).
     """
     from saehooks.errors import InputError
     from saehooks.reference import load_train_tokens
@@ -179,10 +180,26 @@ def open_cache(model, cache_dir: Path | None, work: Path, batch_size: int, seed:
     if read_cache_info(folder) is None and read_cache_info(folder / HOOK) is not None:
         folder = folder / HOOK
     info = read_cache_info(folder)
+    if info is None and folder.is_dir() and any(folder.iterdir()):
+        raise InputError(
+            f"{folder} holds files but no finished cache ({folder / 'cache.json'} missing): "
+            "another job may still be writing it; wait for it, or pass an empty folder"
+        )
     if info is None:
         cache_activations(model, load_train_tokens(), HOOK, folder, folder_per_hook=False)
         info = read_cache_info(folder)
-    if info["hook_name"] != HOOK or info.get("model_fingerprint") != model_fingerprint(model):
+    from saehooks import tl
+
+    # the fingerprint sums the parameters of the model object, which differ between
+    # backends (a TL3 HookedTransformer, a TL4 TransformerBridge) of the same weights
+    backend = tl.model_processing(model).get("backend")
+    same_backend = (info.get("model_processing") or {}).get("backend") == backend
+    same_model = (
+        info.get("model_fingerprint") == model_fingerprint(model)
+        if same_backend
+        else info.get("model_name") == tl.model_name(model)
+    )
+    if info["hook_name"] != HOOK or not same_model:
         raise InputError(
             f"{folder} caches {info['hook_name']} of model {info.get('model_name')!r} "
             f"(fingerprint {info.get('model_fingerprint')}), not {HOOK} of the reference "
@@ -440,9 +457,9 @@ def plot(rows: list[dict[str, str]], pca: list[dict[str, str]], path: Path, titl
         for fam in families:
             pts = sorted((float(r["l0"]), float(r[metric])) for r in rows if r["family"] == fam)
             ax.plot(*zip(*pts), marker="o", label=fam)
-        if pca:
-            ax.plot([float(p["rank"]) for p in pca], [float(p[metric]) for p in pca], "k--",
-                    label="PCA (rank = L0)")  # fmt: skip
+        line = [(float(p["rank"]), float(p[metric])) for p in pca if float(p[metric]) > 0]
+        if line:  # (log y: an exact reconstruction has nothing to draw)
+            ax.plot(*zip(*line), "k--", label="PCA (rank = L0)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("L0 (active latents per token; PCA: components)")
@@ -516,6 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model = sh.load_model()
     tokens = sh.load_eval_tokens(args.eval_rows)
+    open_cache(model, args.cache, args.work, args.batch_size, args.seed)  # fail early
     work = args.work / f"d{args.d_sae}_t{args.tokens}"
     every = points(args.d_sae)
     todo = select(list(every), args.only, tuple(n for n, o in every.items() if o.get("_extra")))

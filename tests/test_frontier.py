@@ -184,3 +184,14 @@ def test_rescaled_topk_objective_is_saelens_parametrisation(tmp_path):
         acts = torch.zeros_like(pre).scatter(1, idx, torch.relu(pre.gather(1, idx)))
         ref = (acts @ t.W_dec + t.b_dec) / trainer.scale
         torch.testing.assert_close(sae.decode(sae.encode(x)), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_open_cache_never_overwrites_an_unfinished_cache(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    shard = folder / "shard_00000.safetensors"
+    write_safetensors(shard, {"acts": torch.ones(4, 3)})
+    before = shard.read_bytes()
+    with pytest.raises(InputError, match="no finished cache"):
+        frontier.open_cache(None, folder, tmp_path / "work", 4, 0)
+    assert shard.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [shard.name]
