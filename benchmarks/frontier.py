@@ -16,6 +16,13 @@ and width, and evaluates each on the same held-out rows with :func:`saehooks.eva
   budget) on the same cached batches, where ``sae_lens`` is importable (the TL3 env);
   skipped otherwise.
 
+Run only when ``--only`` names them (``--only topk-k32 variant``), the investigation of
+SAELens' TopK parametrisation in this trainer (:func:`rescaled_topk_objective`):
+``variant-topk-k32-rescaled`` (free decoder rows from norm 0.1, top-k of
+``pre · ‖W_dec[j]‖``), ``-rescaled-nofit`` (also without ``fit_encoder_scale``: SAELens'
+``W_enc = W_decᵀ`` start), ``-rescaled-norm1`` (the parametrisation from unit rows) and
+``variant-topk-k32-lr3e-3`` (the plain trainer at 3x the learning rate).
+
 Beside them, the PCA baseline: the best rank-r affine reconstruction of the same
 held-out activations, spliced into the model like an SAE (as an exact ReLU "SAE" with
 latents ``±u_i``, so the same :func:`saehooks.evaluate` measures it), at ranks
