@@ -24,8 +24,8 @@ class ModelOptions:
     threads: int = 0
     """torch CPU threads (0: torch's default; on a busy 2-core machine 1 is often fastest;
     with 2 or more on a shared machine, start the command with OMP_WAIT_POLICY=PASSIVE set:
-    OpenMP reads it only at start-up, and its default busy-waiting measured 0.4x the
-    1-thread speed at 2 threads on a loaded machine, PASSIVE 1.1x)"""
+    OpenMP reads it only at start-up; on a loaded machine 2 threads measured 0.4x the
+    1-thread training speed with its default busy-waiting, 0.75-1.16x with PASSIVE)"""
     batch_size: int = 8
     """token rows per forward pass"""
 
