@@ -76,7 +76,8 @@ if [[ -z "$has_path" ]]; then
     # The hooking tests, the TL3 loader's own, and SAELens interop; absent files are skipped.
     for f in tests/test_hooks.py tests/test_error_term.py tests/test_architectures.py \
              tests/test_models_tl3.py tests/test_io_hooked.py \
-             tests/test_io_saelens_compat.py; do
+             tests/test_io_saelens_compat.py tests/test_eval_resume.py \
+             tests/test_eval_resume_archs.py; do
         if [[ -f "$f" ]]; then set -- "$@" "$f"; fi
     done
 fi

@@ -20,6 +20,9 @@ LAYERS = [
     (7, ["cli"]),
     (8, [""]),  # saehooks/__init__.py: the public API
 ]
+ENTRY_POINT = 9
+"""``__main__`` modules (``python -m saehooks``, ``torchrun -m saehooks.training``) sit
+above everything: they are command lines."""
 TL_ADAPTER = {"tl"}
 """The only module that may touch TransformerLens (and torch hook) internals."""
 CORE = [
@@ -44,6 +47,8 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(name: str) -> int:
+    if name.split(".")[-1] == "__main__":
+        return ENTRY_POINT  # `python -m saehooks.training` is a command line, like cli/
     best, rank = -1, None
     for layer, prefixes in LAYERS:
         for prefix in prefixes:

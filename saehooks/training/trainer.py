@@ -180,7 +180,11 @@ class Trainer:
         )
         self.sae = SAE(
             SAEConfig(
-                d_in=store.d_in, d_sae=cfg.d_sae, hook_name=self.hook_name, device=str(self.device)
+                d_in=store.d_in,
+                d_sae=cfg.d_sae,
+                hook_name=self.hook_name,
+                device=str(self.device),
+                **self.objective.training_config(store.d_in),
             )
         )
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
@@ -220,16 +224,15 @@ class Trainer:
             x = torch.cat([p[i * b : (i + 1) * b] for i in range(n_batches) for p in parts])
         self.scale = init.normalisation_scale(x) if cfg.normalize_activations else 1.0
         norm = 1.0 if self.objective.unit_norm_decoder else cfg.decoder_init_norm
-        init.init_sae(
+        self.objective.initialise(
             self.sae,
             x * self.scale,
             b_dec_init=cfg.b_dec_init,
             decoder_norm=norm,
             encoder_as_decoder_transpose=cfg.init_encoder_as_decoder_transpose,
+            fit_encoder_scale=cfg.fit_encoder_scale,
             generator=self.generator,
         )
-        if cfg.fit_encoder_scale:
-            init.fit_encoder_scale(self.sae, x[:8192] * self.scale, self.objective.init_activation)
 
     def _check_resumed_config(self, path: str | Path, saved_config: dict[str, Any]) -> None:
         raw = {k: v for k, v in saved_config.items() if k != "device"}
@@ -396,7 +399,7 @@ class Trainer:
                 **self.objective.inference_config(),
             )
         )
-        init.fold_scale(self.sae, self.scale, out)
+        self.objective.fold_scale(self.sae, self.scale, out)
         self.objective.finish_inference_sae(out)
         return out.eval()
 

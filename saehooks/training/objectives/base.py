@@ -23,6 +23,7 @@ from torch import Tensor
 
 from saehooks import distributed
 from saehooks.sae import SAE
+from saehooks.training import init
 from saehooks.training.config import TrainConfig
 from saehooks.training.resample import DeadLatentTracker
 
@@ -214,6 +215,42 @@ class Objective:
         """The activation the initial encoder scale is fitted with
         (``init.fit_encoder_scale``): ``[n, d_sae] -> [n, d_sae]``. ReLU here."""
         return torch.relu(pre)
+
+    # ---- the training SAE ------------------------------------------------------------
+    def training_config(self, d_in: int) -> dict[str, Any]:
+        """``SAEConfig`` fields of the training SAE beyond ``d_in``, ``d_sae``,
+        ``hook_name`` and ``device`` (default: none, a ReLU-shaped SAE)."""
+        return {}
+
+    def initialise(
+        self,
+        sae: SAE,
+        x: Tensor,
+        *,
+        b_dec_init: str,
+        decoder_norm: float,
+        encoder_as_decoder_transpose: bool,
+        fit_encoder_scale: bool,
+        generator: torch.Generator,
+    ) -> None:
+        """Initialise the training SAE on normalised activations ``x [n, d_in]``
+        (default: :func:`init.init_sae`, then :func:`init.fit_encoder_scale` with
+        :meth:`init_activation` on the first 8192 rows)."""
+        init.init_sae(
+            sae,
+            x,
+            b_dec_init=b_dec_init,
+            decoder_norm=decoder_norm,
+            encoder_as_decoder_transpose=encoder_as_decoder_transpose,
+            generator=generator,
+        )
+        if fit_encoder_scale:
+            init.fit_encoder_scale(sae, x[:8192], self.init_activation)
+
+    def fold_scale(self, train_sae: SAE, scale: float, out: SAE) -> SAE:
+        """Fill ``out``, the saved SAE on raw activations, from the training SAE on
+        ``scale``-normalised ones (default: :func:`init.fold_scale`)."""
+        return init.fold_scale(train_sae, scale, out)
 
     # ---- the saved SAE ---------------------------------------------------------------
     def inference_config(self) -> dict[str, Any]:

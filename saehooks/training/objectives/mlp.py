@@ -52,15 +52,6 @@ def hidden_width(mlp_hidden: int, d_in: int) -> int:
     return mlp_hidden if mlp_hidden > 0 else 2 * d_in
 
 
-def _loop_without_mlp_support(what: str) -> InputError:
-    return InputError(
-        f"architecture='mlp' needs a training loop that builds the SAE from "
-        "objective.training_config(d_in), initialises it with objective.initialise and "
-        f"folds it with objective.fold_scale; this loop {what}, so it cannot train an "
-        "mlp SAE; pick another architecture (topk, batchtopk, l1, kl, ...)"
-    )
-
-
 class MLPObjective(ReLUObjective):
     """MLP encoder and decoder, ReLU latents, L1 on the latents; saved as ``mlp``.
 
@@ -213,13 +204,9 @@ class MLPObjective(ReLUObjective):
         return out
 
     def init_activation(self, pre: Tensor) -> Tensor:
-        """Never used: the loop's linear-SAE initialisation does not apply (it calls
-        :meth:`initialise` instead).
-
-        Raises:
-            InputError: always (the loop fitted the encoder scale of a linear SAE).
-        """
-        raise _loop_without_mlp_support("initialised a linear SAE")
+        """Never used: the loop initialises an mlp SAE through :meth:`initialise`, which
+        has no linear encoder scale to fit."""
+        raise NotImplementedError("the mlp objective initialises through initialise()")
 
     # ---- a training step -------------------------------------------------------------
     @property
@@ -241,14 +228,8 @@ class MLPObjective(ReLUObjective):
         Args:
             sae: training-space mlp SAE.
             x: normalised activations ``[batch, d_in]``.
-            state: the step (its coefficient).
-
-        Raises:
-            InputError: ``sae`` is not an mlp SAE (the loop did not build it from
-                :meth:`training_config`).
-        """
-        if sae.cfg.architecture != "mlp":
-            raise _loop_without_mlp_support(f"built a {sae.cfg.architecture} SAE")
+            state: the step (its coefficient)."""
+        assert sae.cfg.architecture == "mlp", "the loop builds it from training_config"
         coefficient = self.coefficient(state.step)
         n = x.shape[0]
         enabled = self.matmul_dtype == torch.bfloat16
