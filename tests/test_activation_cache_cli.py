@@ -466,6 +466,9 @@ def test_cli_caches_the_reference_training_split_and_train_reads_it(
         assert f"norm_scale {info['norm_scale']:.6g}" in said
     assert f"saehooks train --hook {H1} --cache-dir {out / H1}" in said
     monkeypatch.setattr(data, "capture", None)  # training from the cache runs no forward
+    import saehooks.reference
+
+    monkeypatch.setattr(saehooks.reference, "load_train_tokens", None)  # and reads no tokens
     code = main(["train", "--hook", H2, "--cache-dir", str(out), "--out", str(tmp_path / "run"),
                  "--tokens", "512", "--batch-size", "64", "--d-sae", "64", "--k", "4",
                  "--init-tokens", "128", "--no-progress-bar", "--matmul-dtype", "float32",
@@ -473,6 +476,21 @@ def test_cli_caches_the_reference_training_split_and_train_reads_it(
     assert code == 0
     sae = sh.load_sae(tmp_path / "run" / "sae")
     assert sae.cfg.hook_name == H2 and sae.cfg.metadata["context_size"] == 64
+    cfg = TrainConfig(
+        hook_name=H2,
+        cache_dir=str(out),
+        out_dir=str(tmp_path / "api"),
+        total_tokens=512,
+        batch_size=64,
+        d_sae=64,
+        k=4,
+        init_tokens=128,
+        progress_bar=False,
+        matmul_dtype="float32",
+        checkpoint_every_tokens=0,
+    )
+    api = sh.train_sae(model, None, cfg)  # the same run through the API, no token source
+    assert torch.equal(api.W_dec, sae.W_dec)
 
 
 def test_cli_reads_token_and_text_files(model, rows, tmp_path, capsys):

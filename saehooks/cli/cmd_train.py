@@ -8,6 +8,7 @@ drift; counts take ``20M``-style values.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from saehooks.checks import check_int
 from saehooks.cli import flags
@@ -144,11 +145,11 @@ def run_train(args: argparse.Namespace, distributed_run: bool = False) -> int:
         )
     if threads:
         torch.set_num_threads(threads)
-    if data is None:
+    if data is None and (hooks or not _finished_cache(cfg)):
         from saehooks.reference import load_train_tokens
 
         data = load_train_tokens()
-    model = load_model(args.model)
+    model = load_model(args.model)  # kept for the SAE's metadata, even from a cache
     if hooks:
         saes = train_saes_by_rank(model, data, cfg, hooks, args.resume, args.overwrite)
         for hook in saes:
@@ -166,6 +167,17 @@ def run_train(args: argparse.Namespace, distributed_run: bool = False) -> int:
         + f"; {training['matmul_dtype_resolved']} matmul ({training['matmul_dtype_source']})"
     )
     return 0
+
+
+def _finished_cache(cfg) -> bool:
+    """``cfg.cache_dir`` holds a finished cache of ``cfg.hook_name`` (as a hook folder or a
+    ``saehooks cache`` root): training reads it and needs no tokens."""
+    from saehooks.training.activation_cache import read_cache_info
+
+    if not cfg.cache_dir:
+        return False
+    root = Path(cfg.cache_dir)
+    return read_cache_info(root) is not None or read_cache_info(root / cfg.hook_name) is not None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

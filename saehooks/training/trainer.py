@@ -722,10 +722,11 @@ def _split_arguments(
             "saehooks.TrainConfig(...) as train_sae(model, tokens, cfg) or "
             "train_sae(activations, cfg)"
         )
-    if token_source is None:
+    if token_source is None and not cfg.cache_dir:
         raise InputError(
             "train_sae needs something to train on; pass token ids with a model, "
-            "train_sae(model, tokens, cfg), or activations, train_sae(acts, cfg)"
+            "train_sae(model, tokens, cfg), activations, train_sae(acts, cfg), or a "
+            "finished activation cache, TrainConfig(cache_dir=...)"
         )
     return model, token_source, cfg
 
@@ -754,7 +755,9 @@ def train_sae(
         token_source: LongTensor ``[n_seq, n_ctx]``, a ``.safetensors`` file with
             ``tokens``, a folder of text files, or an iterable of token tensors
             (see :class:`~saehooks.training.activation_store.TokenSource`); or,
-            without a model, a float tensor ``[n, d_in]`` of activations.
+            without a model, a float tensor ``[n, d_in]`` of activations; or None when
+            ``cfg.cache_dir`` holds a finished cache (``saehooks cache``), which is then
+            read with no model forward.
         cfg: the configuration (``batch_size`` is the global batch: tokens per
             optimiser step over all ranks).
         resume_from: a run folder (or checkpoint) to continue; the run then ends
