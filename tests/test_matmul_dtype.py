@@ -146,9 +146,9 @@ def _record_encoder_dtypes(monkeypatch) -> list:
     seen: list = []
     real = sparse.encoder_pre
 
-    def recording(x_c, W_enc, b_enc, dtype=torch.float32):
+    def recording(x_c, W_enc, b_enc, dtype=torch.float32, out=None):
         seen.append(dtype)
-        return real(x_c, W_enc, b_enc, dtype)
+        return real(x_c, W_enc, b_enc, dtype, out=out)
 
     monkeypatch.setattr(sparse, "encoder_pre", recording)
     return seen

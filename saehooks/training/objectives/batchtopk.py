@@ -52,7 +52,7 @@ class BatchTopKObjective(TopKObjective):
             state: the step; its ``dead [d_sae]`` mask selects AuxK's latents.
         """
         x_c = x - sae.b_dec
-        pre = sparse.encoder_pre(x_c.detach(), sae.W_enc, sae.b_enc, self.matmul_dtype)
+        pre = self.encoder_pre(sae, x_c)
         vals, rows, cols = activation_fns.batch_topk_code(pre, self.cfg.k)
         code = sparse.code_from_rows(vals, rows, cols, pre.shape[0])
         return self.code_step(sae, x, x_c, pre, code, state.dead)
