@@ -11,7 +11,16 @@ baseline that has them all:
   250k tokens; ``W_enc = W_decᵀ`` at init; ``b_dec`` at the geometric median. Two
   variants put back this project's first AuxK (ReLU'd values; and also not normalised)
   by patching the loss functions for the run.
-- ``l1`` / ``kl``: neuron resampling (Bricken et al. 2023) on / off.
+- ``l1`` / ``kl``: neuron resampling (Bricken et al. 2023) on / off; ``l1`` with half the
+  sparsity coefficient, with a leaky-ReLU backward (``leak``), without input
+  normalisation.
+- ``jumprelu`` (Rajamanoharan et al. 2024) for comparison.
+
+The seed's remedy table maps to rows (``REMEDIES``): lower sparsity coefficient, Leaky
+ReLU, better initialisation, normalisation and activation balancing, the last measured
+twice: the ``kl`` objective's firing-rate penalty towards ρ (activation balancing
+proper: every latent is pulled to fire at the same rate) and AuxK (an auxiliary loss
+that gives the dead latents of a TopK SAE the residual to fit).
 
 ::
 
@@ -53,7 +62,22 @@ VARIANTS = {
     "l1: no resampling": {**L1, "resample_dead": False},
     "kl: resampling": KL,
     "kl: no resampling": {**KL, "resample_dead": False},
+    "l1: lambda 2.5 (half)": {**L1, "l1_coefficient": 2.5},
+    "l1: leaky ReLU (leak 0.05)": {**L1, "leak": 0.05},
+    "l1: leaky ReLU, no resampling": {**L1, "leak": 0.05, "resample_dead": False},
+    "l1: no input normalisation": {**L1, "normalize_activations": False},
+    "topk: no input normalisation": {**TOPK, "normalize_activations": False},
+    "jumprelu": dict(architecture="jumprelu", lr=1e-3, **RESAMPLE),
 }
+REMEDIES = {
+    "lower sparsity coefficient": ("l1: resampling", "l1: lambda 2.5 (half)"),
+    "Leaky ReLU": ("l1: resampling", "l1: leaky ReLU (leak 0.05)"),
+    "better initialisation": ("topk: W_enc random (not W_dec^T)", "topk: all remedies"),
+    "normalisation": ("l1: no input normalisation", "l1: resampling"),
+    "activation balancing (KL-rho)": ("l1: resampling", "kl: resampling"),
+    "activation balancing (AuxK)": ("topk: no AuxK", "topk: all remedies"),
+}
+"""The seed's remedies: ``{remedy: (row without it, row with it)}``."""
 
 
 def heldout_activations(model, n_rows: int) -> torch.Tensor:
@@ -128,7 +152,7 @@ def run_variant(model, rows, acts, changes: dict, tokens: int, work: Path) -> di
         losses.auxk_loss, losses.topk_loss = losses.mse, topk_loss
     try:
         start = time.time()
-        sae = train_sae(model, rows, cfg)
+        sae = train_sae(model, rows, cfg, overwrite=True)
         seconds = time.time() - start
     finally:
         sparse.selected_pre, losses.auxk_loss, losses.topk_loss = original
@@ -177,6 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     if args.csv:
         table.to_csv(args.csv)
+    print("\nremedy: dead_heldout without -> with (fvu, l0 without -> with)")
+    for remedy, (without, with_) in REMEDIES.items():
+        if without in table.index and with_ in table.index:
+            a, b = table.loc[without], table.loc[with_]
+            print(
+                f"{remedy}: {a.dead_heldout:.4f} -> {b.dead_heldout:.4f} "
+                f"(fvu {a.fvu:.4f} -> {b.fvu:.4f}, l0 {a.l0:.1f} -> {b.l0:.1f})"
+            )
 
 
 if __name__ == "__main__":
