@@ -442,6 +442,12 @@ class SAE(nn.Module):
             InputError, DeviceError: see :meth:`encode_pre`.
         """
         x = x.to(self.dtype)
+        fast = self._topk_decode_unhooked(x)
+        if fast is not None:  # nothing on the path: recons is the clean reconstruction
+            recons = self.hook_sae_recons(fast)
+            if not self.use_error_term:
+                return self.hook_sae_output(recons)
+            return self.hook_sae_output(recons + self.hook_sae_error((x - recons).detach()))
         raw = x
         x = self.hook_sae_input(x)
         pre = self.hook_sae_acts_pre(self.encode_pre(x))
@@ -457,6 +463,43 @@ class SAE(nn.Module):
                 clean = recons
             error = raw - clean
         return self.hook_sae_output(recons + self.hook_sae_error(error))
+
+    def _topk_decode_unhooked(self, x: Tensor) -> Tensor | None:
+        """The reconstruction of a TopK SAE decoded straight from ``pre.topk``'s values
+        and indices, or None where that shortcut does not apply (another architecture,
+        a hook on the path, a gradient, ``rescale_acts_by_decoder_norm``, or k above
+        :data:`SPARSE_DECODE_MAX_DENSITY` of ``d_sae``).
+
+        Bit for bit what :meth:`forward`'s general path gives: the latents of each token
+        are summed in ascending order, as :func:`sparse_decode` sums a token's non-zeros,
+        and the zeros ReLU leaves add exact zeros. It skips the dense ``[..., d_sae]``
+        code, its scatter and the scan for its non-zeros (``benchmarks/splice_overhead.py``).
+        """
+        c = self.cfg
+        if (
+            c.architecture != "topk"
+            or c.rescale_acts_by_decoder_norm
+            or c.k > SPARSE_DECODE_MAX_DENSITY * c.d_sae
+            or (torch.is_grad_enabled() and (x.requires_grad or self.W_enc.requires_grad))
+            or self._path_is_hooked()
+        ):
+            return None
+        pre = self.encode_pre(x)
+        if not 1 <= c.k <= pre.shape[-1] or pre.numel() == 0:
+            return None
+        values, indices = pre.reshape(-1, c.d_sae).topk(c.k, dim=-1, sorted=False)
+        indices, order = indices.sort(dim=-1)
+        weights = torch.relu(values.gather(-1, order))
+        n = indices.shape[0]
+        offsets = torch.arange(0, n * c.k, c.k, device=x.device)
+        out = nn.functional.embedding_bag(
+            indices.reshape(-1),
+            self.W_dec,
+            offsets,
+            mode="sum",
+            per_sample_weights=weights.reshape(-1),
+        )
+        return out.reshape(*x.shape[:-1], c.d_in) + self.b_dec
 
     def _path_is_hooked(self) -> bool:
         """Whether a hook sits on the input-to-reconstruction path (then the clean
