@@ -61,7 +61,7 @@ class KLObjective(ReLUObjective):
         else:  # the same mean over the non-zeros only (a silent latent adds 0)
             fired = losses.soft_firing(acts, self.cfg.kl_scale)
             rate = acts.new_zeros(sae.W_dec.shape[0]).index_add(0, cols, fired) / n
-        running = self.next_running(rate.detach(), n, state.tokens)
+        running = self.next_running(rate.detach(), n * state.ranks, state.tokens)
         return losses.kl_penalty_running(rate, running, self.cfg.kl_rho), rate.detach()
 
     def sync(self, out: ForwardOutput, ranks: int) -> ForwardOutput:

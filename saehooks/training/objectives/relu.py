@@ -181,7 +181,7 @@ class ReLUObjective(Objective):
             The number of latents resampled.
         """
         every = self.cfg.resample_every_tokens
-        after = state.tokens + x.shape[0]
+        after = state.tokens + x.shape[0] * state.ranks  # tokens over all ranks
         if not (
             self.cfg.resample_dead
             and every
