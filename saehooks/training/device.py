@@ -50,7 +50,8 @@ class MatmulChoice(NamedTuple):
     """``"float32"`` or ``"bfloat16"``."""
     source: str
     """``"explicit"`` (set by the user), ``"probe"`` (timed here), ``"cuda"`` (bf16 on
-    a GPU with bf16 support), or ``"default"`` (no probe for this device type)."""
+    a GPU with bf16 support), ``"default"`` (no probe for this device type), or
+    ``"rank 0"`` (under torchrun every rank takes rank 0's ``auto`` choice)."""
     float32_ms: float | None
     """Probe time of one fp32 ``[rows, d_in] @ [d_in, d_sae]`` matmul (ms), if timed."""
     bfloat16_ms: float | None
