@@ -267,6 +267,10 @@ def test_bad_token_sources_raise_named_errors(model, cfg, tmp_path):
     with pytest.raises(
         InputTypeError, match="token arrays must hold integer ids, got torch.float32; tokenize"
     ):
+        TokenSource(torch.zeros(4, 8))
+    with pytest.raises(  # a float tensor with a model is read as that hook's activations
+        InputError, match=r"activations are 8 wide, the model's 'blocks.1.hook_resid_post' is 256"
+    ):
         sh.train_sae(model, torch.zeros(4, 8), cfg)
     with pytest.raises(
         InputError,
