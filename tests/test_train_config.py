@@ -79,8 +79,8 @@ BAD_CONFIGS = [
     (
         {"architecture": "gated"},
         InputError,
-        r"architecture must be one of 'topk', "
-        r"'batchtopk', 'l1', 'kl'; got 'gated'",
+        r"architecture must be one of 'topk', 'batchtopk', 'l1', 'kl', 'jumprelu', "
+        r"'matryoshka_batchtopk', 'mlp'; got 'gated'",
     ),
     ({"b_dec_init": "random"}, InputError, r"b_dec_init must be one of 'zeros', 'mean'"),
     (

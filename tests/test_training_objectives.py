@@ -45,7 +45,7 @@ def test_there_is_one_objective_per_architecture():
     assert tuple(OBJECTIVES) == ARCHITECTURES
     saved_as = {name: cls.inference_architecture for name, cls in OBJECTIVES.items()}
     unit_norm = {name: cls.unit_norm_decoder for name, cls in OBJECTIVES.items()}
-    known = ("topk", "batchtopk", "l1", "kl", "jumprelu", "matryoshka_batchtopk")
+    known = ("topk", "batchtopk", "l1", "kl", "jumprelu", "matryoshka_batchtopk", "mlp")
     assert [saved_as[name] for name in known] == [
         "topk",
         "jumprelu",
@@ -53,12 +53,13 @@ def test_there_is_one_objective_per_architecture():
         "relu",
         "jumprelu",
         "jumprelu",
+        "mlp",
     ]
-    assert [unit_norm[name] for name in known] == [True, True, False, True, True, True]
+    assert [unit_norm[name] for name in known] == [True, True, False, True, True, True, True]
     with pytest.raises(
         SAEHooksError,
         match="unknown training architecture 'gated'; pass one of topk, batchtopk, l1, kl, "
-        "jumprelu, matryoshka_batchtopk",
+        "jumprelu, matryoshka_batchtopk, mlp",
     ):
         objective_class("gated")
 

@@ -34,7 +34,7 @@ from saehooks.checks import (
 )
 from saehooks.errors import InputError, InputTypeError
 
-ARCHITECTURES = ("topk", "batchtopk", "l1", "kl", "jumprelu", "matryoshka_batchtopk")
+ARCHITECTURES = ("topk", "batchtopk", "l1", "kl", "jumprelu", "matryoshka_batchtopk", "mlp")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 
@@ -48,8 +48,9 @@ class TrainConfig:
     architecture: str = "topk"
     """Sparsity objective: ``topk`` / ``batchtopk`` (Gao et al. 2024; Bussmann et al.
     2024), ``l1`` (Anthropic April 2024), ``kl`` (Ng 2011 average-activation KL),
-    ``jumprelu`` (Rajamanoharan et al. 2024) or ``matryoshka_batchtopk`` (Bussmann et
-    al. 2025); see ``saehooks.training.objectives`` for the fields each one reads."""
+    ``jumprelu`` (Rajamanoharan et al. 2024), ``matryoshka_batchtopk`` (Bussmann et
+    al. 2025) or ``mlp`` (a hidden layer on each side of ReLU latents, L1 on them);
+    see ``saehooks.training.objectives`` for the fields each one reads."""
     d_sae: int = 4096
     """Number of latents."""
     k: int = 32
@@ -113,6 +114,10 @@ class TrainConfig:
     kl_window_tokens: int = 32768
     """Tokens over which the ``kl`` objective's running firing estimate averages (its
     logged KL value); the gradient does not depend on it."""
+    mlp_hidden: int = 0
+    """``mlp`` (the seed's example SAE: a hidden layer on each side of ReLU latents, loss
+    ``MSE + λ Σ_j z_j`` with λ = ``l1_coefficient``): width of each hidden layer; 0 picks
+    ``2 · d_in``, the smallest width that holds every linear ReLU SAE exactly."""
     target_l0: float = 0.0
     """``l1``/``kl``: if > 0, adapt the coefficient (λ or β) multiplicatively after its
     warm-up so that the batch L0 tracks this target (a Lagrangian-style controller)."""
@@ -317,7 +322,7 @@ _POSITIVE_INTS = ("d_sae", "k", "total_tokens", "batch_size", "dead_window_token
                   "init_tokens", "log_every_steps", "model_batch_rows", "buffer_tokens",
                   "shard_tokens", "kl_window_tokens")
 _NONNEGATIVE_INTS = ("aux_k", "resample_every_tokens", "seed", "checkpoint_every_tokens",
-                     "cache_tokens")
+                     "cache_tokens", "mlp_hidden")
 _BOOLS = ("auxk", "init_encoder_as_decoder_transpose", "fit_encoder_scale", "resample_dead",
           "normalize_activations", "sparse_kernels", "drop_bos", "wandb", "progress_bar")
 _FRACTIONS = ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction",

@@ -9,11 +9,13 @@ l1                   :class:`L1Objective`                    relu      free
 kl                   :class:`KLObjective`                    relu      unit norm
 jumprelu             :class:`JumpReLUObjective`              jumprelu  unit norm
 matryoshka_batchtopk :class:`MatryoshkaBatchTopKObjective`   jumprelu  unit norm
+mlp                  :class:`MLPObjective`                   mlp       unit norm
 ==================== ======================================= ========= ===========
 
 Sources and losses: :mod:`.topk` (Gao et al. 2024), :mod:`.batchtopk` (Bussmann et al.
 2024), :mod:`.l1` (Anthropic, April 2024), :mod:`.kl` (Ng 2011), :mod:`.jumprelu`
-(Rajamanoharan et al. 2024), :mod:`.matryoshka` (Bussmann et al. 2025).
+(Rajamanoharan et al. 2024), :mod:`.matryoshka` (Bussmann et al. 2025), :mod:`.mlp`
+(the seed's example SAE: an MLP on each side of ReLU latents, L1 on the latents).
 
 Each class declares the ``TrainConfig`` fields it reads (``fields``); the loop's own
 are ``saehooks.training.trainer.LOOP_FIELDS``.
@@ -37,6 +39,7 @@ from saehooks.training.objectives.jumprelu import JumpReLUObjective
 from saehooks.training.objectives.kl import KLObjective
 from saehooks.training.objectives.l1 import L1Objective
 from saehooks.training.objectives.matryoshka import MatryoshkaBatchTopKObjective
+from saehooks.training.objectives.mlp import MLPObjective
 from saehooks.training.objectives.relu import ReLUObjective
 from saehooks.training.objectives.topk import TopKObjective
 
@@ -49,6 +52,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
         KLObjective,
         JumpReLUObjective,
         MatryoshkaBatchTopKObjective,
+        MLPObjective,
     )
 }
 """``{architecture: objective class}``."""
@@ -88,8 +92,9 @@ __all__ = [
     "KLObjective",
     "JumpReLUObjective",
     "L1Objective",
-    "MatryoshkaBatchTopKObjective",
     "LoopHandles",
+    "MLPObjective",
+    "MatryoshkaBatchTopKObjective",
     "Objective",
     "ReLUObjective",
     "StepState",
