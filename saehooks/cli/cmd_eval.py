@@ -2,7 +2,7 @@
 
 Under ``torchrun`` the ranks share the rows and rank 0 prints::
 
-    torchrun --nproc_per_node 2 "$(which saehooks)" eval --n-tokens 16384 --threads 1
+    torchrun --nproc_per_node 2 -m saehooks eval --n-tokens 16384 --threads 1
 """
 
 from __future__ import annotations
