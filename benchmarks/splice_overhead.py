@@ -18,12 +18,13 @@ TopK SAEs (k 32) with random weights (unit-norm decoder rows, ``W_enc = W_decᵀ
   ``add_sae``. Its spliced logits are checked against saehooks' (``max |Δ logits|``).
 
 Columns: ``sae_ms`` is the SAE alone on the hook's activations, split into ``enc_ms``
-(``x @ W_enc``), ``topk_ms`` (top-k over d_sae and the dense ``[tokens, d_sae]`` code)
-and ``dec_ms`` (decode) for saehooks; ``sae_flop_share`` counts the SAE's matmul FLOPs
-(encoder dense, decoder over k latents for saehooks' sparse decode, over d_sae for
-SAELens' dense one) over the model's forward matmul FLOPs (:func:`model_flops`): the
-ratio's floor is ``1 + sae_flop_share``. ``--dense`` adds saehooks rows with the dense
-decode forced.
+(``x @ W_enc``), ``topk_ms`` (top-k over d_sae) and ``dec_ms`` (the decode from top-k's
+values and indices, :func:`saehooks.sae.decode_topk`, which ``SAE.forward`` uses when no
+hook sits on the SAE's path; with ``--dense`` rows, the dense code and its product);
+``sae_flop_share`` counts the SAE's matmul FLOPs (encoder dense, decoder over k latents
+for saehooks' sparse decode, over d_sae for SAELens' dense one) over the model's forward
+matmul FLOPs (:func:`model_flops`): the ratio's floor is ``1 + sae_flop_share``.
+``--dense`` adds saehooks rows with the dense decode forced.
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ def sae_breakdown(sae: sh.SAE, acts: torch.Tensor, repeats: int) -> tuple[float,
     total = median_ms(lambda: sae(x), repeats)
     enc = median_ms(lambda: (x - sae.b_dec) @ sae.W_enc + sae.b_enc, repeats)
     pre = sae.encode_pre(x)
+    if sae._topk_decode_unhooked(x) is not None:  # forward's shortcut: decode from topk
+        k = sae.cfg.k
+        topk = median_ms(lambda: pre.topk(k, dim=-1, sorted=False), repeats)
+        values, indices = pre.topk(k, dim=-1, sorted=False)
+        dec = median_ms(lambda: sae_module.decode_topk(values, indices, sae.W_dec), repeats)
+        return total, enc, topk, dec
     topk = median_ms(lambda: sae.activation(pre), repeats)
     code = sae.activation(pre)
     dec = median_ms(lambda: sae.decode(code), repeats)
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         _, cache = model.run_with_cache(tokens, names_filter=HOOK)
         acts = cache[HOOK]
         model(tokens)  # warm-up
+        sparse_decode = sae_module.sparse_decode
+        topk_shortcut = sae_module.SAE._topk_decode_unhooked
         for d_sae in args.d_sae:
             sae = random_topk(d_in, d_sae, HOOK)
             n = tokens.numel()
@@ -165,12 +174,17 @@ def main(argv: list[str] | None = None) -> None:
             decodes = ["sparse", "dense"] if args.dense else ["sparse"]
             for decode in decodes:
                 share = (encoder + 2 * n * d_in * (K if decode == "sparse" else d_sae)) / base
-                patch = (
-                    mock.patch.object(sae_module, "sparse_decode", lambda a, w: None)
-                    if decode == "dense"
-                    else mock.patch.object(sae_module, "sparse_decode", sae_module.sparse_decode)
-                )
-                with patch:
+                dense = decode == "dense"
+                with (
+                    mock.patch.object(
+                        sae_module, "sparse_decode", (lambda a, w: None) if dense else sparse_decode
+                    ),
+                    mock.patch.object(
+                        sae_module.SAE,
+                        "_topk_decode_unhooked",
+                        (lambda self, x: None) if dense else topk_shortcut,
+                    ),
+                ):
                     parts = sae_breakdown(sae, acts, args.repeats)
                     with sh.attach(model, sae):
                         ours = model(tokens)

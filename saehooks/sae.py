@@ -224,6 +224,29 @@ def sparse_decode(acts: Tensor, W_dec: Tensor) -> Tensor | None:
     return out.reshape(*acts.shape[:-1], W_dec.shape[1])
 
 
+def decode_topk(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """``Σ_i relu(values[t, i]) · W_dec[indices[t, i]]`` per row: a TopK code decoded from
+    ``pre.topk``'s output without building the dense ``[n, d_sae]`` code.
+
+    Args:
+        values: the k largest pre-activations per row ``[n, k]``.
+        indices: their latents ``[n, k]``.
+        W_dec: decoder ``[d_sae, d_in]``.
+
+    Returns:
+        ``[n, d_in]`` (no ``b_dec``), bit for bit :func:`sparse_decode` of the same code:
+        each row's latents are summed in ascending order, and the zeros ReLU leaves add
+        exact zeros.
+    """
+    indices, order = indices.sort(dim=-1)
+    weights = torch.relu(values.gather(-1, order))
+    n, k = indices.shape
+    offsets = torch.arange(0, n * k, k, device=indices.device)
+    return nn.functional.embedding_bag(
+        indices.reshape(-1), W_dec, offsets, mode="sum", per_sample_weights=weights.reshape(-1)
+    )
+
+
 class HookPoint(nn.Module):
     """Identity module that runs forward hooks: the SAE's own hook points.
 
@@ -488,17 +511,7 @@ class SAE(nn.Module):
         if not 1 <= c.k <= pre.shape[-1] or pre.numel() == 0:
             return None
         values, indices = pre.reshape(-1, c.d_sae).topk(c.k, dim=-1, sorted=False)
-        indices, order = indices.sort(dim=-1)
-        weights = torch.relu(values.gather(-1, order))
-        n = indices.shape[0]
-        offsets = torch.arange(0, n * c.k, c.k, device=x.device)
-        out = nn.functional.embedding_bag(
-            indices.reshape(-1),
-            self.W_dec,
-            offsets,
-            mode="sum",
-            per_sample_weights=weights.reshape(-1),
-        )
+        out = decode_topk(values, indices, self.W_dec)
         return out.reshape(*x.shape[:-1], c.d_in) + self.b_dec
 
     def _path_is_hooked(self) -> bool:
