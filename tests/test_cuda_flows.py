@@ -208,3 +208,12 @@ def test_feature_tools_on_the_device_match_the_cpu(dev_model, model, saes, token
     assert sweep.loc[0, "kl"] == 0 and sweep.loc[1, "kl"] > 0
     page = feature_html(dev_model, sae, tokens, f, tmp_path / "f.html", k=3, density=density)
     assert page.read_text(encoding="utf-8").count('class="tok hit"') == 3
+
+
+def test_a_cpu_batch_reaches_the_gpu_through_pinned_memory_unchanged():
+    from saehooks.training.device import to_training_device
+
+    batch = torch.randn(64, 16)
+    moved = to_training_device(batch, torch.device(DEVICE))
+    assert moved.device.type == torch.device(DEVICE).type
+    assert torch.equal(moved.cpu(), batch)

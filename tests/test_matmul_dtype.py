@@ -207,3 +207,10 @@ def test_a_resumed_auto_run_keeps_the_dtype_it_started_with(tmp_path, monkeypatc
     seen = _record_encoder_dtypes(monkeypatch)
     resumed.run(max_steps=1)
     assert seen == [torch.bfloat16]  # ... but the resumed run goes on as it began
+
+
+def test_a_batch_for_the_cpu_is_moved_as_is():
+    from saehooks.training.device import to_training_device
+
+    batch = torch.randn(8, 4)
+    assert to_training_device(batch, torch.device("cpu")) is batch

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from saehooks import tl
 from saehooks.checks import check_choice, check_device
@@ -192,3 +192,12 @@ def resolve_matmul_dtype(
     if probe is None:
         _MATMUL_CACHE[key] = choice
     return choice
+
+
+def to_training_device(batch: Tensor, device: torch.device) -> Tensor:
+    """``batch`` on ``device``; a CPU batch bound for a CUDA device goes through pinned
+    (page-locked) memory with a non-blocking copy, so the transfer overlaps the GPU's work
+    (PyTorch's caching host allocator keeps the pinned buffer alive until the copy ends)."""
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)

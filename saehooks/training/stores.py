@@ -36,7 +36,7 @@ from saehooks.training.activation_cache import (
 )
 from saehooks.training.activation_store import ActivationStore, TokenSource
 from saehooks.training.config import TrainConfig
-from saehooks.training.device import training_device
+from saehooks.training.device import to_training_device, training_device
 
 _SAFETENSORS_DTYPES = {"F32": (np.float32, None), "F16": (np.float16, None)}
 _SAFETENSORS_DTYPES["BF16"] = (np.uint16, torch.bfloat16)  # numpy has no bfloat16
@@ -178,7 +178,7 @@ class ShardedRows:
                     self.group, self.epoch = 0, self.epoch + 1
                 self._shards, self._loaded = [], None
         batch = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return batch.to(self.device)
+        return to_training_device(batch, self.device)
 
     @property
     def epochs_done(self) -> float:

@@ -212,8 +212,9 @@ class Trainer:
         return {"n": 0, "loss": 0.0, "mse": 0.0, "fvu": 0.0, "l0": 0.0, "aux": 0.0}
 
     def _next_batch(self) -> Tensor:
-        """The store's next batch on the training device (one transfer per batch)."""
-        return self.store.next_batch().to(self.device)
+        """The store's next batch on the training device (one transfer per batch, through
+        pinned memory from a CPU store to a GPU)."""
+        return device.to_training_device(self.store.next_batch(), self.device)
 
     def _initialise(self) -> None:
         cfg = self.cfg
