@@ -391,8 +391,10 @@ def test_make_store_picks_the_tensor_the_cache_or_refuses(model, rows, tmp_path,
     assert isinstance(make_store(model, acts, _cfg(tmp_path)), TensorStore)
     with pytest.raises(InputError, match="are 16 wide, the model's 'blocks.2.hook_resid_post'"):
         make_store(model, torch.randn(10, 16), _cfg(tmp_path))
-    with pytest.raises(InputError, match="no model or no token source"):
+    with pytest.raises(InputError, match="tensor without a model: token ids need the model"):
         make_store(None, rows, _cfg(tmp_path))
+    with pytest.raises(InputError, match="no model or no token source"):
+        make_store(None, None, _cfg(tmp_path))
     root = tmp_path / "cache"
     cache_activations(model, rows, [H1, H2], root, shard_tokens=200, progress=False)
     monkeypatch.setattr(data, "capture", None)  # reading a cache runs no forward
@@ -476,6 +478,13 @@ def test_cli_caches_the_reference_training_split_and_train_reads_it(
     assert code == 0
     sae = sh.load_sae(tmp_path / "run" / "sae")
     assert sae.cfg.hook_name == H2 and sae.cfg.metadata["context_size"] == 64
+    capsys.readouterr()
+    code = main(["train", "--hook", H2, "--cache-dir", str(out), "--out", str(tmp_path / "run"),
+                 "--tokens", "512", "--batch-size", "64", "--d-sae", "64", "--k", "4",
+                 "--init-tokens", "128", "--no-progress-bar", "--matmul-dtype", "float32",
+                 "--checkpoint-every-tokens", "0", "--resume"])  # fmt: skip
+    assert code == 0  # resuming a finished run says so (it once failed on missing metrics)
+    assert "was already complete" in capsys.readouterr().out
     cfg = TrainConfig(
         hook_name=H2,
         cache_dir=str(out),

@@ -160,10 +160,14 @@ def run_train(args: argparse.Namespace, distributed_run: bool = False) -> int:
     if not distributed.is_main():
         return 0
     training = sae.cfg.metadata["training"]
-    final = training["final_metrics"]
+    final = training.get("final_metrics") or {}
+    shown = [k for k in ("fvu", "l0", "dead_fraction", "mse") if k in final]
+    if not shown:  # resumed a run that had already finished: no step ran
+        print(f"the run in {cfg.out_dir} was already complete; its SAE: {cfg.out_dir}/sae")
+        return 0
     print(
         f"saved {sae} to {cfg.out_dir}/sae; final train metrics: "
-        + ", ".join(f"{k}={final[k]:.4g}" for k in ("fvu", "l0", "dead_fraction", "mse"))
+        + ", ".join(f"{k}={final[k]:.4g}" for k in shown)
         + f"; {training['matmul_dtype_resolved']} matmul ({training['matmul_dtype_source']})"
     )
     return 0

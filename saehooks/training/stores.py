@@ -16,6 +16,7 @@ relies on.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -475,6 +476,12 @@ def make_store(model: nn.Module | None, token_source: Any, cfg: TrainConfig) -> 
             return CachedActivationStore(
                 folder, cfg.batch_size, cfg.seed, context=context, device=device
             )
+    if model is None and isinstance(token_source, Tensor):
+        raise InputError(
+            f"a {token_source.dtype} tensor without a model: token ids need the model "
+            "that reads them, train_sae(model, tokens, cfg); activations must be a float "
+            "tensor [n, d_in], train_sae(acts.float(), cfg)"
+        )
     if model is None or token_source is None:
         where = f"cache_dir {cfg.cache_dir!r} holds no finished cache of {cfg.hook_name!r}"
         raise InputError(
@@ -497,12 +504,21 @@ def make_store(model: nn.Module | None, token_source: Any, cfg: TrainConfig) -> 
     if folder is None:
         return live
     finite = live.source.finite_rows is not None
+    n_cache = cfg.cache_tokens or (None if finite else cfg.total_tokens)
+    amount = "every token of the source" if n_cache is None else f"{n_cache:,} tokens"
+    width = tl.hook_width(model, cfg.hook_name)
+    warnings.warn(
+        f"no finished activation cache of {cfg.hook_name!r} at {str(folder)!r}: writing one "
+        f"there first ({amount}, {4 * (width or 0):,} bytes each; cache_tokens= / "
+        "--cache-tokens caps it), then training from it",
+        stacklevel=2,
+    )
     cache_activations(
         model,
         live.source,
         [cfg.hook_name],
         folder,
-        cfg.cache_tokens or (None if finite else cfg.total_tokens),
+        n_cache,
         shard_tokens=cfg.shard_tokens,
         model_batch_rows=cfg.model_batch_rows,
         drop_bos=cfg.drop_bos,
