@@ -101,12 +101,18 @@ def all_reduce_(tensor: Tensor, op: str = "sum") -> Tensor:
     if not is_distributed():
         return tensor
     reduce_op = getattr(dist.ReduceOp, _OPS[op])
+    return _in_place(tensor, lambda t: dist.all_reduce(t, op=reduce_op))
+
+
+def _in_place(tensor: Tensor, collective) -> Tensor:
+    """Run the in-place ``collective(t)`` on ``tensor``; under ``nccl`` a tensor off the
+    GPU travels there and back (nccl only moves CUDA tensors)."""
     if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
         moved = tensor.cuda()
-        dist.all_reduce(moved, op=reduce_op)
+        collective(moved)
         tensor.copy_(moved.cpu())
     else:
-        dist.all_reduce(tensor, op=reduce_op)
+        collective(tensor)
     return tensor
 
 
@@ -136,13 +142,7 @@ def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
     """
     if not is_distributed():
         return tensor
-    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
-        moved = tensor.cuda()
-        dist.broadcast(moved, src=src)
-        tensor.copy_(moved.cpu())
-    else:
-        dist.broadcast(tensor, src=src)
-    return tensor
+    return _in_place(tensor, lambda t: dist.broadcast(t, src=src))
 
 
 def all_gather(tensor: Tensor) -> list[Tensor]:
