@@ -240,17 +240,7 @@ class MLPObjective(ReLUObjective):
             x_hat = sae.decode(acts).to(x.dtype)
         mse = losses.mse(x, x_hat)
         aux, _ = self.penalty(sae, acts, None, n, state)
-        active = acts.detach() > 0
-        return ForwardOutput(
-            mse + coefficient * aux,
-            x_hat.detach(),
-            mse.detach(),
-            aux.detach(),
-            active.any(0),
-            float(active.sum()) / n,
-            0.0,
-            None,
-        )
+        return self.dense_output(mse, aux, coefficient, x_hat, acts, None)
 
     def after_step(
         self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles

@@ -151,6 +151,14 @@ class ReLUObjective(Objective):
             x_hat = (acts @ sae.W_dec).to(x.dtype) + sae.b_dec
         mse = losses.mse(x, x_hat)
         aux, rate = self.penalty(sae, acts, None, n, state)
+        return self.dense_output(mse, aux, coefficient, x_hat, acts, rate)
+
+    @staticmethod
+    def dense_output(
+        mse: Tensor, aux: Tensor, coefficient: float, x_hat: Tensor, acts: Tensor, rate
+    ) -> ForwardOutput:
+        """The step's output from a dense code ``acts [n, d_sae]``: loss ``mse +
+        coefficient · aux``, the latents that fired, and the batch L0."""
         active = acts.detach() > 0
         return ForwardOutput(
             mse + coefficient * aux,
@@ -158,7 +166,7 @@ class ReLUObjective(Objective):
             mse.detach(),
             aux.detach(),
             active.any(0),
-            float(active.sum()) / n,
+            float(active.sum()) / acts.shape[0],
             0.0,
             rate,
         )
