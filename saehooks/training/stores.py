@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from saehooks import distributed, tl
-from saehooks.checks import check_int, check_positive_int
+from saehooks.checks import check_finite_tensor, check_int, check_positive_int
 from saehooks.errors import InputError, InputTypeError, SAEFileError, SAENotFoundError
 from saehooks.training.activation_cache import (
     CACHE_INFO,
@@ -323,10 +323,7 @@ def check_activation_tensor(acts: Any, name: str = "activations") -> Tensor:
             f"{name} must be [n >= 1, d_in >= 1], got shape {tuple(acts.shape)}; flatten "
             "[batch, pos, d_in] activations with acts.reshape(-1, d_in)"
         )
-    bad = int((~torch.isfinite(acts)).sum())
-    if bad:
-        raise InputError(f"{name} holds {bad} NaN or infinite value(s); pass finite numbers")
-    return acts.detach()
+    return check_finite_tensor(acts, name).detach()
 
 
 class TensorStore(ShardedRows):
