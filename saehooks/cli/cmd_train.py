@@ -8,7 +8,6 @@ drift; counts take ``20M``-style values.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from saehooks.checks import check_int
 from saehooks.cli import flags
@@ -177,11 +176,10 @@ def _finished_cache(cfg) -> bool:
     """``cfg.cache_dir`` holds a finished cache of ``cfg.hook_name`` (as a hook folder or a
     ``saehooks cache`` root): training reads it and needs no tokens."""
     from saehooks.training.activation_cache import read_cache_info
+    from saehooks.training.stores import cache_folder
 
-    if not cfg.cache_dir:
-        return False
-    root = Path(cfg.cache_dir)
-    return read_cache_info(root) is not None or read_cache_info(root / cfg.hook_name) is not None
+    folder = cache_folder(cfg.cache_dir, cfg.hook_name) if cfg.cache_dir else None
+    return folder is not None and read_cache_info(folder) is not None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -364,7 +364,7 @@ class TensorStore(ShardedRows):
         return self.acts
 
 
-def _cache_folder(cache_dir: str, hook_name: str) -> Path:
+def cache_folder(cache_dir: str, hook_name: str) -> Path:
     """``cache_dir`` if it holds a cache, else ``cache_dir/<hook_name>`` if that does (a
     ``saehooks cache`` root), else ``cache_dir`` (where a new cache goes)."""
     root = Path(cache_dir)
@@ -461,7 +461,7 @@ def make_store(model: nn.Module | None, token_source: Any, cfg: TrainConfig) -> 
         return store
     if model is not None:
         _check_trainable_hook(model, cfg.hook_name)
-    folder = _cache_folder(cfg.cache_dir, cfg.hook_name) if cfg.cache_dir else None
+    folder = cache_folder(cfg.cache_dir, cfg.hook_name) if cfg.cache_dir else None
     info = read_cache_info(folder) if folder is not None else None
     if folder is not None and info is not None:
         _check_cache_matches(info, folder, model, cfg)
