@@ -571,6 +571,7 @@ def main(argv: list[str] | None = None) -> None:
             except ImportError:
                 print(f"{name}: sae_lens is not installed here (the TL3 env has it); skipped")
                 continue
+            torch.manual_seed(args.seed)  # SAELens' initialisation draws from torch's RNG
             start = time.perf_counter()
             sae = train_saelens_topk(store, store.d_in, args.d_sae, overrides["k"],
                                      args.tokens, args.batch_size, args.lr)  # fmt: skip

@@ -203,7 +203,8 @@ def test_a_finished_cache_is_kept_and_other_settings_start_afresh(model, rows, t
     cache_activations(model, rows, H1, tmp_path, shard_tokens=300, progress=False)
     assert (folder / "cache.json").stat().st_mtime_ns == stamp
     monkeypatch.undo()
-    cache_activations(model, rows, H1, tmp_path, shard_tokens=500, progress=False)
+    with pytest.warns(UserWarning, match=r"replacing the finished cache .*shard_tokens 300 -> 500"):
+        cache_activations(model, rows, H1, tmp_path, shard_tokens=500, progress=False)
     info = read_cache_info(folder)
     assert [s["tokens"] for s in info["shards"]] == [500, 255]
     assert sorted(p.name for p in folder.glob("shard_*")) == [
@@ -485,6 +486,12 @@ def test_cli_caches_the_reference_training_split_and_train_reads_it(
                  "--checkpoint-every-tokens", "0", "--resume"])  # fmt: skip
     assert code == 0  # resuming a finished run says so (it once failed on missing metrics)
     assert "was already complete" in capsys.readouterr().out
+    # without --hook, a one-hook cache folder says which hook the SAE reads
+    code = main(["train", "--cache-dir", str(out / H1), "--out", str(tmp_path / "run1"),
+                 "--tokens", "128", "--batch-size", "64", "--d-sae", "64", "--k", "4",
+                 "--init-tokens", "128", "--no-progress-bar", "--matmul-dtype", "float32",
+                 "--checkpoint-every-tokens", "0"])  # fmt: skip
+    assert code == 0 and sh.load_sae(tmp_path / "run1" / "sae").cfg.hook_name == H1
     cfg = TrainConfig(
         hook_name=H2,
         cache_dir=str(out),

@@ -357,3 +357,23 @@ def test_a_finished_run_is_never_overwritten_by_accident(model, tmp_path):
     assert torch.equal(sh.load_sae(str(tmp_path / "sae")).W_dec, first.W_dec)
     second = sh.train_sae(model, tokens, second_cfg, overwrite=True)
     assert sh.load_sae(str(tmp_path / "sae")).cfg.d_sae == 32 == second.cfg.d_sae
+
+
+def test_settings_the_objective_does_not_read_are_named_in_a_warning(tmp_path):
+    """``k`` means nothing to ``jumprelu`` (its L0 comes from λ / target_l0): a run
+    given one says so instead of ignoring it silently; defaults and read fields do not
+    warn."""
+    import warnings
+
+    from saehooks.training import train_sae
+
+    acts = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
+    base = dict(d_sae=16, batch_size=64, total_tokens=64, init_tokens=64, progress_bar=False)
+    cfg = TrainConfig(architecture="jumprelu", k=7, out_dir=str(tmp_path / "a"), **base)
+    with pytest.warns(UserWarning, match=r"'jumprelu' objective does not read k=7") as seen:
+        train_sae(acts, cfg)
+    assert "l0_coefficient" in str(seen[0].message)
+    cfg = TrainConfig(architecture="topk", k=7, out_dir=str(tmp_path / "b"), **base)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*does not read.*")
+        train_sae(acts, cfg)

@@ -74,15 +74,34 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(one model forward per SAE, no data parallelism)",
     )
     flags.add_arguments(parser, TrainConfig, int_type=parse_count)
+    parser.set_defaults(hook_name=None)  # not given: the cache's hook, else the default
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed arguments.
+    """The :class:`TrainConfig` of parsed arguments. Without ``--hook``, the hook is
+    that of the cache ``--cache-dir`` holds (a one-hook cache folder), else
+    :class:`TrainConfig`'s default.
 
     Raises:
         InputError, InputTypeError, DeviceError: a bad value (see :class:`TrainConfig`).
     """
+    if getattr(args, "hook_name", None) is None:
+        args = argparse.Namespace(**{**vars(args), "hook_name": _cache_hook(args)})
     return flags.from_namespace(TrainConfig, args)
+
+
+def _cache_hook(args: argparse.Namespace) -> str:
+    """The hook of the cache in ``args.cache_dir`` if it is one hook's cache folder,
+    else the default ``hook_name``."""
+    from saehooks.training.activation_cache import read_cache_info
+
+    try:
+        info = read_cache_info(args.cache_dir) if getattr(args, "cache_dir", None) else None
+    except (OSError, ValueError):  # unreadable: the store's own check says what is wrong
+        info = None
+    if isinstance(info, dict) and isinstance(info.get("hook_name"), str):
+        return info["hook_name"]
+    return TrainConfig.hook_name
 
 
 def _hook_list(args: argparse.Namespace) -> list[str] | None:

@@ -224,6 +224,7 @@ def cache_activations(
         return folders
     state = _load_progress(out, settings, hooks)
     if state is None:  # a fresh job: clear what an earlier one left
+        _warn_replacing(folders, infos, settings)
         for f in folders.values():
             f.mkdir(parents=True, exist_ok=True)
             (f / CACHE_INFO).unlink(missing_ok=True)
@@ -328,6 +329,22 @@ def cache_activations(
         if name:
             (out / name).unlink(missing_ok=True)
     return folders
+
+
+def _warn_replacing(folders: dict[str, Path], infos: list, settings: dict) -> None:
+    """Warn that finished caches written with other settings are about to be replaced,
+    naming the settings that differ (a rerun with the same ones keeps them)."""
+    for (hook, folder), info in zip(folders.items(), infos):
+        if not isinstance(info, dict):
+            continue
+        old = info.get("settings") or {}
+        changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+        warnings.warn(
+            f"replacing the finished cache of {hook!r} in {str(folder)!r}: it was written "
+            f"with other settings ({'; '.join(changed)[:300]}); rerun with its settings to "
+            "keep it, or cache into another folder",
+            stacklevel=3,
+        )
 
 
 def _load_progress(out: Path, settings: dict, hooks: list[str]) -> dict | None:

@@ -80,6 +80,20 @@ def resume_checked_fields(objective: Objective) -> frozenset[str]:
     return (LOOP_FIELDS - RESUME_FREE) | objective.fields
 
 
+def unread_fields(cfg: TrainConfig, objective: Objective) -> dict[str, Any]:
+    """``{field: value}`` of the fields set away from their defaults that neither the
+    loop nor ``objective`` reads (e.g. ``k`` for ``jumprelu``, whose L0 comes from
+    ``l0_coefficient``/``target_l0``): settings a run would silently ignore."""
+    read = LOOP_FIELDS | objective.fields
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.name not in read
+        and f.default is not dataclasses.MISSING
+        and getattr(cfg, f.name) != f.default
+    }
+
+
 class Trainer:
     """Trains one SAE on a store's activations, in one process or data-parallel.
 
@@ -163,6 +177,15 @@ class Trainer:
             if chosen != self.matmul.dtype:
                 self.matmul = device.MatmulChoice(chosen, "rank 0", None, None)
         self.objective = make_objective(cfg, self.matmul.dtype)
+        ignored = unread_fields(cfg, self.objective)
+        if ignored and self.writes:
+            said = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+            warnings.warn(
+                f"the {cfg.architecture!r} objective does not read {said}: the run ignores "
+                f"it; it reads {', '.join(sorted(self.objective.fields))} (and the loop's "
+                "fields). Drop the setting or pick an architecture that uses it.",
+                stacklevel=2,
+            )
         context = getattr(store, "context", None) or (cfg.context_size, None)
         self.meta = (
             {}
