@@ -32,12 +32,14 @@ def _run(script: str, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # a subprocess over the shipped model: .ci/run runs it
 @needs_sae
 def test_ablate_feature_demo():
     out = _run("ablate_feature.py")
     assert "loss change" in out and "Spearman" in out and "KL" in out
 
 
+@pytest.mark.slow  # a subprocess over the shipped model: .ci/run runs it
 @needs_sae
 def test_steer_feature_demo():
     out = _run("steer_feature.py")
@@ -47,6 +49,7 @@ def test_steer_feature_demo():
     assert "feature_act" in out
 
 
+@pytest.mark.slow  # a subprocess over the shipped model: .ci/run runs it
 @needs_sae
 def test_inspect_feature_demo(tmp_path):
     out = _run("inspect_feature.py", "--html-dir", str(tmp_path))

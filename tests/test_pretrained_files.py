@@ -90,8 +90,11 @@ def test_no_json_value_is_an_absolute_path(name):
 def test_shipped_configs_pass_the_strict_reader(folder):
     path = PRETRAINED / "saes" / folder / "cfg.json"
     cfg = config_from_dict(json.loads(path.read_text()), str(path))
-    assert cfg.d_in == 256 and cfg.d_sae == 4096
+    assert cfg.d_in == 256 and cfg.d_sae in (4096, 16384)
     assert cfg.hook_name and cfg.hook_name in folder
     training = cfg.metadata["training"]["config"]
-    assert training["out_dir"] == f"runs/{folder}"  # relative to build_saes.py --work
-    assert training["cache_dir"] == f"cache/{cfg.hook_name}"
+    assert training["hook_name"] == cfg.hook_name
+    # machine paths: relative to build_saes.py --work in the older SAEs, left out since
+    if "out_dir" in training or "cache_dir" in training:
+        assert training["out_dir"] == f"runs/{folder}"
+        assert training["cache_dir"] == f"cache/{cfg.hook_name}"

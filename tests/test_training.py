@@ -141,7 +141,14 @@ def test_short_topk_run_lowers_fvu_and_keeps_l0(model, train_tokens, heldout_act
     assert log["fvu"].iloc[-1] < log["fvu"].iloc[0]
 
 
-@pytest.mark.parametrize("arch", ["batchtopk", "l1", "kl"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "batchtopk",
+        pytest.param("l1", marks=pytest.mark.slow),
+        pytest.param("kl", marks=pytest.mark.slow),
+    ],
+)
 def test_short_runs_of_other_objectives(arch, model, train_tokens, heldout_acts, tmp_path):
     cfg = tiny_config(
         tmp_path,

@@ -213,6 +213,7 @@ def test_no_training_module_reads_another_modules_private_names():
     assert not found
 
 
+@pytest.mark.filterwarnings("ignore:.*objective does not read")  # set on purpose here
 def test_resume_checks_follow_from_the_declarations(tmp_path):
     topk = make_objective(fake_config(tmp_path))
     assert resume_checked_fields(topk) == (LOOP_FIELDS - RESUME_FREE) | TopKObjective.fields
