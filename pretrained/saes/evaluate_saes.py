@@ -1,6 +1,6 @@
 """Evaluate every shipped SAE on all held-out tokens; write index.json and README.md.
 
-    python pretrained/saes/evaluate_saes.py [--only NAME ...] [--threads 2]
+    python pretrained/saes/evaluate_saes.py [--only NAME ...] [--threads 2] [--report-only]
 
 ``--only`` re-evaluates those SAEs and keeps the other rows of ``index.json``.
 ``saehooks.list_pretrained_saes()`` reads ``index.json``.
@@ -98,7 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="*", default=None, help="SAE names to (re)evaluate")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument(
+        "--report-only", action="store_true", help="rewrite README.md from index.json only"
+    )
     args = ap.parse_args(argv)
+    if args.report_only:
+        write_readme(json.loads((HERE / "index.json").read_text()), sh.load_eval_tokens().shape)
+        return
     if args.threads:
         import torch
 
