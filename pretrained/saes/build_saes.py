@@ -50,6 +50,15 @@ TOPK = dict(
     dead_window_tokens=250_000,
     total_tokens=30_000_000,
 )
+# issue #15's SAEs at blocks.2: TopK's batch and dead window; matmul_dtype "auto" picks
+# float32 on CPUs without bf16 units (on an AVX2-only CPU a bf16 step is ~100x slower)
+# and bf16 where the CPU or GPU has them
+ISSUE15 = dict(
+    hook_name="blocks.2.hook_resid_post",
+    batch_size=1024,
+    dead_window_tokens=250_000,
+    matmul_dtype="auto",
+)
 SAES = {
     "topk-k32-blocks.2.hook_resid_post": dict(hook_name="blocks.2.hook_resid_post", **TOPK),
     "topk-k32-blocks.1.hook_resid_post": dict(hook_name="blocks.1.hook_resid_post", **TOPK),
@@ -61,33 +70,20 @@ SAES = {
         decoder_init_norm=1.0,
         target_l0=36.0,
     ),
-    # issue #15: a larger BatchTopK dictionary for the best fidelity at L0 <= 32, and a
-    # JumpReLU SAE. matmul_dtype "auto": float32 on CPUs without bf16 units (on an
-    # AVX2-only CPU a bf16 step is ~100x slower), bf16 where the CPU or GPU has them.
+    # issue #15: a larger BatchTopK dictionary for the best fidelity at L0 <= 32
     "batchtopk-k32-d16384-blocks.2.hook_resid_post": dict(
-        hook_name="blocks.2.hook_resid_post",
-        architecture="batchtopk",
-        k=32,
-        d_sae=16384,
-        lr=2e-3,
-        batch_size=1024,
-        dead_window_tokens=250_000,
-        total_tokens=10_000_000,
-        matmul_dtype="auto",
+        architecture="batchtopk", k=32, d_sae=16384, lr=2e-3, total_tokens=10_000_000, **ISSUE15
     ),
     # the target-L0 controller steers λ (up to 100x) until the batch L0 is 32; the
-    # thresholds (log θ at lr 1e-3) follow within ~1000 steps of the 14.6k
+    # thresholds (log θ at lr 1e-3) followed within ~1100 of the 14.6k steps
     "jumprelu-blocks.2.hook_resid_post": dict(
-        hook_name="blocks.2.hook_resid_post",
         architecture="jumprelu",
         d_sae=4096,
         lr=1e-3,
-        batch_size=1024,
         l0_coefficient=1.0,
         target_l0=32.0,
-        dead_window_tokens=250_000,
         total_tokens=15_000_000,
-        matmul_dtype="auto",
+        **ISSUE15,
     ),
     "kl-blocks.2.hook_resid_post": dict(
         hook_name="blocks.2.hook_resid_post",
