@@ -113,6 +113,12 @@ def points(d_sae: int) -> dict[str, dict[str, Any]]:
     }  # fmt: skip
     out["variant-topk-k32-rescaled-norm1"] = {**variant, "_rescaled": True}
     out["variant-topk-k32-lr3e-3"] = {**variant, "lr": 3e-3}
+    # JumpReLU's threshold learning rate at short budgets (run only when --only names them)
+    for factor in (3, 10, 30):
+        out[f"variant-jumprelu-l0_32-tlr{factor}"] = {
+            "architecture": "jumprelu", "target_l0": 32.0, "jumprelu_threshold_lr_factor":
+            float(factor), "_family": "jumprelu-l0_32 variants", "_target": 32, "_extra": True,
+        }  # fmt: skip
     return out
 
 

@@ -26,8 +26,9 @@ from saehooks.training import checkpoint
 from saehooks.training import objectives as objectives_pkg
 from saehooks.training.activation_store import RankSlice, TokenSource
 from saehooks.training.config import TrainConfig
+from saehooks.training.launch import train_sae, train_saes_by_rank
 from saehooks.training.objectives.base import ForwardOutput
-from saehooks.training.trainer import check_batch_divisible, train_sae, train_saes_by_rank
+from saehooks.training.trainer import check_batch_divisible
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 240
@@ -41,7 +42,8 @@ WORKER = textwrap.dedent(
 
     from saehooks import distributed
     from saehooks.training.config import TrainConfig
-    from saehooks.training.trainer import Trainer, train_sae
+    from saehooks.training.launch import train_sae
+    from saehooks.training.trainer import Trainer
 
 
     class Stream:

@@ -5,6 +5,7 @@ plain dense references, training, SAELens files and the CLI."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -236,6 +237,28 @@ def test_jumprelu_resumes_exactly(tmp_path):
     torch.testing.assert_close(resumed.sae.W_enc, whole.sae.W_enc, rtol=0, atol=0)
 
 
+def test_threshold_lr_factor_scales_the_thresholds_adam_step(tmp_path):
+    # same data and initial state, so the first step's gradients are equal and Adam's
+    # first update lr · m̂ / (√v̂ + eps) scales with the learning rate exactly
+    moves = {}
+    for factor in (1.0, 4.0):
+        cfg = fake_config(
+            tmp_path / str(factor),
+            architecture="jumprelu",
+            total_tokens=20 * 64,
+            jumprelu_init_threshold=0.2,
+            jumprelu_threshold_lr_factor=factor,
+            checkpoint_every_tokens=0,
+        )
+        trainer = Trainer(None, FakeStore(), cfg)
+        trainer.train_step()
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        assert trainer.objective.threshold_optimizer.param_groups[0]["lr"] == lr * factor
+        moves[factor] = trainer.objective.log_threshold.detach() - math.log(0.2)
+    assert (moves[1.0] != 0).any()
+    torch.testing.assert_close(moves[4.0], 4.0 * moves[1.0], rtol=1e-5, atol=1e-9)
+
+
 def test_jumprelu_config_is_checked():
     with pytest.raises(SAEHooksError, match="jumprelu_bandwidth"):
         TrainConfig(architecture="jumprelu", jumprelu_bandwidth=0.0)
@@ -243,6 +266,8 @@ def test_jumprelu_config_is_checked():
         TrainConfig(architecture="jumprelu", jumprelu_init_threshold=-1.0)
     with pytest.raises(SAEHooksError, match="l0_coefficient"):
         TrainConfig(architecture="jumprelu", l0_coefficient=-0.1)
+    with pytest.raises(SAEHooksError, match="jumprelu_threshold_lr_factor"):
+        TrainConfig(architecture="jumprelu", jumprelu_threshold_lr_factor=0.0)
 
 
 # ---- Matryoshka BatchTopK ---------------------------------------------------------------

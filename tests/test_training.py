@@ -23,9 +23,9 @@ from saehooks.training import (
     write_activation_cache,
 )
 from saehooks.training import checkpoint as ckpt_module
+from saehooks.training.launch import train_sae
 from saehooks.training.objectives import StepState
 from saehooks.training.stores import make_store
-from saehooks.training.trainer import train_sae
 
 try:
     from tests import conftest_training as _fixtures

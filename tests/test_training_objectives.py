@@ -99,6 +99,7 @@ def test_objective_fields_as_declared():
         "l0_coefficient",
         "jumprelu_bandwidth",
         "jumprelu_init_threshold",
+        "jumprelu_threshold_lr_factor",
     }
 
 
@@ -165,8 +166,9 @@ def test_each_objective_reads_exactly_the_fields_it_declares(arch, sparse_kernel
 
 def _loop_reads() -> set[str]:
     """Field names the loop reads as ``cfg.<name>`` / ``self.cfg.<name>``: trainer.py,
-    stores.py and device.training_device (parsed, not run)."""
-    trees = [ast.parse((TRAINING / name).read_text()) for name in ("trainer.py", "stores.py")]
+    launch.py, stores.py and device.training_device (parsed, not run)."""
+    files = ("trainer.py", "launch.py", "stores.py")
+    trees = [ast.parse((TRAINING / name).read_text()) for name in files]
     trees.append(ast.parse(inspect.getsource(device.training_device)))
     names = set()
     for tree in trees:

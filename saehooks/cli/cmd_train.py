@@ -136,14 +136,14 @@ def run_train(args: argparse.Namespace, distributed_run: bool = False) -> int:
     Raises:
         InputError: ``--model`` without ``--data``, a negative ``--threads``,
             ``--distributed`` / ``--distribute-modules`` outside ``torchrun``, or any
-            user error of :func:`~saehooks.training.trainer.train_sae` (all
+            user error of :func:`~saehooks.training.launch.train_sae` (all
             :class:`~saehooks.errors.SAEHooksError`, printed by the CLI as one line).
     """
     import torch
 
     from saehooks import distributed
     from saehooks.tl import load_model
-    from saehooks.training.trainer import train_sae, train_saes_by_rank
+    from saehooks.training.launch import train_sae, train_saes_by_rank
 
     threads = check_int(args.threads, "--threads", minimum=0)
     cfg = config_from_args(args)  # every value checked before anything is loaded

@@ -95,6 +95,12 @@ class TrainConfig:
     them by at most ~0.1% a step and the start matters in short runs). With
     ``fit_encoder_scale`` the initial L0 at d_sae 4096 on the reference model's
     ``blocks.2.hook_resid_post`` is 676 at θ 0.1, 118 at 0.2, 40 at 0.25, 12 at 0.3."""
+    jumprelu_threshold_lr_factor: float = 1.0
+    """``jumprelu``: the thresholds' learning rate as a multiple of ``lr`` (their own Adam
+    follows the loop's schedule). ``log θ`` moves at most ~``lr × factor`` a step, so at
+    lr 1e-3 and factor 1 a threshold changes by ≤ 0.1% a step; in runs of a few hundred
+    steps the L0 then cannot reach ``target_l0`` (the 1M-token frontier: L0 164 for a
+    target of 32). Raise it for short runs (see ``benchmarks/README.md``)."""
     leak: float = 0.0
     """``l1``/``kl``: slope of the gradient that negative pre-activations pass while
     training (a leaky ReLU backward, the forward stays ReLU; 0: plain ReLU). The saved
@@ -333,7 +339,8 @@ _FRACTIONS = ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fracti
 _NONNEGATIVE_FLOATS = ("grad_clip", "l1_coefficient", "kl_beta", "target_l0", "aux_coefficient",
                        "l0_coefficient")
 _POSITIVE_FLOATS = ("lr", "kl_scale", "target_l0_rate", "decoder_init_norm",
-                    "jumprelu_bandwidth", "jumprelu_init_threshold")
+                    "jumprelu_bandwidth", "jumprelu_init_threshold",
+                    "jumprelu_threshold_lr_factor")
 # fmt: on
 
 

@@ -19,10 +19,11 @@ constraint fixes the scale of the pre-activations the thresholds live in).
 
 The thresholds are the objective's own tensor ``log_threshold [d_sae]`` with their own
 Adam (same betas and learning-rate schedule as the loop's, read from the loop's
-optimiser each step), because the loop's SAE is built before the objective could add
-a parameter to it. They are not in the loop's gradient clipping. The saved SAE is a
-SAELens ``jumprelu`` SAE with ``threshold = θ``: folding the input normalisation
-(:func:`init.fold_scale`) leaves pre-activations unchanged, so θ needs no rescaling.
+optimiser each step, times ``jumprelu_threshold_lr_factor``), because the loop's SAE
+is built before the objective could add a parameter to it. They are not in the
+loop's gradient clipping. The saved SAE is a SAELens ``jumprelu`` SAE with
+``threshold = θ``: folding the input normalisation (:func:`init.fold_scale`) leaves
+pre-activations unchanged, so θ needs no rescaling.
 
 With ``sparse_kernels``, and once the entries with ``pre > θ − ε/2`` (the active
 ones and those whose threshold gets an estimator gradient) are at most 1/16 of the
@@ -60,6 +61,7 @@ class JumpReLUObjective(ReLUObjective):
         "l0_coefficient",
         "jumprelu_bandwidth",
         "jumprelu_init_threshold",
+        "jumprelu_threshold_lr_factor",
     }
     inference_architecture = "jumprelu"
     unit_norm_decoder = True
@@ -148,21 +150,22 @@ class JumpReLUObjective(ReLUObjective):
 
     def step_thresholds(self, loop_optimizer: torch.optim.Optimizer, ranks: int = 1) -> None:
         """One Adam step of ``log_threshold`` on its gradient (averaged over
-        data-parallel ranks), with the loop's learning rate and betas; clears the
-        gradient."""
+        data-parallel ranks), at the loop's learning rate times
+        ``jumprelu_threshold_lr_factor``, with its betas; clears the gradient."""
         t = self.log_threshold
         if t is None or t.grad is None:
             return
         group = loop_optimizer.param_groups[0]
+        lr = group["lr"] * self.cfg.jumprelu_threshold_lr_factor
         if self.threshold_optimizer is None:
-            self.threshold_optimizer = torch.optim.Adam([t], lr=group["lr"], betas=group["betas"])
+            self.threshold_optimizer = torch.optim.Adam([t], lr=lr, betas=group["betas"])
             if self._pending_adam is not None:
                 self.threshold_optimizer.state[t] = self._pending_adam
                 self._pending_adam = None
         if ranks > 1:
             distributed.all_reduce_(t.grad)
             t.grad /= ranks
-        self.threshold_optimizer.param_groups[0]["lr"] = group["lr"]
+        self.threshold_optimizer.param_groups[0]["lr"] = lr
         self.threshold_optimizer.step()
         t.grad = None
 
