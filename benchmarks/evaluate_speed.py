@@ -25,6 +25,7 @@ import torch
 import saehooks as sh
 from saehooks import metrics, tl
 from saehooks.data import capture, iter_batches, position_mask, replace_where
+from saehooks.tl import resume as tl_resume
 
 SAE_NAME = "topk-k32-blocks.2.hook_resid_post"
 
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{type(model).__name__} (TransformerLens {tl.tl_major_version()}), {SAE_NAME}, "
         f"{tokens.shape[0]} x {tokens.shape[1]} tokens, batch {args.batch_size}, "
-        f"{args.threads} thread(s); resume point {tl.resume_point(model, sae.cfg.hook_name)}"
+        f"{args.threads} thread(s); resume point "
+        f"{tl_resume.resume_point(model, sae.cfg.hook_name)}"
     )
     for resume in (False, True):  # warm-up, and the one-time resume check
         run(model, sae, tokens[:2], resume, args.batch_size)

@@ -37,6 +37,7 @@ from saehooks.errors import InputError
 from saehooks.metrics import ReconstructionSums, TokenSums
 from saehooks.sae import SAE
 from saehooks.tl import model_device
+from saehooks.tl import resume as tl_resume
 
 UNITS = {
     "ce_loss_clean": "nats/token",
@@ -244,12 +245,12 @@ class _Plan(NamedTuple):
 
 def _resume_plan(model: nn.Module, names: Sequence[str]) -> _Plan | None:
     """Where passes that change only the activations at ``names`` may start: the
-    lowest :func:`saehooks.tl.resume_point` of the hooks. None (run whole passes) when
+    lowest :func:`saehooks.tl_resume.resume_point` of the hooks. None (run whole passes) when
     resuming is off, the model cannot resume, or a hook cannot (embeddings, ``ln_final``,
     attention internals, per-head hooks), or two names carry the one residual."""
     if not _RESUME_FROM_HOOK:
         return None
-    points = {name: tl.resume_point(model, name) for name in names}
+    points = {name: tl_resume.resume_point(model, name) for name in names}
     if any(p is None for p in points.values()):
         return None
     layer = min(p.layer for p in points.values())
@@ -258,7 +259,7 @@ def _resume_plan(model: nn.Module, names: Sequence[str]) -> _Plan | None:
         return None
     if carriers:
         return _Plan(layer, carriers[0], None)
-    return _Plan(layer, None, tl.block_input_hook(model, layer))
+    return _Plan(layer, None, tl_resume.block_input_hook(model, layer))
 
 
 def _runner(
@@ -273,14 +274,14 @@ def _runner(
         if plan is None:
             return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
         if plan.carrier is None:
-            return tl.run_from_layer(model, plan.layer, store[plan.clean_input], fwd_hooks)
+            return tl_resume.run_from_layer(model, plan.layer, store[plan.clean_input], fwd_hooks)
         residual = store[plan.carrier]
         for name, fn in fwd_hooks:
             if name == plan.carrier:
                 changed = fn(residual, None)
                 residual = residual if changed is None else changed
         rest = [(name, fn) for name, fn in fwd_hooks if name != plan.carrier]
-        return tl.run_from_layer(model, plan.layer, residual, rest)
+        return tl_resume.run_from_layer(model, plan.layer, residual, rest)
 
     return run
 
@@ -296,7 +297,7 @@ def _check_resume(
     if plan.layer not in checked:
         residual = store[plan.carrier or plan.clean_input]
         try:
-            resumed = tl.run_from_layer(model, plan.layer, residual)
+            resumed = tl_resume.run_from_layer(model, plan.layer, residual)
             ok = resumed.shape == logits_clean.shape and bool(
                 torch.allclose(resumed, logits_clean, rtol=1e-4, atol=1e-4)
             )
@@ -462,7 +463,7 @@ def _mean_ablated_logits(model: nn.Module, kept: _Kept, fwd_hooks: HookList) -> 
         act[~kept.ablated.to(act.device)] = kept.carried
         store[plan.carrier] = act  # the hook replaces every other position
     elif plan is not None:
-        store[plan.clean_input] = tl.residual_entering(model, kept.tokens, plan.layer)
+        store[plan.clean_input] = tl_resume.residual_entering(model, kept.tokens, plan.layer)
     return _runner(model, plan, kept.tokens, store)(fwd_hooks)
 
 
@@ -543,7 +544,7 @@ def evaluate(
     Four forward passes per batch: clean, spliced and zero-ablated in a first pass
     over the batches, whose clean activations give the mean, then mean-ablated. The
     spliced and ablated passes resume from the clean pass at the SAEs' lowest hook
-    where :func:`saehooks.tl.resume_point` allows (residual-stream, attention-output,
+    where :func:`saehooks.tl_resume.resume_point` allows (residual-stream, attention-output,
     MLP-output and MLP hooks; checked once per model against the clean logits): the
     blocks below it, identical to the clean pass's, are not run again (for a hook
     inside a block, the mean-ablated pass recomputes that block's input with a pass

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from saehooks import evaluation, tl
 from saehooks.evaluation import evaluate, loss_increase_per_token
+from saehooks.tl import resume as tl_resume
 
 RESUMABLE = [
     "blocks.2.hook_resid_post",
@@ -80,21 +81,21 @@ class BlockRuns:
 
 # ---- where a pass may resume ---------------------------------------------------------------
 def test_resume_points(model):
-    assert tl.can_resume(model)
-    assert tl.resume_point(model, "blocks.2.hook_resid_post") == (3, True)
-    assert tl.resume_point(model, "blocks.0.hook_resid_post") == (1, True)
-    assert tl.resume_point(model, "blocks.3.hook_resid_post") == (3, False)
+    assert tl_resume.can_resume(model)
+    assert tl_resume.resume_point(model, "blocks.2.hook_resid_post") == (3, True)
+    assert tl_resume.resume_point(model, "blocks.0.hook_resid_post") == (1, True)
+    assert tl_resume.resume_point(model, "blocks.3.hook_resid_post") == (3, False)
     for name in ("hook_resid_pre", "hook_resid_mid", "hook_attn_out", "hook_mlp_out"):
-        assert tl.resume_point(model, f"blocks.1.{name}") == (1, False)
-    assert tl.resume_point(model, "blocks.2.mlp.hook_post") == (2, False)
+        assert tl_resume.resume_point(model, f"blocks.1.{name}") == (1, False)
+    assert tl_resume.resume_point(model, "blocks.2.mlp.hook_post") == (2, False)
     # attention internals, per-head hooks and hooks outside the blocks run whole passes
     for name in ("blocks.1.attn.hook_z", "blocks.1.attn.hook_pattern", "hook_embed"):
-        assert tl.resume_point(model, name) is None
-    assert tl.resume_point(model, "ln_final.hook_normalized") is None
+        assert tl_resume.resume_point(model, name) is None
+    assert tl_resume.resume_point(model, "ln_final.hook_normalized") is None
     if tl.tl_major_version() == 4:  # canonical bridge names resume as their aliases do
-        assert tl.resume_point(model, "blocks.2.hook_out") == (3, True)
-        assert tl.resume_point(model, "blocks.1.hook_in") == (1, False)
-    assert tl.block_input_hook(model, 2) == "blocks.2.hook_resid_pre"
+        assert tl_resume.resume_point(model, "blocks.2.hook_out") == (3, True)
+        assert tl_resume.resume_point(model, "blocks.1.hook_in") == (1, False)
+    assert tl_resume.block_input_hook(model, 2) == "blocks.2.hook_resid_pre"
 
 
 def test_resume_plan_of_several_hooks(model):
@@ -115,12 +116,12 @@ def test_resume_plan_of_several_hooks(model):
 
 
 def test_run_from_layer_gives_the_clean_logits(model, tokens):
-    names = [tl.block_input_hook(model, layer) for layer in range(tl.n_layers(model))]
+    names = [tl_resume.block_input_hook(model, layer) for layer in range(tl.n_layers(model))]
     with torch.no_grad():
         clean, cache = model.run_with_cache(tokens, names_filter=names)
         for layer, name in enumerate(names):
             with BlockRuns(model, 0) as below:
-                resumed = tl.run_from_layer(model, layer, cache[name])
+                resumed = tl_resume.run_from_layer(model, layer, cache[name])
             assert torch.equal(resumed, clean), layer
             assert below.calls == (1 if layer == 0 else 0)  # blocks below do not run
 
@@ -131,7 +132,7 @@ def test_run_from_layer_applies_hooks_and_restores_the_blocks(model, tokens):
         zeroed = model.run_with_hooks(
             tokens, fwd_hooks=[("blocks.2.hook_mlp_out", lambda a, hook: torch.zeros_like(a))]
         )
-        resumed = tl.run_from_layer(
+        resumed = tl_resume.run_from_layer(
             model,
             2,
             cache["blocks.2.hook_resid_pre"],
@@ -143,7 +144,7 @@ def test_run_from_layer_applies_hooks_and_restores_the_blocks(model, tokens):
             raise RuntimeError("hook failed")
 
         with pytest.raises(RuntimeError, match="hook failed"):
-            tl.run_from_layer(
+            tl_resume.run_from_layer(
                 model, 3, cache["blocks.2.hook_resid_pre"], [("blocks.3.hook_attn_out", fail)]
             )
         # the skipped blocks compute again afterwards
@@ -152,7 +153,7 @@ def test_run_from_layer_applies_hooks_and_restores_the_blocks(model, tokens):
         assert below.calls == 1
     assert all("forward" not in block.__dict__ for block in model.blocks)
     with pytest.raises(Exception, match="not a block"):
-        tl.run_from_layer(model, tl.n_layers(model), cache["blocks.2.hook_resid_pre"])
+        tl_resume.run_from_layer(model, tl.n_layers(model), cache["blocks.2.hook_resid_pre"])
 
 
 # ---- evaluate: the same report, fewer blocks -----------------------------------------------
@@ -163,7 +164,7 @@ def test_resumed_evaluate_equals_whole_passes(model, tokens, monkeypatch, hook_n
     with BlockRuns(model, 0) as below:
         new = evaluate(model, sae, tokens, batch_size=2, progress=False)
     assert_same_reports(new, old)
-    point = tl.resume_point(model, hook_name)
+    point = tl_resume.resume_point(model, hook_name)
     assert evaluation._RESUME_CHECKED[model][point.layer]
     # block 0 ran in the clean pass of each of the 3 batches, and for a hook inside a
     # block in the pass recomputing that block's input for the mean ablation (the
@@ -202,9 +203,9 @@ def test_failed_resume_check_falls_back_to_whole_passes(model, tokens, monkeypat
     state the residual does not carry) gets whole passes, and the same numbers."""
     sae = random_sae(k=16, hook_name="blocks.2.hook_resid_post", seed=6)
     old = _reference(monkeypatch, evaluate, model, sae, tokens, batch_size=5, progress=False)
-    real = tl.run_from_layer
+    real = tl_resume.run_from_layer
     monkeypatch.setattr(evaluation, "_RESUME_CHECKED", weakref.WeakKeyDictionary())
-    monkeypatch.setattr(tl, "run_from_layer", lambda *a, **k: real(*a, **k) + 1.0)
+    monkeypatch.setattr(tl_resume, "run_from_layer", lambda *a, **k: real(*a, **k) + 1.0)
     new = evaluate(model, sae, tokens, batch_size=5, progress=False)
     assert evaluation._RESUME_CHECKED[model] == {3: False}
     assert_same_reports(new, old, tol=0.0)

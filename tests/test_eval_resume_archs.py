@@ -16,6 +16,7 @@ from arch_fixtures import ARCHITECTURES, BOS_ID, build_model_dir
 
 import saehooks as sh
 from saehooks import evaluation, tl
+from saehooks.tl import resume as tl_resume
 
 TL3_CANNOT_LOAD = {"gemma2", "gemma3"}
 
@@ -44,7 +45,7 @@ def test_resumed_evaluate_equals_whole_passes(arch, arch_root, monkeypatch):
     toks[:, 0] = BOS_ID
     d = model.cfg.d_model
     saes = [_sae(d, "blocks.0.hook_resid_post", 1), _sae(d, "blocks.1.hook_mlp_out", 2)]
-    assert tl.can_resume(model)
+    assert tl_resume.can_resume(model)
     attn = [_sae(d, "blocks.0.hook_attn_out", 3)]  # resumes at block 0
     for chosen in (saes, saes[:1], saes[1:], attn):
         with monkeypatch.context() as m:

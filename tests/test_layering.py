@@ -23,8 +23,9 @@ LAYERS = [
 ENTRY_POINT = 9
 """``__main__`` modules (``python -m saehooks``, ``torchrun -m saehooks.training``) sit
 above everything: they are command lines."""
-TL_ADAPTER = {"tl"}
-"""The only module that may touch TransformerLens (and torch hook) internals."""
+TL_ADAPTER = {"tl", "tl.hooked", "tl.resume"}
+"""The only package (``saehooks/tl/``) that may touch TransformerLens (and torch hook)
+internals."""
 CORE = [
     "sae",
     "activation_fns",
