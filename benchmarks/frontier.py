@@ -69,6 +69,11 @@ COLUMNS = (
 )  # fmt: skip
 """Columns of ``frontier.csv``; ``pca_fvu`` is PCA's at rank round(l0) on the same tokens;
 ``train_dead_fraction`` is the trainer's own count (no firing in its last window)."""
+JUMPRELU_THRESHOLD_LR_FACTOR = 30.0
+"""The thresholds' learning rate over ``lr`` for the ``jumprelu-*`` points. At 1M tokens
+(244 steps) and target L0 32 (the ``variant-jumprelu-l0_32-tlr*`` points): factor 1
+leaves L0 at 164, 3 at 88; 10 reaches 30.1 (FVU 0.183, 1.4% of latents unfired on the
+held-out rows), 30 reaches 33.4 (FVU 0.168, 8.5% unfired)."""
 KL_L0_PER_RHO = 1.35  # measured: L0 ≈ 1.35 ρ d_sae (TrainConfig.kl_rho's docstring)
 
 
@@ -92,7 +97,8 @@ def points(d_sae: int) -> dict[str, dict[str, Any]]:
         }  # fmt: skip
     for k in L0S:
         out[f"jumprelu-l0_{k}"] = {
-            "architecture": "jumprelu", "target_l0": float(k), "_family": "jumprelu",
+            "architecture": "jumprelu", "target_l0": float(k),
+            "jumprelu_threshold_lr_factor": JUMPRELU_THRESHOLD_LR_FACTOR, "_family": "jumprelu",
             "_target": k,
         }  # fmt: skip
     for k in SPARSITIES:
@@ -114,7 +120,7 @@ def points(d_sae: int) -> dict[str, dict[str, Any]]:
     out["variant-topk-k32-rescaled-norm1"] = {**variant, "_rescaled": True}
     out["variant-topk-k32-lr3e-3"] = {**variant, "lr": 3e-3}
     # JumpReLU's threshold learning rate at short budgets (run only when --only names them)
-    for factor in (3, 10, 30):
+    for factor in (1, 3, 10):
         out[f"variant-jumprelu-l0_32-tlr{factor}"] = {
             "architecture": "jumprelu", "target_l0": 32.0, "jumprelu_threshold_lr_factor":
             float(factor), "_family": "jumprelu-l0_32 variants", "_target": 32, "_extra": True,
@@ -442,11 +448,13 @@ def result_row(name, overrides, report, args, seconds, train_dead) -> dict[str, 
 
 # ---- report -------------------------------------------------------------------------
 def markdown_table(rows: list[dict[str, str]], pca: list[dict[str, str]]) -> str:
-    """The results as a Markdown table sorted by family then L0, PCA rows last."""
+    """The results as a Markdown table sorted by family (in :func:`points`' order) then
+    L0, PCA rows last."""
     head = ("point", "l0", "fvu", "ce_loss_increase", "ce_loss_score", "dead_fraction",
             "pca_fvu", "train_seconds")  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
-    order = {f: i for i, f in enumerate(dict.fromkeys(r["family"] for r in rows))}
+    known = [o["_family"] for o in points(4096).values()]
+    order = {f: i for i, f in enumerate(dict.fromkeys(known + [r["family"] for r in rows]))}
     for r in sorted(rows, key=lambda r: (order[r["family"]], float(r["l0"]))):
         lines.append("| " + " | ".join(str(r[h]) for h in head) + " |")
     for p in pca:
@@ -458,18 +466,25 @@ def markdown_table(rows: list[dict[str, str]], pca: list[dict[str, str]]) -> str
 
 
 def plot(rows: list[dict[str, str]], pca: list[dict[str, str]], path: Path, title: str) -> None:
-    """FVU and ce_loss_increase against L0 (log x): one line per family, PCA dashed."""
+    """FVU and ce_loss_increase against L0 (log x): one line per family in
+    :func:`points`' order, PCA dashed, the investigation variants as unjoined hollow
+    markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    families = dict.fromkeys(r["family"] for r in rows)
+    known = [o["_family"] for o in points(4096).values()]
+    present = {r["family"] for r in rows}
+    families = [f for f in dict.fromkeys(known + sorted(present)) if f in present]
     for ax, metric in zip(axes, ("fvu", "ce_loss_increase")):
         for fam in families:
             pts = sorted((float(r["l0"]), float(r[metric])) for r in rows if r["family"] == fam)
-            ax.plot(*zip(*pts), marker="o", label=fam)
+            if fam.endswith("variants"):
+                ax.plot(*zip(*pts), "o", mfc="none", label=fam)
+            else:
+                ax.plot(*zip(*pts), marker="o", label=fam)
         line = [(float(p["rank"]), float(p[metric])) for p in pca if float(p[metric]) > 0]
         if line:  # (log y: an exact reconstruction has nothing to draw)
             ax.plot(*zip(*line), "k--", label="PCA (rank = L0)")

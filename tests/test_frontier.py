@@ -46,7 +46,11 @@ def test_points_cover_the_issue_list():
     main = [n for n in names if not pts[n].get("_extra")]
     assert len(main) == 5 * 4 + 3 + 3 + 1 + 1 and main[-1] == "saelens-topk-k32"
     extra = tuple(n for n in names if pts[n].get("_extra"))
-    assert all(n.startswith("variant-topk-k32") for n in extra) and len(extra) == 4
+    assert sum(n.startswith("variant-topk-k32") for n in extra) == 4
+    tlr = [n for n in extra if n.startswith("variant-jumprelu-l0_32-tlr")]
+    assert len(tlr) == 3 and len(extra) == 7
+    assert [pts[n]["jumprelu_threshold_lr_factor"] for n in tlr] == [1.0, 3.0, 10.0]
+    assert pts["jumprelu-l0_32"]["jumprelu_threshold_lr_factor"] == 30.0
     # the investigation variants run only when named
     assert frontier.select(names, None, extra) == main
     assert frontier.select(names, ["variant"], extra) == list(extra)

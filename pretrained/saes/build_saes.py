@@ -74,6 +74,11 @@ SAES = {
     "batchtopk-k32-d16384-blocks.2.hook_resid_post": dict(
         architecture="batchtopk", k=32, d_sae=16384, lr=2e-3, total_tokens=10_000_000, **ISSUE15
     ),
+    # issue #15: TopK at 16384 latents, lr 1e-3 (at 2e-3 the BatchTopK above lost 41% of
+    # its latents), so L0 is exactly 32 on every token
+    "topk-k32-d16384-blocks.2.hook_resid_post": dict(
+        architecture="topk", k=32, d_sae=16384, lr=1e-3, total_tokens=10_000_000, **ISSUE15
+    ),
     # the target-L0 controller steers λ (up to 100x) until the batch L0 is 32; the
     # thresholds (log θ at lr 1e-3) followed within ~1100 of the 14.6k steps
     "jumprelu-blocks.2.hook_resid_post": dict(
