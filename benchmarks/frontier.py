@@ -8,7 +8,7 @@ and width, and evaluates each on the same held-out rows with :func:`saehooks.eva
 - ``topk-k{8,16,32,64,128}`` (Gao et al. 2024); ``batchtopk-k*`` (Bussmann et al.
   2024) and ``matryoshka-k*`` (Bussmann et al. 2025) at the same mean L0s;
   ``jumprelu-l0_*`` (Rajamanoharan et al. 2024) steered to the same L0s by the
-  target-L0 controller;
+  target-L0 controller, thresholds at 30x the learning rate;
 - ``l1-l0_{16,32,64}`` (Anthropic April 2024; λ steered to the target L0) and
   ``kl-l0_{16,32,64}`` (Ng 2011; ρ = L0 / (1.35 d_sae), its measured L0 ≈ 1.35 ρ d_sae);
 - ``mlp-l0_32``: the seed's SAE with a hidden layer on each side (L1 on the latents);
@@ -21,7 +21,9 @@ SAELens' TopK parametrisation in this trainer (:func:`rescaled_topk_objective`):
 ``variant-topk-k32-rescaled`` (free decoder rows from norm 0.1, top-k of
 ``pre · ‖W_dec[j]‖``), ``-rescaled-nofit`` (also without ``fit_encoder_scale``: SAELens'
 ``W_enc = W_decᵀ`` start), ``-rescaled-norm1`` (the parametrisation from unit rows) and
-``variant-topk-k32-lr3e-3`` (the plain trainer at 3x the learning rate).
+``variant-topk-k32-lr3e-3`` (the plain trainer at 3x the learning rate); and
+``variant-jumprelu-l0_32-tlr{1,3,10}``, JumpReLU at other threshold learning-rate
+factors than the frontier's :data:`JUMPRELU_THRESHOLD_LR_FACTOR`.
 
 Beside them, the PCA baseline: the best rank-r affine reconstruction of the same
 held-out activations, spliced into the model like an SAE (as an exact ReLU "SAE" with
