@@ -31,6 +31,7 @@ from saehooks.errors import (
     InputTypeError,
     SAEHooksError,
     SAENotFoundError,
+    TrainingDivergedError,
 )
 from saehooks.evaluation import EvalReport, evaluate, loss_increase_per_token
 from saehooks.hooks import (
@@ -60,6 +61,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SAE",
     "ConcurrentUseError",
+    "TrainingDivergedError",
     "DeviceError",
     "EvalReport",
     "FeatureScan",

@@ -5,7 +5,8 @@ device, a usage order) derives from :class:`SAEHooksError`, and its message name
 problem and what to pass instead. The command line prints these as one line and lets
 every other exception (a bug) show its traceback. Each kind also subclasses the
 builtin a caller would expect (``ValueError``, ``TypeError``, ``KeyError``,
-``FileNotFoundError``, ``RuntimeError``), so ``except ValueError`` keeps working.
+``FileNotFoundError``, ``RuntimeError``, ``FloatingPointError``), so ``except
+ValueError`` keeps working.
 
 This module imports nothing of the package, so every module may raise these.
 """
@@ -46,3 +47,8 @@ class SAENotFoundError(SAEHooksError, FileNotFoundError):
 
 class ConcurrentUseError(SAEHooksError, RuntimeError):
     """One model used by saehooks contexts from several threads at once."""
+
+
+class TrainingDivergedError(SAEHooksError, FloatingPointError):
+    """A training run produced non-finite values (a loss or a parameter); the message
+    names the step and the setting to lower."""

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import saehooks as sh
-from saehooks.errors import SAEHooksError
+from saehooks.errors import SAEHooksError, TrainingDivergedError
 from saehooks.sae import SAE, SAEConfig
 from saehooks.training import Trainer, losses
 from saehooks.training.config import TrainConfig
@@ -257,6 +257,16 @@ def test_threshold_lr_factor_scales_the_thresholds_adam_step(tmp_path):
         moves[factor] = trainer.objective.log_threshold.detach() - math.log(0.2)
     assert (moves[1.0] != 0).any()
     torch.testing.assert_close(moves[4.0], 4.0 * moves[1.0], rtol=1e-5, atol=1e-9)
+
+
+def test_a_threshold_step_too_large_to_stay_finite_is_an_error(tmp_path):
+    cfg = fake_config(
+        tmp_path, architecture="jumprelu", total_tokens=20 * 64, jumprelu_threshold_lr_factor=1e6
+    )
+    trainer = Trainer(None, FakeStore(), cfg)
+    with pytest.raises(TrainingDivergedError, match="lower jumprelu_threshold_lr_factor"):
+        for _ in range(20):
+            trainer.train_step()
 
 
 def test_jumprelu_config_is_checked():

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import saehooks.training as training_pkg
-from saehooks.errors import SAEHooksError
+from saehooks import distributed
+from saehooks.errors import SAEHooksError, TrainingDivergedError
 from saehooks.training import Trainer, device
 from saehooks.training.config import ARCHITECTURES, TrainConfig
 from saehooks.training.objectives import (
@@ -25,6 +26,7 @@ from saehooks.training.objectives import (
     KLObjective,
     L1Objective,
     MatryoshkaBatchTopKObjective,
+    StepState,
     TopKObjective,
     make_objective,
     objective_class,
@@ -301,3 +303,52 @@ def test_the_first_log_row_is_written_after_step_1(tmp_path, capsys):
     again = Trainer(None, FakeStore(), dataclasses.replace(cfg, out_dir=str(tmp_path / "b")))
     assert again.run(max_steps=1) is None
     assert "FVU=" in capsys.readouterr().err  # the bar shows it after one step
+
+
+# ---- a diverged run stops before its weights go bad ------------------------------------
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_optimizer_step(tmp_path, monkeypatch):
+    trainer = Trainer(None, FakeStore(), fake_config(tmp_path, total_tokens=20 * 64))
+    for _ in range(3):
+        trainer.train_step()
+    before = {k: v.detach().clone() for k, v in trainer.sae.state_dict().items()}
+    real = trainer.objective.forward
+
+    def nan_loss(sae, x, state):
+        out = real(sae, x, state)
+        return out._replace(loss=out.loss * float("nan"))
+
+    monkeypatch.setattr(trainer.objective, "forward", nan_loss)
+    with pytest.raises(TrainingDivergedError, match=r"at step 3: the loss is nan.*lower lr"):
+        trainer.train_step()
+    for k, v in trainer.sae.state_dict().items():
+        assert torch.equal(v, before[k]), k  # no step was taken
+
+
+def test_data_parallel_ranks_all_see_a_non_finite_loss_on_any_rank(tmp_path, monkeypatch):
+    """The loss rides on the gradients' all-reduce, so a NaN on the other rank reaches
+    this one (which then raises too, instead of waiting in the next collective)."""
+    trainer = Trainer(None, FakeStore(), fake_config(tmp_path))
+    state = StepState(0, 0, trainer.tracker.dead)
+    out = trainer.objective.forward(trainer.sae, trainer.store.next_batch() * trainer.scale, state)
+    out.loss.backward()
+    grads = [p.grad.clone() for p in trainer.sae.parameters() if p.grad is not None]
+    trainer.ranks = 2
+
+    def other_rank(loss):
+        def add(t, op="sum"):
+            other = torch.cat([g.reshape(-1) for g in grads] + [t.new_tensor([loss])])
+            t += other
+            return t
+
+        return add
+
+    monkeypatch.setattr(distributed, "all_reduce_", other_rank(3.0))
+    assert trainer._average_gradients(1.0) == 2.0  # the mean loss
+    for p, g in zip([p for p in trainer.sae.parameters() if p.grad is not None], grads):
+        torch.testing.assert_close(p.grad, g)  # equal gradients average to themselves
+    monkeypatch.setattr(distributed, "all_reduce_", other_rank(float("nan")))
+    mean = trainer._average_gradients(1.0)
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        trainer._check_finite(mean)

@@ -130,8 +130,9 @@ class TrainConfig:
     ``MSE + λ Σ_j z_j`` with λ = ``l1_coefficient``): width of each hidden layer; 0 picks
     ``2 · d_in``, the smallest width that holds every linear ReLU SAE exactly."""
     target_l0: float = 0.0
-    """``l1``/``kl``: if > 0, adapt the coefficient (λ or β) multiplicatively after its
-    warm-up so that the batch L0 tracks this target (a Lagrangian-style controller)."""
+    """``l1``/``kl``/``jumprelu``/``mlp``: if > 0, adapt the coefficient (λ, β, or
+    JumpReLU's ``l0_coefficient``) multiplicatively after its warm-up so that the batch L0
+    tracks this target (a Lagrangian-style controller)."""
     target_l0_rate: float = 0.01
     """Step size of that controller on ``log(coefficient)`` per optimizer step."""
     target_l0_max_factor: float = 100.0

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from saehooks import distributed, metrics, tl
 from saehooks.checks import check_int
-from saehooks.errors import InputError, InputTypeError
+from saehooks.errors import InputError, InputTypeError, TrainingDivergedError
 from saehooks.io import save_sae
 from saehooks.sae import SAE, SAEConfig
 from saehooks.training import checkpoint, device, init, resample
@@ -267,8 +267,8 @@ class Trainer:
             said = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(self.cfg, k)!r})" for k in diffs)
             raise InputError(
                 f"cannot resume {str(path)!r} with a different config: the run "
-                f"had {said}; pass the run's own TrainConfig (or start a new "
-                "out_dir)"
+                f"had {said}; pass the run's own TrainConfig (on the command line, the "
+                "run's own flags), or start a new out_dir"
             )
 
     def _resume(self, path: str | Path) -> None:
@@ -449,10 +449,13 @@ class Trainer:
         state = StepState(self.step_count, self.tokens, self.tracker.dead, self.ranks)
         coefficient = self.objective.coefficient(state.step)  # in force for this step
         out = self.objective.forward(sae, x, state)
+        loss = float(out.loss.detach())
+        if self.ranks == 1:
+            self._check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        if self.ranks > 1:
-            self._average_gradients()
+        if self.ranks > 1:  # every rank sees the same mean loss, so all raise or none
+            self._check_finite(self._average_gradients(loss))
         unit_norm = self.objective.unit_norm_decoder
         if unit_norm:
             with torch.no_grad():  # keep the step tangent to the unit sphere
@@ -481,7 +484,7 @@ class Trainer:
         self.tokens += n_tokens
         acc = self.acc
         acc["n"] += 1
-        acc["loss"] += float(out.loss.detach())
+        acc["loss"] += loss
         acc["mse"] += float(out.mse)
         acc["fvu"] += fvu
         acc["l0"] += out.l0
@@ -489,16 +492,28 @@ class Trainer:
         self._lr, self._coefficient = lr, coefficient
         return out
 
-    def _average_gradients(self) -> None:
-        """Average the gradients over the ranks: one all-reduce of them all, flattened."""
+    def _check_finite(self, loss: float) -> None:
+        """Raise before the optimizer step if the batch loss is not finite (the SAE
+        keeps the finite weights it had)."""
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"training diverged at step {self.step_count}: the loss is {loss}; start "
+                f"again with a lower lr (now {self.cfg.lr}) or grad_clip (now "
+                f"{self.cfg.grad_clip})"
+            )
+
+    def _average_gradients(self, loss: float) -> float:
+        """Average the gradients over the ranks: one all-reduce of them all, flattened,
+        with this rank's ``loss`` appended; returns the mean loss over the ranks."""
         grads = [p.grad for p in self.sae.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads] + [grads[0].new_tensor([loss])])
         distributed.all_reduce_(flat)
         flat /= self.ranks
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+        return float(flat[-1])
 
     @torch.no_grad()
     def _agree_after_resampling(self, revivals_before: int) -> None:

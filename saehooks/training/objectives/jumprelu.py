@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from saehooks import distributed
+from saehooks.errors import TrainingDivergedError
 from saehooks.sae import SAE
 from saehooks.training import losses, sparse
 from saehooks.training.objectives.base import ForwardOutput, LoopHandles, StepState
@@ -151,7 +152,11 @@ class JumpReLUObjective(ReLUObjective):
     def step_thresholds(self, loop_optimizer: torch.optim.Optimizer, ranks: int = 1) -> None:
         """One Adam step of ``log_threshold`` on its gradient (averaged over
         data-parallel ranks), at the loop's learning rate times
-        ``jumprelu_threshold_lr_factor``, with its betas; clears the gradient."""
+        ``jumprelu_threshold_lr_factor``, with its betas; clears the gradient.
+
+        Raises:
+            TrainingDivergedError: a threshold became non-finite (too large a factor).
+        """
         t = self.log_threshold
         if t is None or t.grad is None:
             return
@@ -168,6 +173,12 @@ class JumpReLUObjective(ReLUObjective):
         self.threshold_optimizer.param_groups[0]["lr"] = lr
         self.threshold_optimizer.step()
         t.grad = None
+        if not bool(torch.isfinite(t).all()):
+            raise TrainingDivergedError(
+                "the JumpReLU thresholds became non-finite: their learning rate, lr × "
+                f"jumprelu_threshold_lr_factor ({self.cfg.jumprelu_threshold_lr_factor:g}), "
+                f"is {lr:g}; start again with a lower jumprelu_threshold_lr_factor"
+            )
 
     def maybe_resample(
         self, sae: SAE, x: Tensor, out: ForwardOutput, state: StepState, loop: LoopHandles
