@@ -62,6 +62,16 @@ PCA's unexplained variance and blocks.1's 0.14: layer 2 is harder to code with 3
 4096 latents. Its error is not positional (1% of it, measured on the first SAE) nor
 carried by a few tokens (the worst 1% of tokens carry 3%).
 
+Issue #15's best SAE at L0 <= 32 is `topk-k32-d16384-blocks.2.hook_resid_post`: 16384
+latents, 10M tokens at lr 1e-3, FVU 0.0757 and +0.0747 nats at exactly 32 latents per
+token, with 7% of latents unfired on the held-out tokens. The BatchTopK SAE of the same
+width and budget (lr 2e-3) reconstructs a little better (0.0729, +0.0704) but fires 33.5
+latents per held-out token and leaves 41% unfired. Both miss the target (FVU and CE
+increase <= 0.05): four times the latents bought 0.001-0.004 FVU over the 4096-latent
+TopK SAE trained on 30M tokens. The 1M- and 10M-token frontiers
+(`benchmarks/README.md`) suggest that more tokens, not width, is what this CPU budget
+lacks: TopK-64 at 10M tokens reaches FVU 0.053.
+
 The `kl` SAE maps activations to firing probabilities by ``1 - exp(-a / 0.05)`` per
 token (normalised units) before averaging; with a larger scale (2.5) faint firings
 barely counted and L0 stalled near 310.
