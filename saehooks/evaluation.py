@@ -245,7 +245,7 @@ class _Plan(NamedTuple):
 
 def _resume_plan(model: nn.Module, names: Sequence[str]) -> _Plan | None:
     """Where passes that change only the activations at ``names`` may start: the
-    lowest :func:`saehooks.tl_resume.resume_point` of the hooks. None (run whole passes) when
+    lowest :func:`saehooks.tl.resume.resume_point` of the hooks. None (run whole passes) when
     resuming is off, the model cannot resume, or a hook cannot (embeddings, ``ln_final``,
     attention internals, per-head hooks), or two names carry the one residual."""
     if not _RESUME_FROM_HOOK:
@@ -544,7 +544,7 @@ def evaluate(
     Four forward passes per batch: clean, spliced and zero-ablated in a first pass
     over the batches, whose clean activations give the mean, then mean-ablated. The
     spliced and ablated passes resume from the clean pass at the SAEs' lowest hook
-    where :func:`saehooks.tl_resume.resume_point` allows (residual-stream, attention-output,
+    where :func:`saehooks.tl.resume.resume_point` allows (residual-stream, attention-output,
     MLP-output and MLP hooks; checked once per model against the clean logits): the
     blocks below it, identical to the clean pass's, are not run again (for a hook
     inside a block, the mean-ablated pass recomputes that block's input with a pass

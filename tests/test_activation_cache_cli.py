@@ -59,13 +59,17 @@ def _shards(folder):
 
 def _positions(cached, reference):
     """For each cached row, its index in ``reference``; asserts both hold the same rows
-    exactly (rows told apart by a random projection, unique here)."""
+    (rows told apart by a random projection, unique here). To float32 rounding, not
+    bitwise: the writer batches rows in its own order and stops after the deepest hook,
+    and on CPUs with AVX-512 kernels a row's rounding depends on where it sits in the
+    batch (measured: up to 7e-6 on values of ~1.6). The writers' own outputs are
+    compared bitwise."""
     assert cached.shape == reference.shape
     w = torch.randn(reference.shape[1], generator=torch.Generator().manual_seed(0)).double()
     key_c, key_r = cached.double() @ w, reference.double() @ w
     assert torch.unique(key_r).numel() == reference.shape[0]
     order_c, order_r = torch.argsort(key_c), torch.argsort(key_r)
-    assert torch.equal(cached[order_c], reference[order_r])
+    torch.testing.assert_close(cached[order_c], reference[order_r], rtol=1e-5, atol=1e-5)
     pos = torch.empty_like(order_c)
     pos[order_c] = order_r
     return pos
@@ -108,7 +112,7 @@ def test_the_manifest_says_what_the_cache_holds(model, rows, tmp_path):
     assert info["rows_read"] == 8
     served = torch.cat(_shards(folders[H2]))
     _positions(served, reference[:500])  # the first 500 tokens, in the order of the rows
-    mean_norm = float(reference[:500].double().norm(dim=-1).mean())
+    mean_norm = float(served.double().norm(dim=-1).mean())  # the same rows, reordered
     assert info["norm_scale"] == pytest.approx(16.0 / mean_norm, rel=1e-12)
     assert not (tmp_path / PROGRESS).exists() and not list(tmp_path.glob("cache_carry_*"))
 

@@ -147,7 +147,7 @@ def test_jumprelu_sparse_path_equals_a_dense_reference(seed, n, d_sae, theta_mod
             pre[0].abs()
             + 0.05
             + (torch.rand(d_sae, generator=g, dtype=torch.float64) - 0.5) * eps / 2
-        )
+        ).clamp_min(1e-3)  # θ > 0 (it is learned as log θ)
     elif theta_mode == "tiny":
         theta = torch.full((d_sae,), 1e-4, dtype=torch.float64)
     elif theta_mode == "huge":  # every latent off: loss = mse of b_dec, no gradient but none
