@@ -75,7 +75,10 @@ def _cli(sae_dir: Path, model) -> int:
     )
 
 
-def _assert_close(got: dict, want: dict, rel: float = 1e-9) -> None:
+def _assert_close(got: dict, want: dict, rel: float = 1e-6) -> None:
+    """Equal to float32 rounding: each rank runs the model on its own rows, and CPUs with
+    AVX-512 kernels round a row's float32 logits by its place in the batch (measured:
+    3e-8 relative on the clean CE); the sums themselves are float64."""
     assert got.keys() == want.keys()
     for key, value in want.items():
         if isinstance(value, float):
