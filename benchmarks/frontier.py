@@ -449,14 +449,20 @@ def result_row(name, overrides, report, args, seconds, train_dead) -> dict[str, 
 
 
 # ---- report -------------------------------------------------------------------------
+def families(rows: list[dict[str, str]]) -> list[str]:
+    """The families present in ``rows``: in :func:`points`' order, unknown ones after."""
+    known = [o["_family"] for o in points(4096).values()]
+    present = {r["family"] for r in rows}
+    return [f for f in dict.fromkeys(known + sorted(present)) if f in present]
+
+
 def markdown_table(rows: list[dict[str, str]], pca: list[dict[str, str]]) -> str:
     """The results as a Markdown table sorted by family (in :func:`points`' order) then
     L0, PCA rows last."""
     head = ("point", "l0", "fvu", "ce_loss_increase", "ce_loss_score", "dead_fraction",
             "pca_fvu", "train_seconds")  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
-    known = [o["_family"] for o in points(4096).values()]
-    order = {f: i for i, f in enumerate(dict.fromkeys(known + [r["family"] for r in rows]))}
+    order = {f: i for i, f in enumerate(families(rows))}
     for r in sorted(rows, key=lambda r: (order[r["family"]], float(r["l0"]))):
         lines.append("| " + " | ".join(str(r[h]) for h in head) + " |")
     for p in pca:
@@ -477,11 +483,8 @@ def plot(rows: list[dict[str, str]], pca: list[dict[str, str]], path: Path, titl
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    known = [o["_family"] for o in points(4096).values()]
-    present = {r["family"] for r in rows}
-    families = [f for f in dict.fromkeys(known + sorted(present)) if f in present]
     for ax, metric in zip(axes, ("fvu", "ce_loss_increase")):
-        for fam in families:
+        for fam in families(rows):
             pts = sorted((float(r["l0"]), float(r[metric])) for r in rows if r["family"] == fam)
             if fam.endswith("variants"):
                 ax.plot(*zip(*pts), "o", mfc="none", label=fam)
